@@ -1,0 +1,42 @@
+"""Caption data loaders returning `datasets.Dataset` objects.
+
+Every loader yields one row per image with the columns ``image_id`` (str), ``image``
+(``datasets.Image()``, decoded lazily from the file), ``image_path`` (str) and
+``captions`` (list of raw str)::
+
+    from soli_hf.data import load_caption_dataset, iter_captions
+
+    train = load_caption_dataset("../shared/data/flickr8k", split="train")
+    vocabulary_source = iter_captions(train)
+
+Modules:
+    records     the row layout (:data:`CAPTION_FEATURES`), record building, :func:`iter_captions`
+    loaders     the Flickr8k, COCO, Karpathy and image-folder readers
+    detection   :func:`detect_format`
+    validation  bad-sample kinds, report and skip/error policy; cheap image checks
+    loading     :func:`load_caption_dataset` (+ ``_with_report``)
+    safe_image  :func:`safe_load_image`, the training-time guard
+"""
+
+from .detection import DATA_FORMATS, DataFormat, detect_format
+from .loaders import DEFAULT_KARPATHY_SPLITS
+from .loading import load_caption_dataset, load_caption_dataset_with_report
+from .records import CAPTION_FEATURES, iter_captions
+from .safe_image import safe_load_image
+from .validation import BadSample, BadSampleKind, BadSampleReport, OnBadSample
+
+__all__ = [
+    "CAPTION_FEATURES",
+    "DATA_FORMATS",
+    "DEFAULT_KARPATHY_SPLITS",
+    "BadSample",
+    "BadSampleKind",
+    "BadSampleReport",
+    "DataFormat",
+    "OnBadSample",
+    "detect_format",
+    "iter_captions",
+    "load_caption_dataset",
+    "load_caption_dataset_with_report",
+    "safe_load_image",
+]

@@ -1,0 +1,57 @@
+"""Guess the caption format of a path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from .loaders import FLICKR8K_TEXT_DIR, IMAGEFOLDER_METADATA, imagefolder_metadata_files, load_json
+
+DataFormat = Literal["flickr8k", "coco", "karpathy", "imagefolder"]
+DATA_FORMATS: tuple[str, ...] = ("flickr8k", "coco", "karpathy", "imagefolder")
+
+
+def detect_format(path: str | Path) -> DataFormat:
+    """Detect the caption format of ``path``.
+
+    A folder with a ``Flickr8k_text`` subfolder is "flickr8k"; a folder with a
+    ``metadata.jsonl`` (in it or in a split subfolder) is "imagefolder"; a ``.json``
+    file is classified by :func:`detect_json_format`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the format cannot be recognised (the message says what was looked for).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"caption data not found: {path}")
+    if path.is_dir():
+        if (path / FLICKR8K_TEXT_DIR).is_dir():
+            return "flickr8k"
+        if imagefolder_metadata_files(path):
+            return "imagefolder"
+        raise ValueError(
+            f"cannot detect the caption format of folder {path}: looked for a {FLICKR8K_TEXT_DIR!r} subfolder "
+            f"(flickr8k) and a {IMAGEFOLDER_METADATA!r} in it or in a split subfolder (imagefolder); "
+            f"pass data_format= explicitly"
+        )
+    if path.suffix == ".json":
+        return detect_json_format(load_json(path), path)
+    raise ValueError(
+        f"cannot detect the caption format of {path}: expected a folder (flickr8k, imagefolder) "
+        f"or a .json file (coco, karpathy); pass data_format= explicitly"
+    )
+
+
+def detect_json_format(data: Any, path: Path) -> DataFormat:
+    """Classify parsed JSON: "coco" if it has ``annotations``, "karpathy" if its ``images`` carry ``sentences``."""
+    if isinstance(data, dict):
+        if "annotations" in data:
+            return "coco"
+        images = data.get("images")
+        if isinstance(images, list) and any(isinstance(image, dict) and "sentences" in image for image in images):
+            return "karpathy"
+    raise ValueError(
+        f"cannot detect the caption format of {path}: looked for a top-level 'annotations' list (coco) "
+        f"and 'images' entries with 'sentences' (karpathy); pass data_format= explicitly"
+    )

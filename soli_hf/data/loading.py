@@ -1,0 +1,127 @@
+"""The entry point: load any supported caption format as a validated `datasets.Dataset`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
+from .loaders import load_json, read_coco, read_flickr8k, read_imagefolder, read_karpathy
+from .records import CaptionRecord, records_to_dataset
+from .validation import BadSampleHandler, BadSampleReport, OnBadSample, check_policy, validate_records
+
+logger = logging.getLogger(__name__)
+
+
+def load_caption_dataset(
+    path: str | Path,
+    split: str = "train",
+    data_format: DataFormat | None = None,
+    on_bad_sample: OnBadSample = "skip",
+    image_root: str | Path | None = None,
+    karpathy_splits: Mapping[str, Sequence[str]] | None = None,
+    verify_images: bool = True,
+    num_workers: int | None = None,
+) -> Dataset:
+    """Load an image-captioning dataset: one row per image, with all its reference captions.
+
+    Args:
+        path: A Flickr8k root folder, a COCO captions JSON, a Karpathy ``dataset_*.json``,
+            or an image folder with ``metadata.jsonl``.
+        split: The split to load ("train", "dev"/"val"/"validation", "test", ...). Ignored
+            for COCO, where one JSON file is one split.
+        data_format: "flickr8k", "coco", "karpathy" or "imagefolder"; detected from
+            ``path`` when None (see :func:`~soli_hf.data.detect_format`).
+        on_bad_sample: "skip" drops bad samples (an empty caption drops only that caption),
+            then logs one warning summarising them; "error" raises ``ValueError`` naming
+            the file and row of the first one.
+        image_root: Folder the image file names are relative to. Defaults: Flickr8k
+            ``<path>/Flicker8k_Dataset``, image folder: the metadata file's folder,
+            COCO/Karpathy: the JSON file's folder.
+        karpathy_splits: For Karpathy files, the Karpathy split names each requested split
+            includes, e.g. ``{"train": ("train", "restval")}`` (merged over the default
+            identity mapping).
+        verify_images: Decode every image once (cheaply) to catch truncated or corrupt
+            files; False only checks that the files exist.
+        num_workers: Threads used to check images (default: 2 x CPU count, at most 16).
+
+    Returns:
+        An in-memory ``datasets.Dataset`` with columns ``image_id`` (str), ``image``
+        (``datasets.Image()``, decoded lazily from the file), ``image_path`` (str, absolute)
+        and ``captions`` (list of raw str). ``dataset.info.description`` records the
+        source and the bad-sample counts; use :func:`load_caption_dataset_with_report`
+        for the full :class:`~soli_hf.data.BadSampleReport`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: for an unknown format or split, a bad sample under "error", or when
+            no usable sample is left.
+    """
+    dataset, _ = load_caption_dataset_with_report(
+        path,
+        split=split,
+        data_format=data_format,
+        on_bad_sample=on_bad_sample,
+        image_root=image_root,
+        karpathy_splits=karpathy_splits,
+        verify_images=verify_images,
+        num_workers=num_workers,
+    )
+    return dataset
+
+
+def load_caption_dataset_with_report(
+    path: str | Path,
+    split: str = "train",
+    data_format: DataFormat | None = None,
+    on_bad_sample: OnBadSample = "skip",
+    image_root: str | Path | None = None,
+    karpathy_splits: Mapping[str, Sequence[str]] | None = None,
+    verify_images: bool = True,
+    num_workers: int | None = None,
+) -> tuple[Dataset, BadSampleReport]:
+    """Like :func:`load_caption_dataset`, also returning the report of skipped bad samples."""
+    check_policy(on_bad_sample)
+    if data_format is not None and data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS} or None, got {data_format!r}")
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"caption data not found: {path}")
+    data = load_json(path) if path.is_file() and path.suffix == ".json" else None
+    data_format = data_format or (detect_json_format(data, path) if data is not None else detect_format(path))
+    handle = BadSampleHandler(on_bad_sample)
+    root = Path(image_root).absolute() if image_root is not None else None
+    records = _read_records(path, data, data_format, split, handle, root, karpathy_splits)
+    records = validate_records(records, handle, verify_images=verify_images, num_workers=num_workers)
+    report = handle.report
+    if report:
+        logger.warning("%s %s split %r: %s", data_format, path, split, report.summary())
+    if not records:
+        raise ValueError(f"no usable sample in {data_format} data {path} (split {split!r}): {report.summary()}")
+    description = f"{data_format} captions from {path}, split {split!r}; bad samples skipped: {report.counts}"
+    return records_to_dataset(records, split, description), report
+
+
+def _read_records(
+    path: Path,
+    data: Any,
+    data_format: str,
+    split: str,
+    handle: BadSampleHandler,
+    image_root: Path | None,
+    karpathy_splits: Mapping[str, Sequence[str]] | None,
+) -> list[CaptionRecord]:
+    """Dispatch to the reader of ``data_format`` (``data``: the parsed JSON, if already read)."""
+    if data_format == "flickr8k":
+        return read_flickr8k(path, split, handle, image_root)
+    if data_format == "imagefolder":
+        return read_imagefolder(path, split, handle, image_root)
+    if data is None:
+        data = load_json(path)
+    if data_format == "coco":
+        return read_coco(data, path, handle, image_root)
+    return read_karpathy(data, path, split, handle, image_root, karpathy_splits)
