@@ -7,6 +7,7 @@ decoder's LSTM state into transformers' `generate()` as its "cache".
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, MobileNetV2Config, MobileNetV2Model, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_soli import SoliConfig
 from .losses_soli import caption_cross_entropy, super_resolution_l1, symmetric_info_nce
+
+_AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForImageTextToText")
+DEFAULT_MAX_NEW_TOKENS = 24  # Flickr8k captions: 10.8 words on average, 99% have at most 22
 
 try:  # transformers >= 5: these initialisers leave weights that were loaded from a checkpoint untouched
     from transformers import initialization as init
@@ -299,6 +304,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             nn.Linear(config.hidden_size, config.projection_dim),
         )
         self.post_init()
+        self.generation_config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
     @classmethod
     def from_pretrained_backbone(
@@ -316,6 +322,18 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         )
         model.encoder.backbone.load_state_dict(pretrained.state_dict())
         return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus what `trust_remote_code` users need: `auto_map` entries for
+        both AutoModel and AutoModelForImageTextToText, and the SOLI pipeline's code."""
+        class_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update({auto_class: class_reference for auto_class in _AUTO_MODEL_CLASSES})
+        self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+        from .pipeline_soli import SoliImageTextToTextPipeline
+
+        custom_object_save(SoliImageTextToTextPipeline, save_directory)
 
     def get_encoder(self) -> SoliSiameseEncoder:
         return self.encoder

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+import transformers
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -20,11 +24,19 @@ class SoliProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`ProcessorMixin.save_pretrained`, naming the tokenizer class that transformers 4.x and 5.x both know."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        tokenizer_config = Path(save_directory) / "tokenizer_config.json"
+        if tokenizer_config.exists():
+            values = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+            values["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tokenizer_config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return result
 
     def __call__(
         self,
@@ -71,6 +83,12 @@ class SoliProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "input_ids", "attention_mask"]
+
+
+if int(transformers.__version__.split(".")[0]) < 5:
+    # transformers 4.x finds the sub-processors through these names (5.x reads them from __init__).
+    SoliProcessor.image_processor_class = "AutoImageProcessor"
+    SoliProcessor.tokenizer_class = "AutoTokenizer"
 
 
 def _mask_padding(input_ids: list[Any], attention_mask: list[Any]) -> list[Any]:

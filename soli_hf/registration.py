@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -11,10 +13,12 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerFast,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_soli import SoliConfig
 from .image_processing_soli import SoliImageProcessor
 from .modeling_soli import SoliForConditionalGeneration
+from .pipeline_soli import SoliImageTextToTextPipeline
 from .processing_soli import SoliProcessor
 
 
@@ -27,7 +31,10 @@ def register_soli() -> None:
     AutoConfig.register("soli", SoliConfig, exist_ok=True)
     AutoModel.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
-    AutoImageProcessor.register(SoliConfig, slow_image_processor_class=SoliImageProcessor, exist_ok=True)
+    # SoliImageProcessor works on PIL images whichever backend transformers asks for.
+    AutoImageProcessor.register(
+        SoliConfig, image_processor_classes={"pil": SoliImageProcessor, "torchvision": SoliImageProcessor}, exist_ok=True
+    )
     AutoProcessor.register(SoliConfig, SoliProcessor, exist_ok=True)
     AutoTokenizer.register(SoliConfig, fast_tokenizer_class=PreTrainedTokenizerFast, exist_ok=True)
 
@@ -36,3 +43,24 @@ def register_soli() -> None:
     SoliForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     SoliImageProcessor.register_for_auto_class("AutoImageProcessor")
     SoliProcessor.register_for_auto_class("AutoProcessor")
+
+    # transformers 5 maps "image-to-text" onto "image-text-to-text"; SOLI's subclass of that pipeline captions
+    # without a prompt and defers to the built-in behaviour for every other model.
+    PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] = SoliImageTextToTextPipeline
+    _repair_task_redirect_warning()
+
+
+class _TaskRedirectWarningRepair(logging.Filter):
+    """transformers 5.23 logs the "image-to-text" redirect with a stray argument, which makes `logging` print a
+    formatting error and a stack trace; drop the argument so the message prints as intended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("The task `image-to-text`"):
+            record.args = ()
+        return True
+
+
+def _repair_task_redirect_warning() -> None:
+    pipelines_logger = logging.getLogger("transformers.pipelines")
+    if not any(isinstance(existing, _TaskRedirectWarningRepair) for existing in pipelines_logger.filters):
+        pipelines_logger.addFilter(_TaskRedirectWarningRepair())
