@@ -111,10 +111,15 @@ class SoliDecoderState:
         return self.seen_tokens
 
 
+class SmallInitConv2d(nn.Conv2d):
+    """A convolution whose weights start near zero (normal, std 1e-3; SOLI's `_init_weights` knows it by its
+    type): the SR module starts as almost plain bicubic upsampling, yet every SR weight gets a gradient."""
+
+
 class SoliSuperResolution(nn.Module):
     """ESPCN-style sub-pixel CNN: `x_sr = bicubic_upsample(x_lr) + PixelShuffle(convs(x_lr))`.
 
-    The last convolution starts at zero, so an untrained module returns the bicubic upsample.
+    The last convolution starts near zero, so an untrained module returns almost the bicubic upsample.
     """
 
     def __init__(self, config: SoliConfig) -> None:
@@ -127,7 +132,7 @@ class SoliSuperResolution(nn.Module):
             nn.Conv2d(width, width // 2, kernel_size=3, padding=1),
             nn.Tanh(),
         )
-        self.to_subpixels = nn.Conv2d(width // 2, 3 * scale * scale, kernel_size=3, padding=1)
+        self.to_subpixels = SmallInitConv2d(width // 2, 3 * scale * scale, kernel_size=3, padding=1)
         self.shuffle = nn.PixelShuffle(scale)
 
     def upsample(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -263,15 +268,16 @@ class SoliPreTrainedModel(PreTrainedModel):
     _no_split_modules: list[str] = []
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, initializer_range) for linear/conv/embedding (transformers' default), PyTorch's uniform
-        for the LSTM cell, and zero for the last SR convolution so that SR starts as bicubic upsampling."""
-        if isinstance(module, nn.LSTMCell):
+        """Near-zero for the last SR convolution (SR starts as bicubic upsampling), PyTorch's uniform for the LSTM
+        cell, transformers' defaults (normal(0, initializer_range)) for everything else. The backbone, a
+        PreTrainedModel of its own, keeps MobileNetV2's initialisation (or its pretrained weights)."""
+        if isinstance(module, SmallInitConv2d):
+            init.normal_(module.weight, std=1e-3)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.LSTMCell):
             bound = module.hidden_size**-0.5
             for parameter in module.parameters():
                 init.uniform_(parameter, -bound, bound)
-        elif isinstance(module, SoliSuperResolution):
-            init.zeros_(module.to_subpixels.weight)
-            init.zeros_(module.to_subpixels.bias)
         else:
             super()._init_weights(module)
 

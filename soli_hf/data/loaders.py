@@ -9,14 +9,13 @@ shared validation in :mod:`soli_hf.data.validation` does that for every format.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from .records import CaptionRecord, RecordBuilder
-from .validation import BadSample, BadSampleKind
+from .validation import BadSample, BadSampleKind, Handle
 
-Handle = Callable[[BadSample], None]
 T = TypeVar("T")
 
 #: Names under which a validation split may be stored; asking for one finds the others.
@@ -53,9 +52,7 @@ def resolve_split(split: str, available: Mapping[str, T], what: str) -> T:
     raise ValueError(f"split {split!r} not found in {what}; available splits: {sorted(available)}")
 
 
-def read_flickr8k(
-    root: Path, split: str, handle: Handle, image_root: Path | None = None
-) -> list[CaptionRecord]:
+def read_flickr8k(root: Path, split: str, handle: Handle, image_root: Path | None = None) -> list[CaptionRecord]:
     """Read the official Flickr8k layout.
 
     ``<root>/Flickr8k_text/Flickr_8k.<split>Images.txt`` lists the split's images,
@@ -127,7 +124,8 @@ def read_karpathy(
     Captions are ``sentences[].raw``.
     """
     mapping = {**DEFAULT_KARPATHY_SPLITS, **(karpathy_splits or {})}
-    wanted = set(resolve_split(split, mapping, "the Karpathy split mapping"))
+    names = resolve_split(split, mapping, "the Karpathy split mapping")
+    wanted = {names} if isinstance(names, str) else set(names)
     image_root = image_root or json_path.parent
     builder = RecordBuilder()
     for index, entry in enumerate(_json_list(data, "images", json_path)):
@@ -150,9 +148,7 @@ def read_karpathy(
     return builder.records()
 
 
-def read_imagefolder(
-    root: Path, split: str, handle: Handle, image_root: Path | None = None
-) -> list[CaptionRecord]:
+def read_imagefolder(root: Path, split: str, handle: Handle, image_root: Path | None = None) -> list[CaptionRecord]:
     """Read an image folder described by ``metadata.jsonl`` (HF imagefolder convention).
 
     The split's metadata is ``<root>/<split>/metadata.jsonl``; a ``<root>/metadata.jsonl``
@@ -241,7 +237,7 @@ def _metadata_captions(entry: Any) -> list[str] | None:
         return None
     if text is None:
         return captions
-    return captions + [text] if isinstance(text, str) else None
+    return [*captions, text] if isinstance(text, str) else None
 
 
 def _has_keys(entry: Any, **types: type | tuple[type, ...]) -> bool:

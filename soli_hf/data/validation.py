@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from functools import partial
 from typing import Literal
 
@@ -29,7 +30,7 @@ ON_BAD_SAMPLE_CHOICES: tuple[str, ...] = ("skip", "error")
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
 
 
-class BadSampleKind(str, Enum):
+class BadSampleKind(StrEnum):
     """The kinds of problem a loader reports."""
 
     MISSING_IMAGE = "missing_image"
@@ -87,6 +88,10 @@ class BadSampleReport:
         lines = [f"skipped {len(self)} bad sample(s) ({counts}); first {len(shown)}:"]
         lines.extend(f"  {sample.message}" for sample in shown)
         return "\n".join(lines)
+
+
+#: What readers and the validator call with each bad sample (a :class:`BadSampleHandler`).
+Handle = Callable[[BadSample], None]
 
 
 class BadSampleHandler:
@@ -164,7 +169,7 @@ def default_num_workers() -> int:
 
 def validate_records(
     records: list[CaptionRecord],
-    handle: BadSampleHandler,
+    handle: Handle,
     verify_images: bool = True,
     num_workers: int | None = None,
 ) -> list[CaptionRecord]:
@@ -178,20 +183,20 @@ def validate_records(
     pool = ThreadPoolExecutor(num_workers or default_num_workers())
     try:
         image_problems = pool.map(check, [r.image_path for r in records], [r.row for r in records])
-        for record, image_problem in zip(records, image_problems):
-            record.captions = _non_empty_captions(record, handle)
-            if not record.captions:
+        for record, image_problem in zip(records, image_problems, strict=True):
+            captions = _non_empty_captions(record, handle)
+            if not captions:
                 handle(BadSample(BadSampleKind.NO_CAPTIONS, record.image_path, record.row, "no usable caption"))
             elif image_problem is not None:
                 handle(image_problem)
             else:
-                kept.append(record)
+                kept.append(replace(record, captions=captions))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return kept
 
 
-def _non_empty_captions(record: CaptionRecord, handle: BadSampleHandler) -> list[CaptionEntry]:
+def _non_empty_captions(record: CaptionRecord, handle: Handle) -> list[CaptionEntry]:
     """Report each empty/whitespace caption of ``record`` and return the others."""
     kept = []
     for entry in record.captions:

@@ -1,0 +1,79 @@
+"""Model size and compute: parameter counts and FLOPs measured with `torch.utils.flop_counter`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .configuration_soli import INFERENCE_BRANCHES
+from .modeling_soli import SoliForConditionalGeneration
+
+DEFAULT_CAPTION_TOKENS = 12  # about one Flickr8k caption (10.8 words) plus <eos>
+
+
+@contextmanager
+def inference_branches(model: SoliForConditionalGeneration, branches: str) -> Iterator[None]:
+    """Temporarily switch `model.config.inference_branches` ("both" or "lr")."""
+    previous = model.config.inference_branches
+    model.config.inference_branches = branches
+    try:
+        yield
+    finally:
+        model.config.inference_branches = previous
+
+
+def _measured_flops(function: Any, *args: Any) -> tuple[int, Any]:
+    with FlopCounterMode(display=False) as counter:
+        result = function(*args)
+    return counter.get_total_flops(), result
+
+
+@torch.no_grad()
+def count_flops(
+    model: SoliForConditionalGeneration, branches: str, caption_tokens: int = DEFAULT_CAPTION_TOKENS
+) -> dict[str, int]:
+    """FLOPs to caption one image: the encoder once, then one decoder step per generated token."""
+    if branches not in INFERENCE_BRANCHES:
+        raise ValueError(f"branches must be one of {INFERENCE_BRANCHES}, got {branches!r}")
+    was_training = model.training
+    model.eval()
+    size = model.config.image_size
+    pixel_values = torch.zeros(1, 3, size, size, device=model.device, dtype=model.dtype)
+    with inference_branches(model, branches):
+        encoder_flops, encoded = _measured_flops(model.encoder, pixel_values)
+    memory, keys = encoded.last_hidden_state, encoded.attention_keys
+    start = torch.full((1, 1), model.config.decoder_start_token_id, device=model.device)
+    state_flops, state = _measured_flops(model.decoder.initial_state, memory)
+    step_flops, _ = _measured_flops(model.decoder, start, memory, keys, state)
+    model.train(was_training)
+    return {
+        "encoder": encoder_flops,
+        "decoder_per_token": step_flops,
+        "caption_tokens": caption_tokens,
+        "total": encoder_flops + state_flops + caption_tokens * step_flops,
+    }
+
+
+def model_summary(model: SoliForConditionalGeneration) -> dict[str, Any]:
+    """Parameters, vocabulary, input size and FLOPs per image for each inference mode."""
+    parameters = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "super_resolution": sum(p.numel() for p in model.encoder.super_resolution.parameters()),
+        "backbone": sum(p.numel() for p in model.encoder.backbone.parameters()),
+        "decoder": sum(p.numel() for p in model.decoder.parameters()),
+        "contrastive_head (training only)": sum(p.numel() for p in model.contrastive_head.parameters()),
+    }
+    lr_side = model.config.image_size
+    sr_side = lr_side * model.config.sr_scale
+    return {
+        "parameters": parameters,
+        "vocab_size": model.config.vocab_size,
+        "input_size": [3, lr_side, lr_side],
+        "sr_size": [3, sr_side, sr_side],
+        "default_inference_branches": model.config.inference_branches,
+        "flops_per_image": {branches: count_flops(model, branches) for branches in INFERENCE_BRANCHES},
+    }

@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny SOLI (fast on CPU, offline) and its processor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import MobileNetV2Config
+
+from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor, build_tokenizer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FLICKR8K = SHARED / "data" / "flickr8k"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224"
+
+TINY_CAPTIONS = [
+    "a dog runs on the grass",
+    "a man rides a red bike",
+    "two dogs play in the snow",
+    "a girl in a blue dress jumps",
+    "a boy swims in the lake",
+    "a black cat sleeps on a bed",
+    "people walk down a busy street",
+    "a bird flies over the water",
+]
+
+
+def tiny_config(vocab_size: int, **overrides: object) -> SoliConfig:
+    """A SOLI small enough to train in seconds on a CPU (same architecture, narrower layers)."""
+    values = dict(
+        backbone_config=MobileNetV2Config(depth_multiplier=0.25, finegrained_output=False, output_stride=16),
+        hidden_size=32,
+        embedding_size=16,
+        attention_size=16,
+        projection_dim=8,
+        sr_hidden_channels=8,
+        decoder_dropout=0.0,
+        freeze_backbone_batch_norm=False,  # a backbone trained from scratch needs batch statistics
+        vocab_size=vocab_size,
+    )
+    values.update(overrides)
+    return SoliConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer(TINY_CAPTIONS, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer) -> SoliProcessor:
+    return SoliProcessor(image_processor=SoliImageProcessor(), tokenizer=tokenizer)
+
+
+@pytest.fixture
+def tiny_model(tokenizer) -> SoliForConditionalGeneration:
+    """A randomly initialised tiny SOLI with peaked output distributions (so that beams differ), in eval mode."""
+    torch.manual_seed(0)
+    return SoliForConditionalGeneration(tiny_config(len(tokenizer), initializer_range=0.3)).eval()
+
+
+@pytest.fixture(scope="session")
+def images() -> list[np.ndarray]:
+    """Eight clearly different synthetic photos (uint8 HxWx3): one colour each, a vertical gradient, noise."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30)]
+    colours += [(220, 30, 220), (30, 220, 220), (240, 240, 240), (20, 20, 20)]
+    gradient = np.linspace(0.4, 1.0, 72)[:, None, None]
+    return [
+        np.clip(np.array(colour, dtype=np.float64) * gradient + rng.normal(0, 10, (72, 96, 3)), 0, 255).astype(np.uint8)
+        for colour in colours
+    ]
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
+    """A tiny SOLI saved with its processor, as a user's folder would be."""
+    torch.manual_seed(0)
+    model = SoliForConditionalGeneration(tiny_config(len(tokenizer), initializer_range=0.3)).eval()
+    folder = tmp_path_factory.mktemp("soli_tiny")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def python_without_soli_hf(script: str) -> str:
+    """Prefix a script so that `import soli_hf` fails in it, as in a process where soli_hf is not installed."""
+    return "import sys\nsys.modules['soli_hf'] = None\n" + script
+
+
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
