@@ -7,11 +7,16 @@ BIN := $(VENV)/bin
 
 $(BIN)/soli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(BIN)/soli
 
-install: $(BIN)/soli
+# transformers 4.57 (the stack of Optimum's ONNX exporter), importable with PYTHONPATH=$(COMPAT), for the test
+# that loads a saved SOLI folder under it.
+COMPAT := $(VENV)/compat-transformers-4.57
+$(COMPAT): $(BIN)/soli
+	$(BIN)/pip install --quiet --no-deps --target $(COMPAT) transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2
+
+install: $(BIN)/soli $(COMPAT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -127,6 +127,9 @@ class SoliConfig(PretrainedConfig):
             # The installed soli_hf registers its own pipeline; keeping the saved entry would make
             # `pipeline(...)` demand trust_remote_code for a model whose code is installed.
             kwargs.pop("custom_pipelines", None)
+        # The output layer (hidden_size wide) is not the word embedding (embedding_size wide): never tie them
+        # (transformers 4.x ties by default).
+        kwargs["tie_word_embeddings"] = False
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -59,7 +59,11 @@ class SoliImageTextToTextPipeline(ImageTextToTextPipeline):
     def _forward(self, model_inputs: Any, generate_kwargs: dict | None = None) -> Any:
         if not self._is_soli():
             return super()._forward(model_inputs, generate_kwargs=generate_kwargs)
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
+        generate_kwargs = dict(generate_kwargs or {})
+        if hasattr(self, "_prepare_generate_kwargs"):  # transformers >= 5
+            generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
+        else:  # transformers 4.x
+            generate_kwargs.setdefault("generation_config", self.model.generation_config)
         sequences = self.model.generate(**model_inputs, **generate_kwargs)
         num_images = model_inputs["pixel_values"].shape[0]
         return {"sequences": sequences.reshape(num_images, -1, sequences.shape[-1])}
