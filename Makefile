@@ -1,9 +1,9 @@
-# Two commands do all the set-up on a fresh machine: `make demo` (caption images) and `make test`.
+# `make test` sets up .venv (pinned versions, offline-capable) and runs the test suite.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo clean
+.PHONY: install test clean
 
 $(BIN)/soli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
