@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,9 +90,17 @@ def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
     return folder
 
 
-def python_without_soli_hf(script: str) -> str:
-    """Prefix a script so that `import soli_hf` fails in it, as in a process where soli_hf is not installed."""
-    return "import sys\nsys.modules['soli_hf'] = None\n" + script
-
-
-SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
+    """Run a Python script in a subprocess where `import soli_hf` fails (as where soli_hf is not installed);
+    return the JSON the script printed on its last line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(extra_env or {})}
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['soli_hf'] = None\n" + script, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV, python_without_soli_hf
+from conftest import run_without_soli_hf
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -103,16 +101,7 @@ print(json.dumps(outputs))
 def test_trust_remote_code_without_soli_hf(saved_tiny_model, images, tmp_path):
     image_file = tmp_path / "images.npy"
     np.save(image_file, np.stack(images[:2]))
-    result = subprocess.run(
-        [sys.executable, "-c", python_without_soli_hf(REMOTE_SCRIPT), str(saved_tiny_model), str(image_file)],
-        capture_output=True,
-        text=True,
-        env=SUBPROCESS_ENV,
-        cwd=saved_tiny_model,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    outputs = run_without_soli_hf(REMOTE_SCRIPT, str(saved_tiny_model), str(image_file), cwd=tmp_path)
     model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model).eval()
     inputs = SoliProcessor.from_pretrained(saved_tiny_model)(images=images[:2], return_tensors="pt")
     assert outputs["ids"] == model.generate(**inputs, num_beams=3).tolist()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV, python_without_soli_hf
+from conftest import run_without_soli_hf
 
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
 
@@ -39,16 +37,9 @@ print(json.dumps({
 def test_saved_folder_loads_under_transformers_4_57(saved_tiny_model, images, tmp_path):
     image_file = tmp_path / "images.npy"
     np.save(image_file, np.stack(images[:3]))
-    result = subprocess.run(
-        [sys.executable, "-c", python_without_soli_hf(SCRIPT), str(saved_tiny_model), str(image_file)],
-        capture_output=True,
-        text=True,
-        env={**SUBPROCESS_ENV, "PYTHONPATH": str(COMPAT_PATH)},
-        cwd=tmp_path,
-        timeout=300,
+    outputs = run_without_soli_hf(
+        SCRIPT, str(saved_tiny_model), str(image_file), cwd=tmp_path, extra_env={"PYTHONPATH": str(COMPAT_PATH)}
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = json.loads(result.stdout.strip().splitlines()[-1])
     model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model).eval()
     processor = SoliProcessor.from_pretrained(saved_tiny_model)
     inputs = processor(images=images[:3], return_tensors="pt")
