@@ -267,6 +267,12 @@ class SoliPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules: list[str] = []
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> SoliPreTrainedModel:
+        """`PreTrainedModel.from_pretrained` restricted to safetensors weights: loading never unpickles."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Near-zero for the last SR convolution (SR starts as bicubic upsampling), PyTorch's uniform for the LSTM
         cell, transformers' defaults (normal(0, initializer_range)) for everything else. The backbone, a

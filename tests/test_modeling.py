@@ -30,6 +30,13 @@ def test_save_load_round_trip_gives_identical_logits_and_ids(tiny_model, batch, 
         assert torch.equal(reloaded.generate(pixel_values=batch["pixel_values"], max_new_tokens=8, **kwargs), expected)
 
 
+def test_loading_never_unpickles(tiny_model, tmp_path):
+    tiny_model.config.save_pretrained(tmp_path)
+    torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        SoliForConditionalGeneration.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_batched_generate_equals_one_image_at_a_time(tiny_model, batch, num_beams):
     pixel_values = batch["pixel_values"]
