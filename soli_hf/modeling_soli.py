@@ -19,7 +19,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_soli import SoliConfig
-from .losses_soli import caption_cross_entropy, super_resolution_l1, symmetric_info_nce
+from .losses_soli import IGNORE_INDEX, caption_cross_entropy, super_resolution_l1, symmetric_info_nce
 
 _AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForImageTextToText")
 DEFAULT_MAX_NEW_TOKENS = 24  # Flickr8k captions: 10.8 words on average, 99% have at most 22
@@ -407,7 +407,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         if input_ids is None and labels is None:
             raise ValueError("SoliForConditionalGeneration.forward needs `input_ids` or `labels` (caption tokens)")
         if input_ids is None:
-            input_ids = labels.masked_fill(labels == -100, self.config.pad_token_id)
+            input_ids = labels.masked_fill(labels == IGNORE_INDEX, self.config.pad_token_id)
         if encoder_outputs is None:
             if pixel_values is None:
                 raise ValueError("SoliForConditionalGeneration.forward needs `pixel_values` or `encoder_outputs`")
@@ -422,7 +422,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         caption_loss = contrastive_loss = sr_loss = loss = None
         if labels is not None:
             if attention_mask is not None:
-                labels = labels.masked_fill(attention_mask == 0, -100)
+                labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
             caption_loss = caption_cross_entropy(
                 logits, labels, self.config.pad_token_id, self.config.label_smoothing
             )
