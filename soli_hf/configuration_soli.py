@@ -57,9 +57,13 @@ class SoliConfig(PretrainedConfig):
             Weight of the L1 super-resolution loss in the total loss (used when `hr_pixel_values` is given).
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the caption cross-entropy.
-        inference_branches (`str`, *optional*, defaults to `"both"`):
+        use_sr_branch (`bool`, *optional*, defaults to `True`):
+            `True` is SOLI. `False` is the baseline captioner of the same recipe: the LR branch alone, with no
+            super-resolution module, no contrastive head and no SR or contrastive loss (`inference_branches` must
+            then be `"lr"`), so that SOLI's gain can be measured.
+        inference_branches (`str`, *optional*, defaults to `"both"`, or `"lr"` without the SR branch):
             `"both"` encodes the LR and SR branches and averages them (the paper); `"lr"` encodes the LR branch
-            only, halving the encoder cost. Training always uses both branches.
+            only, halving the encoder cost. Training always uses every branch the model has.
         freeze_backbone_batch_norm (`bool`, *optional*, defaults to `True`):
             Keep the backbone's batch-norm layers in eval mode (ImageNet running statistics) during training;
             their affine parameters still train.
@@ -88,7 +92,8 @@ class SoliConfig(PretrainedConfig):
         contrastive_weight: float = 0.1,
         sr_loss_weight: float = 1.0,
         label_smoothing: float = 0.0,
-        inference_branches: str = "both",
+        use_sr_branch: bool = True,
+        inference_branches: str | None = None,
         freeze_backbone_batch_norm: bool = True,
         vocab_size: int = 10000,
         initializer_range: float = 0.02,
@@ -102,8 +107,12 @@ class SoliConfig(PretrainedConfig):
         if isinstance(backbone_config, dict):
             backbone_config = MobileNetV2Config(**{k: v for k, v in backbone_config.items() if k != "model_type"})
         self.backbone_config = backbone_config if backbone_config is not None else default_backbone_config()
+        if inference_branches is None:
+            inference_branches = "both" if use_sr_branch else "lr"
         if inference_branches not in INFERENCE_BRANCHES:
             raise ValueError(f"inference_branches must be one of {INFERENCE_BRANCHES}, got {inference_branches!r}")
+        if not use_sr_branch and inference_branches != "lr":
+            raise ValueError("a model without the SR branch (use_sr_branch=False) can only use inference_branches='lr'")
         if sr_scale < 1:
             raise ValueError(f"sr_scale must be a positive integer, got {sr_scale!r}")
         self.image_size = image_size
@@ -119,6 +128,7 @@ class SoliConfig(PretrainedConfig):
         self.contrastive_weight = contrastive_weight
         self.sr_loss_weight = sr_loss_weight
         self.label_smoothing = label_smoothing
+        self.use_sr_branch = use_sr_branch
         self.inference_branches = inference_branches
         self.freeze_backbone_batch_norm = freeze_backbone_batch_norm
         self.vocab_size = vocab_size

@@ -7,6 +7,7 @@ target of the super-resolution loss and is made from the same source image.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -174,6 +175,17 @@ def make_low_resolution(
     return image
 
 
+def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
+    """Round-trip an RGB image through JPEG at `quality` (1-95), the compression artefacts of a real camera."""
+    if not 1 <= quality <= 95:
+        raise ValueError(f"jpeg_quality must be in [1, 95], got {quality!r}")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as compressed:
+        return compressed.convert("RGB")
+
+
 class SoliImageProcessor(BaseImageProcessor):
     r"""
     Makes SOLI's inputs from images of any kind.
@@ -245,13 +257,15 @@ class SoliImageProcessor(BaseImageProcessor):
         degradation: str | None = None,
         scale_factor: float | None = None,
         blur_sigma: float | None = None,
+        jpeg_quality: int | None = None,
         return_tensors: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Make `pixel_values` (B, 3, S, S) and, with `return_hr=True`, `hr_pixel_values` (B, 3, S*r, S*r).
 
         `degradation`, `scale_factor` and `blur_sigma` override the processor's settings for this call (the
-        training loop randomises them per sample; evaluation keeps them fixed).
+        training loop randomises them per sample; evaluation keeps them fixed). `jpeg_quality` additionally
+        JPEG-compresses the LR image (training-time augmentation; the HR target stays clean).
         """
         if kwargs:
             raise ValueError(f"SoliImageProcessor.preprocess got unexpected arguments: {sorted(kwargs)}")
@@ -261,10 +275,12 @@ class SoliImageProcessor(BaseImageProcessor):
         if images is None:
             raise ValueError("images: got None")
         rgb_images = [to_rgb_image(image) for image in make_image_list(images)]
-        low = [
-            self.normalize_pixels(make_low_resolution(image, self.image_size, degradation, scale_factor, blur_sigma))
-            for image in rgb_images
+        low_images = [
+            make_low_resolution(image, self.image_size, degradation, scale_factor, blur_sigma) for image in rgb_images
         ]
+        if jpeg_quality is not None:
+            low_images = [jpeg_compress(image, jpeg_quality) for image in low_images]
+        low = [self.normalize_pixels(image) for image in low_images]
         data = {"pixel_values": np.stack(low)}
         if return_hr:
             hr_size = (self.image_size * self.sr_scale,) * 2

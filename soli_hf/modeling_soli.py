@@ -153,7 +153,7 @@ class SoliSiameseEncoder(nn.Module):
     def __init__(self, config: SoliConfig) -> None:
         super().__init__()
         self.config = config
-        self.super_resolution = SoliSuperResolution(config)
+        self.super_resolution = SoliSuperResolution(config) if config.use_sr_branch else None
         self.backbone = MobileNetV2Model(config.backbone_config, add_pooling_layer=False)
         self.pool = nn.AdaptiveAvgPool2d(config.grid_size)
         self.projection = nn.Linear(self.backbone.conv_1x1.convolution.out_channels, config.hidden_size)
@@ -166,8 +166,9 @@ class SoliSiameseEncoder(nn.Module):
         return self.projection(grid)
 
     def uses_both_branches(self) -> bool:
-        """Training always uses both branches; inference follows `config.inference_branches`."""
-        return self.training or self.config.inference_branches == "both"
+        """Training uses both branches (when the model has the SR branch); inference follows
+        `config.inference_branches`."""
+        return self.super_resolution is not None and (self.training or self.config.inference_branches == "both")
 
     def forward(
         self,
@@ -310,10 +311,14 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.encoder = SoliSiameseEncoder(config)
         self.decoder = SoliAttentionDecoder(config)
-        self.contrastive_head = nn.Sequential(
-            nn.Linear(config.hidden_size, config.hidden_size),
-            nn.ReLU(),
-            nn.Linear(config.hidden_size, config.projection_dim),
+        self.contrastive_head = (
+            nn.Sequential(
+                nn.Linear(config.hidden_size, config.hidden_size),
+                nn.ReLU(),
+                nn.Linear(config.hidden_size, config.projection_dim),
+            )
+            if config.use_sr_branch
+            else None
         )
         self.post_init()
         self.generation_config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -396,6 +401,9 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
                 The same caption tokens (-100 or padding where ignored); `logits[:, t]` is scored on
                 `labels[:, t + 1]`.
+                Captions may outnumber images by a whole factor k (`k * batch` rows, the captions of image i in
+                rows `i*k` to `i*k + k - 1`): each image is then encoded once and its memory shared by its k
+                captions, while the contrastive and SR losses stay per image.
             hr_pixel_values (`torch.FloatTensor`, *optional*):
                 The real higher-resolution image (`image_size * sr_scale`), target of the SR loss.
             curriculum_alpha (`float`, *optional*, defaults to 1.0):
@@ -412,7 +420,9 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             if pixel_values is None:
                 raise ValueError("SoliForConditionalGeneration.forward needs `pixel_values` or `encoder_outputs`")
             encoder_outputs = self.encoder(pixel_values, curriculum_alpha=curriculum_alpha)
-        memory, keys = encoder_outputs.last_hidden_state, encoder_outputs.attention_keys
+        memory, keys = _repeat_per_caption(
+            (encoder_outputs.last_hidden_state, encoder_outputs.attention_keys), input_ids.shape[0]
+        )
         if past_key_values is None:
             state, seen_tokens = self.decoder.initial_state(memory), 0
         else:
@@ -426,7 +436,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             caption_loss = caption_cross_entropy(
                 logits, labels, self.config.pad_token_id, self.config.label_smoothing
             )
-        if encoder_outputs.sr_image_embeds is not None and memory.shape[0] > 1:
+        if encoder_outputs.sr_image_embeds is not None and encoder_outputs.sr_image_embeds.shape[0] > 1:
             contrastive_loss = symmetric_info_nce(
                 self.contrastive_head(encoder_outputs.lr_image_embeds),
                 self.contrastive_head(encoder_outputs.sr_image_embeds),
@@ -451,7 +461,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             lr_image_embeds=encoder_outputs.lr_image_embeds,
             sr_image_embeds=encoder_outputs.sr_image_embeds,
             sr_pixel_values=encoder_outputs.sr_pixel_values,
-            encoder_last_hidden_state=memory,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             attentions=attention_weights if output_attentions else None,
         )
 
@@ -472,6 +482,19 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             "past_key_values": past_key_values,
             "use_cache": use_cache,
         }
+
+
+def _repeat_per_caption(tensors: tuple[torch.Tensor, ...], num_captions: int) -> tuple[torch.Tensor, ...]:
+    """Repeat per-image tensors so that each of an image's k consecutive captions gets its own row."""
+    num_images = tensors[0].shape[0]
+    if num_captions == num_images:
+        return tensors
+    if num_captions % num_images:
+        raise ValueError(
+            f"got {num_captions} captions for {num_images} images: the number of captions must be a multiple of "
+            "the number of images (k captions per image, in consecutive rows)"
+        )
+    return tuple(tensor.repeat_interleave(num_captions // num_images, dim=0) for tensor in tensors)
 
 
 def _without_classifier_labels(config: MobileNetV2Config) -> MobileNetV2Config:

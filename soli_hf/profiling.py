@@ -60,13 +60,15 @@ def count_flops(
 
 def model_summary(model: SoliForConditionalGeneration) -> dict[str, Any]:
     """Parameters, vocabulary, input size and FLOPs per image for each inference mode."""
-    parameters = {
-        "total": sum(p.numel() for p in model.parameters()),
-        "super_resolution": sum(p.numel() for p in model.encoder.super_resolution.parameters()),
-        "backbone": sum(p.numel() for p in model.encoder.backbone.parameters()),
-        "decoder": sum(p.numel() for p in model.decoder.parameters()),
-        "contrastive_head (training only)": sum(p.numel() for p in model.contrastive_head.parameters()),
+    parts = {
+        "total": model,
+        "super_resolution": model.encoder.super_resolution,
+        "backbone": model.encoder.backbone,
+        "decoder": model.decoder,
+        "contrastive_head (training only)": model.contrastive_head,
     }
+    parameters = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items() if part is not None}
+    modes = INFERENCE_BRANCHES if model.config.use_sr_branch else ("lr",)
     lr_side = model.config.image_size
     sr_side = lr_side * model.config.sr_scale
     return {
@@ -75,5 +77,5 @@ def model_summary(model: SoliForConditionalGeneration) -> dict[str, Any]:
         "input_size": [3, lr_side, lr_side],
         "sr_size": [3, sr_side, sr_side],
         "default_inference_branches": model.config.inference_branches,
-        "flops_per_image": {branches: count_flops(model, branches) for branches in INFERENCE_BRANCHES},
+        "flops_per_image": {branches: count_flops(model, branches) for branches in modes},
     }

@@ -1,0 +1,184 @@
+"""Training and evaluation batches: dataset rows -> LR/HR pixels (SoliImageProcessor) + caption tokens.
+
+Randomness is a pure function of (seed, epoch, row): the degradation a sample gets and which captions are drawn
+do not depend on worker processes, batch order or restarts, which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, Image
+from torch.utils.data import Sampler
+
+from ..data import safe_load_image
+from ..processing_soli import SoliProcessor
+from .config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DegradationPolicy:
+    """How the LR view of a training sample is made (DESIGN.md: the curriculum may ramp the degradation)."""
+
+    kinds: Sequence[str]
+    blur_sigma_range: Sequence[float]
+    jpeg_quality_range: Sequence[int] | None
+    min_scale_factor: float | None
+    ramp_epochs: float
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> DegradationPolicy:
+        return cls(
+            config.degradations,
+            config.blur_sigma_range,
+            config.jpeg_quality_range,
+            config.min_scale_factor,
+            config.degradation_ramp_epochs,
+        )
+
+    def severity(self, epoch: int) -> float:
+        """0 (mild) -> 1 (most severe) over `ramp_epochs`; always 1 without a ramp."""
+        return 1.0 if self.ramp_epochs <= 0 else min(1.0, epoch / self.ramp_epochs)
+
+    def sample(self, rng: np.random.Generator, epoch: int, source_size: int, image_size: int) -> dict[str, Any]:
+        """Keyword arguments of `SoliImageProcessor.preprocess` for one sample."""
+        kwargs: dict[str, Any] = {
+            "degradation": self.kinds[rng.integers(len(self.kinds))],
+            "blur_sigma": float(rng.uniform(*self.blur_sigma_range)),
+        }
+        if self.jpeg_quality_range is not None:
+            low, high = self.jpeg_quality_range
+            kwargs["jpeg_quality"] = int(rng.integers(low, high + 1))
+        if self.min_scale_factor is not None:
+            mild = image_size / source_size  # straight to the LR size
+            severe = min(self.min_scale_factor, mild)
+            kwargs["scale_factor"] = float(rng.uniform(mild - self.severity(epoch) * (mild - severe), mild))
+        return kwargs
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random generator of one sample in one epoch."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+class CaptionImageDataset(torch.utils.data.Dataset):
+    """Rows of a caption dataset as processed samples: `pixel_values`, `hr_pixel_values`, `captions`, `image_id`.
+
+    `policy` randomises the LR degradation (None: the processor's fixed one); `return_hr` adds the HR target.
+    A row whose image cannot be decoded becomes None (the collator drops it and counts it) under
+    `on_bad_sample="skip"`, or raises `ValueError` naming the file and row under `"error"`.
+    """
+
+    def __init__(
+        self,
+        rows: Dataset,
+        processor: SoliProcessor,
+        policy: DegradationPolicy | None,
+        return_hr: bool,
+        captions_per_image: int,
+        seed: int,
+        on_bad_sample: str,
+    ) -> None:
+        self.rows = rows.cast_column("image", Image(decode=False))
+        self.processor = processor
+        self.policy = policy
+        self.return_hr = return_hr
+        self.captions_per_image = captions_per_image
+        self.seed = seed
+        self.on_bad_sample = on_bad_sample
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        row = self.rows[index]
+        image = safe_load_image(row, self.on_bad_sample)
+        if image is None:
+            return None
+        rng = sample_rng(self.seed, self.epoch, index)
+        image_processor = self.processor.image_processor
+        kwargs = {} if self.policy is None else self.policy.sample(rng, self.epoch, max(image.size), image_processor.image_size)
+        features = image_processor(image, return_hr=self.return_hr, **kwargs)
+        return {
+            "image_id": row["image_id"],
+            "pixel_values": features["pixel_values"][0],
+            "hr_pixel_values": features["hr_pixel_values"][0] if self.return_hr else None,
+            "references": row["captions"],
+            "captions": choose_captions(row["captions"], self.captions_per_image, rng),
+        }
+
+
+def choose_captions(captions: Sequence[str], count: int, rng: np.random.Generator) -> list[str]:
+    """`count` of an image's captions: all of them in order when there are exactly that many, else drawn
+    without replacement (with replacement when there are fewer)."""
+    if len(captions) == count:
+        return list(captions)
+    picks = rng.choice(len(captions), size=count, replace=len(captions) < count)
+    return [captions[i] for i in picks]
+
+
+class CaptionBatchCollator:
+    """Stacks samples into model inputs; captions are tokenised (`<bos> ... <eos>`, padded)."""
+
+    def __init__(self, processor: SoliProcessor, max_caption_tokens: int) -> None:
+        self.tokenizer = processor.tokenizer
+        self.max_length = max_caption_tokens + 2  # + <bos>, <eos>
+        self.skipped_images = 0
+
+    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        kept = [sample for sample in samples if sample is not None]
+        self.skipped_images += len(samples) - len(kept)
+        if not kept:
+            return None
+        captions = [caption for sample in kept for caption in sample["captions"]]
+        tokens = self.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
+        batch = {
+            "pixel_values": torch.from_numpy(np.stack([sample["pixel_values"] for sample in kept])),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "labels": labels,
+            "image_ids": [sample["image_id"] for sample in kept],
+            "references": [sample["references"] for sample in kept],
+        }
+        if kept[0]["hr_pixel_values"] is not None:
+            batch["hr_pixel_values"] = torch.from_numpy(np.stack([sample["hr_pixel_values"] for sample in kept]))
+        return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of the rows that depends only on (seed, epoch)."""
+
+    def __init__(self, num_rows: int, seed: int) -> None:
+        self.num_rows = num_rows
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The tensors of a batch that `SoliForConditionalGeneration.forward` takes."""
+    names = ("pixel_values", "input_ids", "attention_mask", "labels", "hr_pixel_values")
+    return {name: batch[name] for name in names if name in batch}

@@ -1,0 +1,274 @@
+"""The SOLI training loop (`scripts/train.py` calls `train`): visible top to bottom, no callbacks.
+
+    accelerate launch scripts/train.py --config configs/flickr8k_cpu.yaml
+
+Phase `xe` trains with caption cross-entropy + contrastive + SR losses under the low-res -> super-resolved
+curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. Every epoch ends with a
+dev-split evaluation; the best epoch (by CIDEr-D) is kept as a `save_pretrained` folder, `OUTPUT/model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from ..data import iter_captions, load_caption_dataset_with_report
+from ..modeling_soli import SoliForConditionalGeneration
+from ..processing_soli import SoliProcessor
+from .checkpointing import TrainerState, latest_checkpoint, save_checkpoint, write_folder_atomically
+from .config import TrainingConfig
+from .curriculum import curriculum_alpha
+from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
+from .evaluation import evaluate_captioner
+from .model_setup import build_model, build_processor, trainable_parameter_groups
+from .reporting import plot_training_curves
+from .scst import build_reward_scorer, scst_loss
+
+logger = logging.getLogger(__name__)
+
+STEP_LOG_FILE = "losses.jsonl"
+MODEL_DIR = "model"
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run the recipe; returns the folder of the best model (`OUTPUT/model`)."""
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(config.seed)
+    show_progress = accelerator.is_local_main_process
+
+    # ---- data
+    train_rows, train_report = load_caption_dataset_with_report(
+        config.data, config.train_split, config.data_format, config.on_bad_sample
+    )
+    eval_rows, eval_report = load_caption_dataset_with_report(
+        config.data, config.eval_split, config.data_format, config.on_bad_sample
+    )
+    if config.max_train_images is not None:
+        train_rows = train_rows.select(range(min(config.max_train_images, len(train_rows))))
+    if config.max_eval_images is not None:
+        eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
+    processor = build_processor(config, iter_captions(train_rows))
+    policy = DegradationPolicy.from_config(config) if config.random_degradation else None
+    train_set = CaptionImageDataset(
+        train_rows, processor, policy, True, config.captions_per_image, config.seed, config.on_bad_sample
+    )
+    eval_set = CaptionImageDataset(eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip")
+    train_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
+    eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
+    sampler = EpochShuffleSampler(len(train_set), config.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collator,
+        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
+    )  # fmt: skip
+    eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=eval_collator)
+
+    # ---- model and optimiser
+    model = build_model(config, processor)
+    optimizer = torch.optim.AdamW(trainable_parameter_groups(model, config), weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    if config.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, min(config.warmup_steps, steps_per_epoch), steps_per_epoch * config.num_epochs
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    reward_scorer = build_reward_scorer(train_rows["captions"], processor.tokenizer) if config.phase == "scst" else None
+
+    # ---- resume
+    state = TrainerState()
+    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint = latest_checkpoint(checkpoint_dir) if config.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = TrainerState.load(checkpoint)
+        logger.info("resumed from %s (epoch %d, step %d)", checkpoint, state.epoch, state.global_step)
+    elif config.resume:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+        if checkpoint is None:
+            (output_dir / STEP_LOG_FILE).unlink(missing_ok=True)
+    accelerator.init_trackers("soli", config={k: str(v) for k, v in config.to_dict().items()})
+
+    # ---- epochs
+    unwrapped = accelerator.unwrap_model(model)
+    for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
+        model.train()
+        batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+        progress = tqdm(
+            batches, total=len(train_loader), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+            disable=not show_progress, dynamic_ncols=True,
+        )  # fmt: skip
+        epoch_start, images_seen, running = time.perf_counter(), 0, {}
+        for batch in progress:
+            set_seed(config.seed + state.global_step)  # dropout and sampling depend on the step alone: exact resume
+            alpha = curriculum_alpha(
+                epoch + state.step_in_epoch / len(train_loader), config.curriculum_start_epoch, config.curriculum_epochs
+            )
+            if batch is not None:
+                with accelerator.accumulate(model):
+                    loss, parts = training_loss(model, batch, alpha, config, processor, reward_scorer)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    if config.schedule == "cosine" and accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                images_seen += len(batch["image_ids"]) * accelerator.num_processes
+                running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
+                progress.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"alpha": f"{alpha:.2f}"})
+                record = {"step": state.global_step, "epoch": epoch, "curriculum_alpha": alpha, **parts}
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                log_step(accelerator, output_dir, record, config.log_every_steps)
+            state.global_step += 1
+            state.step_in_epoch += 1
+            if state.global_step % config.save_every_steps == 0 and accelerator.sync_gradients:
+                save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints)
+
+        # ---- end of epoch: evaluate, keep the best, stop early
+        train_seconds = time.perf_counter() - epoch_start
+        metrics: dict[str, Any] = {}
+        if accelerator.is_main_process:
+            metrics, _ = evaluate_captioner(
+                unwrapped, eval_loader, processor, config.max_caption_tokens, show_progress=show_progress
+            )
+        metrics = broadcast_metrics(accelerator, metrics)
+        metrics.update(
+            epoch=epoch + 1,
+            train_images_per_second=images_seen / train_seconds,
+            peak_memory_mb=peak_memory_mb(accelerator.device),
+        )
+        if config.schedule == "plateau":
+            scheduler.step(metrics["CIDEr"])
+        state.history.append(metrics)
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
+        improved = state.best_metric is None or metrics["CIDEr"] > state.best_metric
+        if improved:
+            state.best_metric, state.best_epoch, state.epochs_without_improvement = metrics["CIDEr"], epoch + 1, 0
+            if accelerator.is_main_process:
+                save_model_folder(unwrapped, processor, config, output_dir / MODEL_DIR, state)
+        else:
+            state.epochs_without_improvement += 1
+        logger.info("epoch %d: %s", epoch + 1, json.dumps(metrics))
+        if show_progress:
+            tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        state.stopped_early = state.epochs_without_improvement >= config.early_stopping_patience
+        save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints)
+        if state.stopped_early:
+            logger.info("early stopping: no CIDEr-D gain for %d epochs", state.epochs_without_improvement)
+            break
+
+    # ---- the final folder: best weights + the whole run's metrics and curves
+    skipped = train_report.counts | {"unreadable_at_training_time": train_collator.skipped_images}
+    if accelerator.is_main_process:
+        summary = {
+            "best_epoch": state.best_epoch,
+            "best": state.history[state.best_epoch - 1] if state.best_epoch else None,
+            "history": state.history,
+            "skipped_train_samples": skipped,
+            "skipped_eval_samples": eval_report.counts,
+        }
+        (output_dir / MODEL_DIR / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        plot_training_curves(output_dir / STEP_LOG_FILE, state.history, output_dir / MODEL_DIR / "training_curves.png")
+    if any(skipped.values()):
+        logger.warning("skipped training samples: %s", skipped)
+    accelerator.end_training()
+    return output_dir / MODEL_DIR
+
+
+def training_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    alpha: float,
+    config: TrainingConfig,
+    processor: SoliProcessor,
+    reward_scorer: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch and its parts (as floats, for logging)."""
+    inputs = model_inputs(batch)
+    if config.phase == "xe":
+        output = model(**inputs, curriculum_alpha=alpha)
+        parts = {"loss": output.loss, "caption_loss": output.caption_loss}
+        parts |= {"contrastive_loss": output.contrastive_loss, "sr_loss": output.sr_loss}
+        return output.loss, {k: float(v) for k, v in parts.items() if v is not None}
+    soli = getattr(model, "module", model)
+    encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
+    loss, mean_reward = scst_loss(
+        soli, encoder_outputs, batch["references"], processor.tokenizer, reward_scorer,
+        config.scst_samples, config.scst_baseline, config.max_caption_tokens,
+    )  # fmt: skip
+    return loss, {"loss": float(loss), "reward": mean_reward}
+
+
+def set_backbone_trainable(model: SoliForConditionalGeneration, trainable: bool) -> None:
+    """Freeze or unfreeze the backbone's weights (`freeze_backbone_epochs`)."""
+    for parameter in model.encoder.backbone.parameters():
+        parameter.requires_grad_(trainable)
+
+
+def log_step(accelerator: Accelerator, output_dir: Path, record: dict[str, Any], every: int) -> None:
+    """Append the step's losses to `losses.jsonl` (every step: the resume test compares them) and to the
+    trackers (every `every` steps)."""
+    if accelerator.is_main_process:
+        with open(output_dir / STEP_LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if record["step"] % every == 0:
+        accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
+def broadcast_metrics(accelerator: Accelerator, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The main process's evaluation metrics, on every process (for early stopping and the plateau schedule)."""
+    if accelerator.num_processes == 1:
+        return metrics
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([metrics])[0]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU `max_memory_allocated`, or the process's peak resident memory on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_model_folder(
+    model: SoliForConditionalGeneration, processor: SoliProcessor, config: TrainingConfig, folder: Path, state: TrainerState
+) -> None:
+    """Write the loadable model folder atomically: weights, code, processor, tokenizer, generation config, the
+    recipe and the metrics so far."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+        metrics = {"best_epoch": state.best_epoch, "best": state.history[-1], "history": state.history}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+    write_folder_atomically(folder, write)
