@@ -114,11 +114,13 @@ def train(config: TrainingConfig) -> Path:
     # ---- epochs
     unwrapped = accelerator.unwrap_model(model)
     for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
         set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
         batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+        # Accelerate re-seeds the sampler from its own epoch counter, which restarts at 0 in a resumed run and in a
+        # skip-batches loader: give it the true epoch so that the batches match an unbroken run.
+        batches.set_epoch(epoch)
+        train_set.set_epoch(epoch)  # the per-sample degradations and caption picks (accelerate leaves these alone)
         progress = tqdm(
             batches, total=len(train_loader), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
             disable=not show_progress, dynamic_ncols=True,
@@ -216,14 +218,14 @@ def training_loss(
         output = model(**inputs, curriculum_alpha=alpha)
         parts = {"loss": output.loss, "caption_loss": output.caption_loss}
         parts |= {"contrastive_loss": output.contrastive_loss, "sr_loss": output.sr_loss}
-        return output.loss, {k: float(v) for k, v in parts.items() if v is not None}
+        return output.loss, {k: float(v.detach()) for k, v in parts.items() if v is not None}
     soli = getattr(model, "module", model)
     encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
     loss, mean_reward = scst_loss(
         soli, encoder_outputs, batch["references"], processor.tokenizer, reward_scorer,
         config.scst_samples, config.scst_baseline, config.max_caption_tokens,
     )  # fmt: skip
-    return loss, {"loss": float(loss), "reward": mean_reward}
+    return loss, {"loss": float(loss.detach()), "reward": mean_reward}
 
 
 def set_backbone_trainable(model: SoliForConditionalGeneration, trainable: bool) -> None:
