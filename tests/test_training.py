@@ -26,6 +26,7 @@ from soli_hf.training.checkpointing import write_folder_atomically
 from soli_hf.training.curriculum import curriculum_alpha
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, sample_rng
 from soli_hf.training.scst import caption_words, decode, scst_loss, self_critical_advantages
+from soli_hf.training.reporting import write_run_comparison
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,6 +279,11 @@ def test_accelerate_launch_end_to_end(tmp_path: Path, tiny_model_config: Path) -
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert {"CIDEr", "Bleu_4", "val_loss", "train_images_per_second", "peak_memory_mb"} <= set(metrics["best"])
     assert (model_dir / "training_curves.png").stat().st_size > 0
+    assert {"train_seconds", "eval_seconds"} <= set(metrics["best"])
+    comparison = write_run_comparison([tmp_path / "run"], tmp_path / "comparison")["runs"][0]
+    assert comparison["dev_greedy"]["CIDEr"] == metrics["best"]["CIDEr"]
+    assert str(tmp_path / "run") in (tmp_path / "comparison" / "comparison.md").read_text()
+    assert (tmp_path / "comparison" / "comparison.png").stat().st_size > 0
     model = AutoModel.from_pretrained(model_dir)
     assert isinstance(model, SoliForConditionalGeneration)
     captioner = pipeline("image-to-text", model=str(model_dir))

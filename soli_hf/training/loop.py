@@ -155,6 +155,7 @@ def train(config: TrainingConfig) -> Path:
         # ---- end of epoch: evaluate, keep the best, stop early
         train_seconds = time.perf_counter() - epoch_start
         metrics: dict[str, Any] = {}
+        eval_start = time.perf_counter()
         if accelerator.is_main_process:
             metrics, _ = evaluate_captioner(
                 unwrapped, eval_loader, processor, config.max_caption_tokens, show_progress=show_progress
@@ -163,6 +164,8 @@ def train(config: TrainingConfig) -> Path:
         metrics.update(
             epoch=epoch + 1,
             train_images_per_second=images_seen / train_seconds,
+            train_seconds=train_seconds,
+            eval_seconds=time.perf_counter() - eval_start,
             peak_memory_mb=peak_memory_mb(accelerator.device),
         )
         if config.schedule == "plateau":

@@ -44,3 +44,56 @@ def _smooth(values: tuple[float, ...], decay: float = 0.9) -> list[float]:
         running = decay * running + (1 - decay) * value
         smoothed.append(running)
     return smoothed
+
+
+SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "val_loss")
+
+
+def summarize_run(run_dir: Path) -> dict[str, Any]:
+    """The figures of one finished run (`OUTPUT` of scripts/train.py): its recipe's key fields, the best epoch's dev
+    metrics, the median training throughput (images/s, data pipeline included) and the peak memory."""
+    metrics = json.loads((run_dir / "model" / "metrics.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
+    history, best = metrics["history"], metrics["best"]
+    speeds = sorted(entry["train_images_per_second"] for entry in history)
+    summary = {
+        "run": str(run_dir),
+        "model_variant": config["model_variant"],
+        "phase": config["phase"],
+        "epochs_run": len(history),
+        "best_epoch": metrics["best_epoch"],
+        "dev_greedy": {key: best[key] for key in SUMMARY_METRICS if key in best},
+        "train_images_per_second": speeds[len(speeds) // 2],
+        "peak_memory_mb": max(entry["peak_memory_mb"] for entry in history),
+        "history": history,
+    }
+    if all("train_seconds" in entry for entry in history):
+        summary["train_and_eval_minutes"] = sum(e["train_seconds"] + e["eval_seconds"] for e in history) / 60
+    return summary
+
+
+def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+    """`comparison.json`, a Markdown table (`comparison.md`) and dev CIDEr-D per epoch (`comparison.png`) of
+    several runs; the first run is the reference of the `delta` columns."""
+    runs = [summarize_run(run_dir) for run_dir in run_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
+    header = ["run", "variant", "phase", "best epoch", *SUMMARY_METRICS, "train img/s", "peak MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        dev = run["dev_greedy"]
+        cells = [run["run"], run["model_variant"], run["phase"], f"{run['best_epoch']}/{run['epochs_run']}"]
+        cells += [f"{dev[key]:.4f}" if key in dev else "" for key in SUMMARY_METRICS]
+        cells += [f"{run['train_images_per_second']:.1f}", f"{run['peak_memory_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        history = run["history"]
+        axis.plot([e["epoch"] for e in history], [e["CIDEr"] for e in history], marker="o", label=run["run"])
+    axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="dev split, 64x64")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "comparison.png", dpi=100)
+    plt.close(figure)
+    return {"runs": runs}
