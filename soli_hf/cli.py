@@ -1,4 +1,4 @@
-"""The `soli` command line: `soli info --model DIR`."""
+"""The `soli` command line: `soli info --model DIR`, `soli evaluate --model DIR --data PATH --split S --out DIR`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -47,6 +48,68 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated pixel sizes, e.g. 16,32,64; got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--sizes wants positive pixel sizes, got {text!r}")
+    return sizes
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Caption a split with one or more models (at 64x64, over the paper protocol and/or fixed sizes), score it
+    and write the report."""
+    import logging
+
+    from .evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    conditions = [LowResCondition(args.degradation)]
+    if args.protocol == "paper":
+        conditions += paper_protocol()
+    if args.sizes:
+        conditions += fixed_sizes(args.sizes, args.degradation)
+    try:
+        run_evaluation(
+            args.model, args.data, args.split, args.out, conditions=conditions, data_format=args.data_format,
+            num_beams=args.num_beams, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            max_images=args.max_images, inference_branches=args.inference_branches, meteor=not args.no_meteor,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as error:
+        print(f"soli evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `soli evaluate` (also those of scripts/evaluate.py)."""
+    from .data import DATA_FORMATS
+    from .image_processing_soli import DEGRADATIONS
+
+    parser.add_argument("--model", required=True, nargs="+", help="saved SOLI folder(s); several are compared")
+    parser.add_argument("--data", required=True, help="a dataset folder or JSON file (any soli_hf.data format)")
+    parser.add_argument("--data-format", choices=DATA_FORMATS, default=None, help="detected when left out")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--out", required=True, type=Path, help="report folder (created)")
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N images of the split")
+    parser.add_argument(
+        "--degradation", choices=DEGRADATIONS, default="bicubic", help="of the main condition and of --sizes"
+    )
+    parser.add_argument(
+        "--protocol", choices=["paper"], default=None,
+        help="paper: scale factors 0.5/0.2/0.1/0.05 x bilinear/step/step_gaussian",
+    )  # fmt: skip
+    parser.add_argument("--sizes", type=_sizes, default=None, help="fixed LR sizes, e.g. 16,24,32,48,64,96,128")
+    parser.add_argument("--inference-branches", choices=["both", "lr"], default=None, help="override the saved mode")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (the only Java metric)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soli", description="SOLI low-resolution image captioner")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", required=True, help="a saved SOLI folder")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(handler=run_info)
+    evaluate = commands.add_parser("evaluate", help="caption a split, score it, write a report (HTML samples, plots)")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import MobileNetV2Config
 
 from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor, build_tokenizer
@@ -47,6 +48,33 @@ def tiny_config(vocab_size: int, **overrides: object) -> SoliConfig:
     )
     values.update(overrides)
     return SoliConfig(**values)
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
+SHAPES = ("square", "stripe")
+
+
+def write_caption_folder(root: Path, per_split: dict[str, int]) -> Path:
+    """An image folder with train/ and dev/ splits of generated photos, each with three captions."""
+    rng = np.random.default_rng(0)
+    for split, count in per_split.items():
+        folder = root / split
+        folder.mkdir(parents=True)
+        lines = []
+        for index in range(count):
+            colour = list(COLOURS)[index % len(COLOURS)]
+            shape = SHAPES[(index // len(COLOURS)) % len(SHAPES)]
+            pixels = np.full((96, 96, 3), 245, dtype=np.uint8)
+            if shape == "square":
+                pixels[24:72, 24:72] = COLOURS[colour]
+            else:
+                pixels[40:56, :] = COLOURS[colour]
+            noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"{split}{index}.png")
+            captions = [f"a {colour} {shape} on white", f"one {colour} {shape}", f"a {shape} that is {colour}"]
+            lines.append(json.dumps({"file_name": f"{split}{index}.png", "captions": captions}))
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 * :func:`compute_caption_metrics` -- BLEU-1..4, METEOR, ROUGE-L, CIDEr(-D) of
   ``{id: caption}`` against ``{id: [references]}``, keyed like coco-caption.
 * :func:`leave_one_out_human_scores` -- the same metrics for people: each human
-  caption scored against the other captions of its image.
+  caption scored against the other captions of its image;
+  :func:`leave_one_out_model_scores` scores a model against the same folds.
 * :class:`CiderD` -- document frequencies cached from a training corpus and a
   vectorised per-sample CIDEr-D for self-critical sequence training rewards.
 * :func:`tokenize` / :func:`tokenize_captions` -- coco-caption's PTB tokenisation
@@ -16,7 +17,7 @@ from .cider import CiderD, cider_d
 from .meteor import meteor_score, meteor_unavailable_reason
 from .ptb_tokenizer import PUNCTUATIONS, tokenize, tokenize_captions, tokenize_lines
 from .rouge import rouge_l_scores
-from .scoring import METRIC_KEYS, compute_caption_metrics, leave_one_out_human_scores
+from .scoring import METRIC_KEYS, compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 from .validation import validate_captions, validate_references
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "cider_d",
     "compute_caption_metrics",
     "leave_one_out_human_scores",
+    "leave_one_out_model_scores",
     "meteor_score",
     "meteor_unavailable_reason",
     "rouge_l_scores",

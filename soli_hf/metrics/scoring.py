@@ -14,7 +14,7 @@ from .ptb_tokenizer import tokenize_captions
 from .rouge import rouge_l_scores
 from .validation import validate_captions, validate_references
 
-__all__ = ["METRIC_KEYS", "compute_caption_metrics", "leave_one_out_human_scores"]
+__all__ = ["METRIC_KEYS", "compute_caption_metrics", "leave_one_out_human_scores", "leave_one_out_model_scores"]
 
 #: Result keys, named as coco-caption names them.
 METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -74,9 +74,8 @@ def leave_one_out_human_scores(
     For fold ``j`` (``j < k``, ``k`` = the smallest number of references of any
     image), the ``j``-th reference of every image is the prediction and that
     image's other references are the references; each fold is scored with
-    :func:`compute_caption_metrics` and the folds are averaged.  Compare a
-    model's scores against the *same* reduced references (e.g. the references
-    minus one) for a like-for-like comparison.
+    :func:`compute_caption_metrics` and the folds are averaged.  Compare with
+    :func:`leave_one_out_model_scores`, which scores a model against the same folds.
 
     Args:
         references: image id -> human captions (at least two per image).
@@ -88,17 +87,39 @@ def leave_one_out_human_scores(
     Raises:
         ValueError: invalid captions, or an image with fewer than two references.
     """
+    results = [
+        compute_caption_metrics(held_out, rest, meteor=meteor) for held_out, rest in _reference_folds(references)
+    ]
+    return {key: float(np.mean([result[key] for result in results])) for key in results[0]}
+
+
+def leave_one_out_model_scores(
+    predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]], *, meteor: bool = True
+) -> dict[str, float]:
+    """A model's captions scored like :func:`leave_one_out_human_scores` scores people: fold ``j`` drops the
+    ``j``-th reference of every image, the folds are averaged. The two results are directly comparable.
+
+    Raises:
+        ValueError: as :func:`leave_one_out_human_scores`, or ids that differ from the references'.
+    """
+    validate_captions(predictions, references)
+    results = [compute_caption_metrics(predictions, rest, meteor=meteor) for _, rest in _reference_folds(references)]
+    return {key: float(np.mean([result[key] for result in results])) for key in results[0]}
+
+
+def _reference_folds(
+    references: Mapping[Hashable, Sequence[str]],
+) -> list[tuple[dict[Hashable, str], dict[Hashable, list[str]]]]:
+    """(held-out reference, the others) of every image, for each fold ``j < k`` (``k``: fewest references)."""
     validate_references(references)
     too_few = [i for i, refs in references.items() if len(refs) < 2]
     if too_few:
         raise ValueError(f"leave-one-out needs at least two references per image; id {too_few[0]!r} has one")
     folds = min(len(refs) for refs in references.values())
-    results = [
-        compute_caption_metrics(
+    return [
+        (
             {i: refs[j] for i, refs in references.items()},
             {i: [r for k, r in enumerate(refs) if k != j] for i, refs in references.items()},
-            meteor=meteor,
         )
         for j in range(folds)
     ]
-    return {key: float(np.mean([result[key] for result in results])) for key in results[0]}

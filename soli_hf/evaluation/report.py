@@ -1,0 +1,171 @@
+"""The files of an evaluation: metrics.json, captions.jsonl, report.md, samples.html and the resolution plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .conditions import LowResCondition  # noqa: E402
+
+REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+PLOT_METRICS = ("CIDEr", "Bleu_4")
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+@dataclass
+class ConditionResult:
+    """One model under one LR condition: its captions, its metrics against all references, and against the
+    leave-one-out folds (comparable with the human score)."""
+
+    model: str
+    condition: LowResCondition
+    predictions: dict[str, str]
+    metrics: dict[str, float]
+    leave_one_out: dict[str, float]
+    skipped_images: int = 0
+    lr_images: dict[str, Image.Image] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record (captions and images left out)."""
+        condition = {"name": self.condition.name, **vars(self.condition)}
+        return {
+            "model": self.model, "condition": condition, "images": len(self.predictions),
+            "skipped_images": self.skipped_images, "metrics": self.metrics, "leave_one_out": self.leave_one_out,
+        }  # fmt: skip
+
+
+def write_report(
+    out: Path,
+    results: Sequence[ConditionResult],
+    references: dict[str, list[str]],
+    human: dict[str, float],
+    settings: dict[str, Any],
+) -> None:
+    """Write every file of the report into `out` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"settings": settings, "human_leave_one_out": human, "results": [r.to_dict() for r in results]}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with (out / "captions.jsonl").open("w", encoding="utf-8") as handle:
+        for result in results:
+            for image_id, caption in result.predictions.items():
+                record = {"model": result.model, "condition": result.condition.name, "image_id": image_id}
+                handle.write(json.dumps(record | {"caption": caption}) + "\n")
+    plots = write_resolution_plots(out, results)
+    write_samples_page(out / "samples.html", results, references)
+    (out / "report.md").write_text(markdown_report(results, human, settings, plots), encoding="utf-8")
+
+
+def markdown_report(
+    results: Sequence[ConditionResult], human: dict[str, float], settings: dict[str, Any], plots: list[str]
+) -> str:
+    """Tables of every (model, condition), the human score, and links to the pictures."""
+    lines = [f"# Caption evaluation: {settings['data']} ({settings['split']})", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += ["", "## All references", "", _table_header("model", "LR input"), _table_rule(2)]
+    lines += [_table_row(r.model, r.condition.name, r.metrics) for r in results]
+    lines += ["", "## Leave-one-out: the model and people scored against the same 4 references", ""]
+    lines += [_table_header("captions by", "LR input"), _table_rule(2)]
+    lines += [_table_row("people (each reference vs the others)", "-", human)]
+    lines += [_table_row(r.model, r.condition.name, r.leave_one_out) for r in results]
+    lines += ["", "CIDEr is coco-caption's CIDEr-D (sigma 6, clipping). Leave-one-out rows: the mean over 5 folds,"]
+    lines += ["each dropping one reference per image; METEOR there for people only (one Java run per fold).", ""]
+    lines += ["Samples (LR input as the model saw it, captions, references): [samples.html](samples.html)", ""]
+    lines += [f"![{plot}]({plot})" for plot in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _table_header(*first: str) -> str:
+    return "| " + " | ".join([*first, *REPORT_METRICS]) + " |"
+
+
+def _table_rule(first_columns: int) -> str:
+    return "|" + "---|" * (first_columns + len(REPORT_METRICS))
+
+
+def _table_row(name: str, condition: str, metrics: dict[str, float]) -> str:
+    cells = [f"{metrics[key]:.4f}" if key in metrics else "n/a" for key in REPORT_METRICS]
+    return "| " + " | ".join([name, condition, *cells]) + " |"
+
+
+def write_resolution_plots(out: Path, results: Sequence[ConditionResult]) -> list[str]:
+    """`sweep_paper.png` (metric vs scale factor) and `sweep_sizes.png` (metric vs LR size), one line per model
+    and degradation, when the results hold at least two such conditions; returns the file names written."""
+    written = []
+    for file_name, axis_of, label in (
+        ("sweep_paper.png", lambda c: c.scale_factor, "scale factor of the photo (paper protocol)"),
+        ("sweep_sizes.png", lambda c: c.size, "LR size (pixels, square)"),
+    ):
+        chosen = [r for r in results if axis_of(r.condition) is not None]
+        if len({r.condition for r in chosen}) < 2:
+            continue
+        figure, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5.5 * len(PLOT_METRICS), 4))
+        models = list(dict.fromkeys(r.model for r in chosen))
+        degradations = list(dict.fromkeys(r.condition.degradation for r in chosen))
+        for axis, metric in zip(axes, PLOT_METRICS):
+            for model, degradation in itertools.product(models, degradations):
+                points = sorted(
+                    (axis_of(r.condition), r.metrics[metric])
+                    for r in chosen
+                    if (r.model, r.condition.degradation) == (model, degradation)
+                )
+                style = {"color": f"C{models.index(model)}", "linestyle": LINE_STYLES[degradations.index(degradation)]}
+                axis.plot(*zip(*points), marker="o", label=f"{model} ({degradation})", **style)
+            axis.set(xscale="log", xlabel=label, ylabel=metric, title=metric)
+            axis.set_xticks(sorted({axis_of(r.condition) for r in chosen}), minor=False)
+            axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            axis.legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(out / file_name, dpi=100)
+        plt.close(figure)
+        written.append(file_name)
+    return written
+
+
+def write_samples_page(path: Path, results: Sequence[ConditionResult], references: dict[str, list[str]]) -> None:
+    """An HTML page of the kept samples of the first condition: the LR input (enlarged, pixels kept sharp), each
+    model's caption and the references."""
+    first = results[0].condition
+    shown = [r for r in results if r.condition == first]
+    cards = []
+    for image_id, image in shown[0].lr_images.items():
+        captions = "".join(
+            f"<li><b>{html.escape(r.model)}</b>: {html.escape(r.predictions.get(image_id, ''))}</li>" for r in shown
+        )
+        refs = "".join(f"<li>{html.escape(ref)}</li>" for ref in references[image_id])
+        cards.append(
+            f'<div class="card"><img src="data:image/png;base64,{_png_base64(image)}" alt="{html.escape(image_id)}">'
+            f"<p class=id>{html.escape(image_id)} ({image.width}x{image.height} input)</p>"
+            f"<ul>{captions}</ul><p>references</p><ol class=refs>{refs}</ol></div>"
+        )
+    style = (
+        "body{font-family:sans-serif;margin:1em} .grid{display:flex;flex-wrap:wrap;gap:12px}"
+        ".card{width:300px;border:1px solid #ccc;padding:8px} img{width:192px;image-rendering:pixelated}"
+        ".refs{color:#555;font-size:90%} .id{color:#888;font-size:80%}"
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset=utf-8><title>SOLI samples</title><style>{style}</style></head>"
+        f"<body><h1>Samples, LR input {html.escape(first.name)}</h1><div class=grid>{''.join(cards)}</div>"
+        "</body></html>\n",
+        encoding="utf-8",
+    )
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

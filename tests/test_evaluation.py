@@ -1,0 +1,124 @@
+"""Evaluation reports: LR conditions agree with the processor, the report files, leave-one-out scores, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_caption_folder
+from PIL import Image
+
+from soli_hf import SoliForConditionalGeneration, SoliProcessor
+from soli_hf.cli import main as soli_main
+from soli_hf.evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation
+from soli_hf.image_processing_soli import make_low_resolution
+from soli_hf.metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 256, (224, 200, 3), dtype=np.uint8))
+
+
+def test_paper_protocol_is_four_scales_times_three_degradations() -> None:
+    names = [condition.name for condition in paper_protocol()]
+    assert len(names) == len(set(names)) == 12
+    assert "bilinear@0.5" in names and "step_gaussian@0.05" in names
+    assert [c.name for c in fixed_sizes([16, 64])] == ["bicubic@16px", "bicubic@64px"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"degradation": "nearest"}, "degradation"),
+        ({"scale_factor": 0.5, "size": 32}, "not both"),
+        ({"size": 0}, "size"),
+    ],
+)
+def test_bad_conditions_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LowResCondition(**kwargs)
+
+
+def test_paper_condition_gives_the_processors_pixels(photo, processor) -> None:
+    """The sweep's LR input is exactly what SoliImageProcessor makes with the same scale factor and degradation."""
+    image_processor = processor.image_processor
+    for condition in (LowResCondition("step_gaussian", 0.1), LowResCondition("bilinear", 0.5), LowResCondition()):
+        ours = image_processor(condition.lr_image(photo, image_processor), return_tensors="np")["pixel_values"]
+        kwargs = {"scale_factor": condition.scale_factor, "degradation": condition.degradation}
+        theirs = image_processor(photo, return_tensors="np", **kwargs)["pixel_values"]
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_fixed_size_keeps_only_that_many_pixels(photo, processor) -> None:
+    image_processor = processor.image_processor
+    lr = LowResCondition(size=16).lr_image(photo, image_processor)
+    assert lr.size == (image_processor.image_size,) * 2
+    small = make_low_resolution(photo.convert("RGB"), 16, "bicubic", None, image_processor.blur_sigma)
+    expected = small.resize(lr.size, Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(np.asarray(lr), np.asarray(expected))
+    assert not np.array_equal(np.asarray(lr), np.asarray(LowResCondition(size=32).lr_image(photo, image_processor)))
+
+
+def test_leave_one_out_model_scores_average_the_folds() -> None:
+    references = {"a": ["a dog runs", "a brown dog runs fast", "dog running"], "b": ["a cat", "the cat sleeps", "cat"]}
+    predictions = {"a": "a dog runs fast", "b": "a cat sleeps"}
+    without = [{i: [r for k, r in enumerate(refs) if k != j] for i, refs in references.items()} for j in range(3)]
+    folds = [compute_caption_metrics(predictions, fold, meteor=False) for fold in without]
+    scores = leave_one_out_model_scores(predictions, references, meteor=False)
+    assert scores["CIDEr"] == pytest.approx(np.mean([fold["CIDEr"] for fold in folds]), abs=1e-12)
+    human = leave_one_out_human_scores(references, meteor=False)
+    assert set(scores) == set(human)
+    with pytest.raises(ValueError, match="'c'"):
+        leave_one_out_model_scores({"a": "x", "c": "y"}, references, meteor=False)
+
+
+def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path) -> None:
+    data = write_caption_folder(tmp_path / "data", {"dev": 5})
+    second = tmp_path / "other" / "model"
+    SoliForConditionalGeneration.from_pretrained(saved_tiny_model).save_pretrained(second)
+    SoliProcessor.from_pretrained(saved_tiny_model).save_pretrained(second)
+    conditions = [LowResCondition(), *fixed_sizes([16, 32])]
+    out = tmp_path / "report"
+    results = run_evaluation(
+        [saved_tiny_model, second], data, "dev", out, conditions=conditions, num_beams=2, batch_size=2,
+        max_new_tokens=6, meteor=False,
+    )  # fmt: skip
+    assert len(results) == 6 and {len(r.predictions) for r in results} == {5}
+
+    summary = json.loads((out / "metrics.json").read_text())
+    assert {"Bleu_4", "ROUGE_L", "CIDEr"} <= set(summary["human_leave_one_out"])
+    assert [r["condition"]["name"] for r in summary["results"][:3]] == ["bicubic@input", "bicubic@16px", "bicubic@32px"]
+    assert len({r["model"] for r in summary["results"]}) == 2
+    captions = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 30
+
+    # the captions are generate()'s on the LR input of the condition (beam 2 here)
+    model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model).eval()
+    processor = SoliProcessor.from_pretrained(saved_tiny_model)
+    photo = Image.open(data / "dev" / "dev3.png")
+    lr = LowResCondition(size=16).lr_image(photo, processor.image_processor)
+    generated = model.generate(**processor.image_processor(lr, return_tensors="pt"), num_beams=2, max_new_tokens=6)
+    expected = processor.batch_decode(generated, skip_special_tokens=True)[0]
+    got = [c["caption"] for c in captions if c["image_id"] == "dev3" and c["condition"] == "bicubic@16px"]
+    assert got[0] == expected
+
+    page = (out / "samples.html").read_text()
+    assert page.count("<img src=\"data:image/png;base64,") == 5 and "dev3" in page and "one red square" in page
+    report = (out / "report.md").read_text()
+    assert "people (each reference vs the others)" in report and "sweep_sizes.png" in report
+    assert (out / "sweep_sizes.png").stat().st_size > 0 and not (out / "sweep_paper.png").exists()
+
+
+def test_cli_names_the_bad_model_folder(tmp_path: Path, capsys) -> None:
+    data = write_caption_folder(tmp_path / "data", {"dev": 2})
+    out = str(tmp_path / "report")
+    code = soli_main(["evaluate", "--model", str(tmp_path / "nowhere"), "--data", str(data), "--out", out])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        soli_main(["evaluate", "--model", "m", "--data", str(data), "--out", "r", "--sizes", "16,big"])
+    assert "--sizes" in capsys.readouterr().err
