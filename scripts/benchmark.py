@@ -1,4 +1,5 @@
-"""Benchmark our CIDEr-D against pycocoevalcap's: the corpus metric and the per-batch SCST reward.
+"""SOLI benchmarks. `python scripts/benchmark.py metrics`: our CIDEr-D against pycocoevalcap's, the corpus
+metric and the per-batch SCST reward.
 
 Data: 5,000 Flickr8k training images x 5 human captions (25,000 references) read
 from ../shared when present, otherwise synthetic captions.  Each image's
@@ -14,7 +15,7 @@ leave-one-out human baseline; timings do not depend on the overlap.
    (the CiderD "corpus" reward of self-critical training code).
 
 Prints a table and writes JSON (``--out``, default benchmarks/metrics.json).
-Run: ``python scripts/benchmark_metrics.py [--out PATH] [--batches 50] [--repeats 3]``.
+Run: ``python scripts/benchmark.py metrics [--out PATH] [--batches 50] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -240,9 +241,11 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/metrics.json"), help="JSON output path")
-    parser.add_argument("--batches", type=int, default=50, help="SCST batches to time")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per benchmark (best is kept)")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True)
+    metrics = benchmarks.add_parser("metrics", help="CIDEr-D corpus metric and SCST reward vs pycocoevalcap")
+    metrics.add_argument("--out", type=Path, default=Path("benchmarks/metrics.json"), help="JSON output path")
+    metrics.add_argument("--batches", type=int, default=50, help="SCST batches to time")
+    metrics.add_argument("--repeats", type=int, default=3, help="timed runs per benchmark (best is kept)")
     args = parser.parse_args()
     results = benchmark(args.batches, args.repeats)
     print_table(results)
