@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import itertools
 import json
 from collections.abc import Sequence
@@ -19,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ..html_gallery import GalleryCard, write_gallery  # noqa: E402
 from .conditions import LowResCondition  # noqa: E402
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -137,35 +135,12 @@ def write_resolution_plots(out: Path, results: Sequence[ConditionResult]) -> lis
 
 
 def write_samples_page(path: Path, results: Sequence[ConditionResult], references: dict[str, list[str]]) -> None:
-    """An HTML page of the kept samples of the first condition: the LR input (enlarged, pixels kept sharp), each
-    model's caption and the references."""
+    """An HTML page of the kept samples of the first condition: the LR input as the model saw it, each model's
+    caption and the references."""
     first = results[0].condition
     shown = [r for r in results if r.condition == first]
-    cards = []
-    for image_id, image in shown[0].lr_images.items():
-        captions = "".join(
-            f"<li><b>{html.escape(r.model)}</b>: {html.escape(r.predictions.get(image_id, ''))}</li>" for r in shown
-        )
-        refs = "".join(f"<li>{html.escape(ref)}</li>" for ref in references[image_id])
-        cards.append(
-            f'<div class="card"><img src="data:image/png;base64,{_png_base64(image)}" alt="{html.escape(image_id)}">'
-            f"<p class=id>{html.escape(image_id)} ({image.width}x{image.height} input)</p>"
-            f"<ul>{captions}</ul><p>references</p><ol class=refs>{refs}</ol></div>"
-        )
-    style = (
-        "body{font-family:sans-serif;margin:1em} .grid{display:flex;flex-wrap:wrap;gap:12px}"
-        ".card{width:300px;border:1px solid #ccc;padding:8px} img{width:192px;image-rendering:pixelated}"
-        ".refs{color:#555;font-size:90%} .id{color:#888;font-size:80%}"
-    )
-    path.write_text(
-        f"<!doctype html><html><head><meta charset=utf-8><title>SOLI samples</title><style>{style}</style></head>"
-        f"<body><h1>Samples, LR input {html.escape(first.name)}</h1><div class=grid>{''.join(cards)}</div>"
-        "</body></html>\n",
-        encoding="utf-8",
-    )
-
-
-def _png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    cards = [
+        GalleryCard(image, image_id, [(r.model, r.predictions.get(image_id, "")) for r in shown], references[image_id])
+        for image_id, image in shown[0].lr_images.items()
+    ]
+    write_gallery(path, f"Samples, LR input {first.name}", cards)
