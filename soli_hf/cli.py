@@ -1,4 +1,9 @@
-"""The `soli` command line: `soli info --model DIR`, `soli evaluate --model DIR --data PATH --split S --out DIR`."""
+"""The `soli` command line.
+
+    soli caption IMAGE... [--model DIR|HUB_ID] [--num-beams N] [--json] [--html OUT.html]
+    soli evaluate --model DIR [DIR ...] --data PATH --split S --out DIR [--protocol paper] [--sizes ...]
+    soli info --model DIR
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,44 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 0
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    """Print `path<TAB>caption` for every image (or JSON), optionally write an HTML page of LR inputs + captions."""
+    import logging
+
+    from .caption_files import DEFAULT_MODEL_DIR, caption_files, find_images
+    from .html_gallery import GalleryCard, write_gallery
+    from .modeling_soli import SoliForConditionalGeneration
+    from .processing_soli import SoliProcessor
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    model_name = args.model or str(DEFAULT_MODEL_DIR)
+    if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
+        print(f"soli caption: error: no default model at {DEFAULT_MODEL_DIR}; pass --model DIR", file=sys.stderr)
+        return 2
+    try:
+        paths = find_images(args.images)
+        model = SoliForConditionalGeneration.from_pretrained(model_name)
+        processor = SoliProcessor.from_pretrained(model_name)
+    except (ValueError, OSError) as error:
+        print(f"soli caption: error: {error}", file=sys.stderr)
+        return 2
+    captioned, unreadable = caption_files(
+        model, processor, paths, batch_size=args.batch_size, num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps([{"path": str(item.path), "caption": item.caption} for item in captioned], indent=2))
+    else:
+        for item in captioned:
+            print(f"{item.path}\t{item.caption}")
+    if args.html is not None:
+        cards = [GalleryCard(item.lr_image, str(item.path), [("", item.caption)]) for item in captioned]
+        write_gallery(args.html, f"SOLI captions ({Path(model_name).name})", cards)
+    for path in unreadable:
+        print(f"soli caption: {path}: cannot read the image, skipped", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _sizes(text: str) -> list[int]:
@@ -113,6 +156,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soli", description="SOLI low-resolution image captioner")
     commands = parser.add_subparsers(dest="command", required=True)
+    caption = commands.add_parser("caption", help="caption image files, folders or globs")
+    caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    caption.add_argument("--model", default=None, help="a saved SOLI folder or Hub id (default: the shipped model)")
+    caption.add_argument("--num-beams", type=int, default=3)
+    caption.add_argument("--max-new-tokens", type=int, default=20)
+    caption.add_argument("--batch-size", type=int, default=16)
+    caption.add_argument("--json", action="store_true", help="print a JSON list instead of path<TAB>caption lines")
+    caption.add_argument("--html", type=Path, default=None, help="also write a page of the LR inputs and captions")
+    caption.set_defaults(handler=run_caption)
     info = commands.add_parser("info", help="parameters, FLOPs, vocabulary and input size of a model")
     info.add_argument("--model", required=True, help="a saved SOLI folder")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")

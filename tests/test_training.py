@@ -18,7 +18,7 @@ from conftest import FLICKR8K, tiny_config, write_caption_folder
 from PIL import Image
 from transformers import AutoModel, pipeline
 
-from soli_hf import SoliConfig, SoliForConditionalGeneration
+from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliProcessor
 from soli_hf.data import load_caption_dataset
 from soli_hf.metrics import CiderD
 from soli_hf.training import TrainingConfig, parse_training_config, train
@@ -261,6 +261,8 @@ def test_accelerate_launch_end_to_end(tmp_path: Path, tiny_model_config: Path) -
     assert (tmp_path / "comparison" / "comparison.png").stat().st_size > 0
     model = AutoModel.from_pretrained(model_dir)
     assert isinstance(model, SoliForConditionalGeneration)
+    unknown = SoliProcessor.from_pretrained(model_dir).tokenizer.unk_token_id
+    assert model.generation_config.suppress_tokens == [unknown]  # captions never contain <unk>
     captioner = pipeline("image-to-text", model=str(model_dir))
     image = Image.new("RGB", (80, 60), (200, 40, 40))
     assert isinstance(captioner(image, generate_kwargs={"max_new_tokens": 5})[0]["generated_text"], str)

@@ -57,8 +57,12 @@ def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForCond
             architecture.pop(key, None)
         values = architecture | values
     if config.backbone is not None and config.model_config is None:
-        return SoliForConditionalGeneration.from_pretrained_backbone(config.backbone, **values)
-    return SoliForConditionalGeneration(SoliConfig(**values))
+        model = SoliForConditionalGeneration.from_pretrained_backbone(config.backbone, **values)
+    else:
+        model = SoliForConditionalGeneration(SoliConfig(**values))
+    # A generated <unk> is dropped when decoding and leaves a broken sentence: generate() never picks it.
+    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
+    return model
 
 
 def trainable_parameter_groups(model: SoliForConditionalGeneration, config: TrainingConfig) -> list[dict[str, Any]]:

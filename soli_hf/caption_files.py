@@ -1,0 +1,99 @@
+"""`soli caption`: find image files (paths, folders, globs), caption them in batches, optionally as an HTML page."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .modeling_soli import SoliForConditionalGeneration
+from .processing_soli import SoliProcessor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: The shipped default model, beside the package in a source checkout.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "soli-flickr8k-lr64"
+
+
+@dataclass
+class CaptionedImage:
+    """A captioned file and the LR input the model saw."""
+
+    path: Path
+    caption: str
+    lr_image: Image.Image
+
+
+def find_images(patterns: Sequence[str]) -> list[Path]:
+    """Files, folders (their images, sorted, not recursive) and glob patterns -> image paths, in order, once each.
+
+    Raises:
+        ValueError: a path that does not exist, a glob or folder that matches no image.
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise ValueError(f"{pattern}: no such file or folder")
+        if not matches:
+            raise ValueError(f"{pattern}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        found += [match for match in matches if match not in found]
+    return found
+
+
+def open_image(path: Path) -> Image.Image | None:
+    """The decoded image, or None (with a warning naming the file) when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError) as error:
+        logger.warning("%s: cannot read the image (%s), skipped", path, error)
+        return None
+
+
+@torch.no_grad()
+def caption_files(
+    model: SoliForConditionalGeneration,
+    processor: SoliProcessor,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 16,
+    num_beams: int = 3,
+    max_new_tokens: int = 20,
+) -> tuple[list[CaptionedImage], list[Path]]:
+    """Caption the files (a progress bar when there are many); returns the captions and the unreadable files."""
+    model.eval()
+    captioned, unreadable = [], []
+    with tqdm(total=len(paths), unit="img", desc="captioning", disable=len(paths) <= batch_size) as progress:
+        for start in range(0, len(paths), batch_size):
+            batch = []
+            for path in paths[start : start + batch_size]:
+                image = open_image(path)
+                if image is None:
+                    unreadable.append(path)
+                else:
+                    batch.append((path, image))
+            if batch:
+                pixels = processor.image_processor([image for _, image in batch], return_tensors="pt")["pixel_values"]
+                ids = model.generate(pixel_values=pixels, num_beams=num_beams, max_new_tokens=max_new_tokens)
+                captions = processor.batch_decode(ids, skip_special_tokens=True)
+                captioned += [
+                    CaptionedImage(path, caption, processor.image_processor.unnormalize_pixels(row))
+                    for (path, _), caption, row in zip(batch, captions, pixels)
+                ]
+            progress.update(len(paths[start : start + batch_size]))
+    return captioned, unreadable
