@@ -2,6 +2,7 @@
 
     soli caption IMAGE... [--model DIR|HUB_ID] [--num-beams N] [--json] [--html OUT.html]
     soli evaluate --model DIR [DIR ...] --data PATH --split S --out DIR [--protocol paper] [--sizes ...]
+    soli push FOLDER USER/NAME [--private] [--revision BRANCH] [--commit-message TEXT] [--dry-run]
     soli info --model DIR
 """
 
@@ -91,6 +92,25 @@ def run_caption(args: argparse.Namespace) -> int:
     return 1 if unreadable else 0
 
 
+def run_push(args: argparse.Namespace) -> int:
+    """Upload a saved SOLI folder to a Hub model repo (or list what would be sent with --dry-run)."""
+    from .hub import files_to_publish, push_to_hub
+
+    try:
+        if args.dry_run:
+            print("\n".join(files_to_publish(args.folder)))
+            return 0
+        url = push_to_hub(
+            args.folder, args.repo_id, private=args.private, revision=args.revision,
+            commit_message=args.commit_message,
+        )  # fmt: skip
+    except ValueError as error:
+        print(f"soli push: error: {error}", file=sys.stderr)
+        return 2
+    print(url)
+    return 0
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -165,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--json", action="store_true", help="print a JSON list instead of path<TAB>caption lines")
     caption.add_argument("--html", type=Path, default=None, help="also write a page of the LR inputs and captions")
     caption.set_defaults(handler=run_caption)
+    push = commands.add_parser("push", help="publish a saved SOLI folder to the Hugging Face Hub")
+    push.add_argument("folder", type=Path, help="a saved SOLI folder with its model card (README.md)")
+    push.add_argument("repo_id", help="user/name of the model repo (created if needed)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None, help="a branch (created if needed); default: main")
+    push.add_argument("--commit-message", default="Upload SOLI model")
+    push.add_argument("--dry-run", action="store_true", help="list the files that would be sent, send nothing")
+    push.set_defaults(handler=run_push)
     info = commands.add_parser("info", help="parameters, FLOPs, vocabulary and input size of a model")
     info.add_argument("--model", required=True, help="a saved SOLI folder")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
