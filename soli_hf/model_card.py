@@ -1,0 +1,141 @@
+"""Fill the model card template (model_cards/template.md) from a model folder, its recipe and evaluation reports,
+so that every figure on the card comes from a file a command wrote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from .modeling_soli import SoliForConditionalGeneration
+from .profiling import model_summary
+
+CARD_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+MAIN_CONDITION = "bicubic@input"
+
+
+def load_evaluations(evaluation_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The results of several `soli evaluate` reports (in order), the first report's settings and its human score."""
+    reports = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")) for d in evaluation_dirs]
+    if not reports:
+        raise ValueError("give at least one evaluation report folder (soli evaluate --out DIR)")
+    results = [result for report in reports for result in report["results"]]
+    return results, reports[0]["settings"], reports[0]["human_leave_one_out"]
+
+
+def results_table(results: list[dict[str, Any]], settings: dict[str, Any], input_size: int) -> str:
+    """Markdown: every model (and inference mode) on the main LR condition."""
+    rows = [r for r in results if r["condition"]["name"] == MAIN_CONDITION]
+    if not rows:
+        raise ValueError(f"the evaluation reports hold no {MAIN_CONDITION} result (the main condition of soli evaluate)")
+    lines = [
+        f"{settings['images']} dev images at {input_size}x{input_size} (bicubic), beam search {settings['num_beams']}, "
+        "coco-caption metrics (CIDEr is CIDEr-D):",
+        "",
+        "| model | " + " | ".join(CARD_METRICS) + " |",
+        "|---|" + "---|" * len(CARD_METRICS),
+    ]
+    for row in rows:
+        cells = [f"{row['metrics'][k]:.3f}" if k in row["metrics"] else "n/a" for k in CARD_METRICS]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def protocol_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: CIDEr-D / BLEU-4 per model and degradation over the paper's scale factors ('' when absent)."""
+    rows = [r for r in results if r["condition"]["scale_factor"] is not None]
+    if not rows:
+        return ""
+    factors = sorted({r["condition"]["scale_factor"] for r in rows}, reverse=True)
+    series = list(dict.fromkeys((r["model"], r["condition"]["degradation"]) for r in rows))
+    lines = [
+        "Over the SOLI paper's protocol (the photo reduced to a fraction of its size, then given to the model at its",
+        "input size); CIDEr-D / BLEU-4:",
+        "",
+        "| model | degradation | " + " | ".join(f"x{f:g}" for f in factors) + " |",
+        "|---|---|" + "---|" * len(factors),
+    ]
+    for model, degradation in series:
+        by_factor = {
+            r["condition"]["scale_factor"]: r["metrics"]
+            for r in rows
+            if (r["model"], r["condition"]["degradation"]) == (model, degradation)
+        }
+        cells = [
+            f"{by_factor[f]['CIDEr']:.3f} / {by_factor[f]['Bleu_4']:.3f}" if f in by_factor else "" for f in factors
+        ]
+        lines.append(f"| {model} | {degradation} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recipe_section(model_dir: Path, recipe: Path | None, training_command: str | None) -> str:
+    """The recipe file verbatim, the command, and the run's own training figures."""
+    parts = []
+    if training_command:
+        parts.append(f"```bash\n{training_command}\n```")
+    if recipe is not None:
+        parts.append(f"`{recipe.as_posix()}`:\n\n```yaml\n{recipe.read_text(encoding='utf-8').strip()}\n```")
+    metrics_file = model_dir / "metrics.json"
+    if metrics_file.is_file():
+        run = json.loads(metrics_file.read_text(encoding="utf-8"))
+        history = run["history"]
+        best = run["best"]
+        speed = sorted(e["train_images_per_second"] for e in history)[len(history) // 2]
+        parts.append(
+            f"Best epoch {run['best_epoch']} of {len(history)} (kept by greedy dev CIDEr-D {best['CIDEr']:.3f}, "
+            f"BLEU-4 {best['Bleu_4']:.3f}); training throughput {speed:.1f} images/s (data pipeline included), "
+            f"peak memory {max(e['peak_memory_mb'] for e in history):.0f} MB."
+        )
+    return "\n\n".join(parts)
+
+
+def _count(value: float) -> str:
+    return f"{value / 1e9:.2f} G" if value >= 1e9 else f"{value / 1e6:.1f} M"
+
+
+def render_model_card(
+    template: str,
+    model_dir: Path,
+    evaluation_dirs: Sequence[Path],
+    *,
+    repo_id: str,
+    recipe: Path | None = None,
+    training_command: str | None = None,
+    evaluation_command: str | None = None,
+    hardware: str = "on a CPU",
+    latency: str = "Not measured yet.",
+) -> str:
+    """The filled card (Markdown with YAML front matter)."""
+    model = SoliForConditionalGeneration.from_pretrained(model_dir)
+    summary = model_summary(model)
+    results, settings, human = load_evaluations(evaluation_dirs)
+    size = model.config.image_size
+    flops = ", ".join(
+        f"{_count(f['total'])}FLOPs per caption with `inference_branches=\"{mode}\"`"
+        for mode, f in summary["flops_per_image"].items()
+    )
+    main_model = next(r for r in results if r["condition"]["name"] == MAIN_CONDITION)
+    human_text = ", ".join(f"{k} {human[k]:.3f}" for k in CARD_METRICS if k in human)
+    same_folds = main_model["leave_one_out"]
+    human_text += (
+        f" (this model against the same references: CIDEr-D {same_folds['CIDEr']:.3f}, "
+        f"BLEU-4 {same_folds['Bleu_4']:.3f})"
+    )
+    values = {
+        "model_name": Path(model_dir).resolve().name,
+        "repo_id": repo_id,
+        "input_size": f"{size}x{size}",
+        "parameters": _count(summary["parameters"]["total"]),
+        "flops": flops,
+        "vocab_size": summary["vocab_size"],
+        "recipe": recipe_section(Path(model_dir), recipe, training_command),
+        "results": results_table(results, settings, size)
+        + (f"\n\nMade by:\n\n```bash\n{evaluation_command}\n```" if evaluation_command else ""),
+        "protocol": protocol_table(results),
+        "human": human_text,
+        "latency": latency,
+        "hardware": hardware,
+    }
+    return Template(template).substitute(values)

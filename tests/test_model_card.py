@@ -1,0 +1,35 @@
+"""The model card is filled from the run's own files: every figure on it is one a report wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import write_caption_folder
+
+from soli_hf.evaluation import LowResCondition, run_evaluation
+from soli_hf.model_card import render_model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model: Path) -> None:
+    data = write_caption_folder(tmp_path / "data", {"dev": 4})
+    conditions = [LowResCondition(), LowResCondition("bilinear", 0.5), LowResCondition("step", 0.2)]
+    run_evaluation([saved_tiny_model], data, "dev", tmp_path / "eval", conditions=conditions, meteor=False)
+    recipe = ROOT / "configs" / "flickr8k_cpu.yaml"
+    card = render_model_card(
+        (ROOT / "model_cards" / "template.md").read_text(), saved_tiny_model, [tmp_path / "eval"],
+        repo_id="someone/soli-tiny", recipe=recipe, training_command="accelerate launch scripts/train.py",
+        evaluation_command="soli evaluate --model X",
+    )  # fmt: skip
+    assert card.startswith("---\nlicense: apache-2.0") and "pipeline_tag: image-to-text" in card
+    assert "${" not in card  # every placeholder filled
+    assert 'AutoModel.from_pretrained("someone/soli-tiny", trust_remote_code=True)' in card
+    assert recipe.read_text().strip() in card and "soli evaluate --model X" in card
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    main, bilinear = report["results"][0], report["results"][1]
+    assert f"| {main['metrics']['CIDEr']:.3f} |" in card
+    assert f"{bilinear['metrics']['CIDEr']:.3f} / {bilinear['metrics']['Bleu_4']:.3f}" in card
+    assert f"CIDEr {report['human_leave_one_out']['CIDEr']:.3f}" in card
+    assert "arXiv:2512.08873" in card and "Flickr8k" in card
