@@ -1,9 +1,10 @@
-# `make test` sets up .venv (pinned versions, offline-capable) and runs the test suite.
+# `make demo` sets up .venv (pinned versions, offline-capable) and captions sample photos with the shipped model;
+# `make test` sets up .venv and runs the test suite.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test clean
+.PHONY: install demo test clean
 
 $(BIN)/soli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(COMPAT): $(BIN)/soli
 	$(BIN)/pip install --quiet --no-deps --target $(COMPAT) transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2
 
 install: $(BIN)/soli $(COMPAT)
+
+demo: install
+	$(BIN)/python scripts/demo.py
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,161 @@
+"""Configuration of SOLI, the low-resolution image captioner (see DESIGN.md, "The method")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import MobileNetV2Config, PretrainedConfig
+
+INFERENCE_BRANCHES = ("both", "lr")
+
+# The image-to-text pipeline shipped beside the weights, for processes that load a saved
+# folder with `trust_remote_code=True` and cannot import soli_hf (see `SoliConfig.to_dict`).
+_REMOTE_PIPELINE = {
+    "impl": "pipeline_soli.SoliImageTextToTextPipeline",
+    "pt": ["AutoModelForImageTextToText"],
+    "type": "multimodal",
+}
+REMOTE_CUSTOM_PIPELINES = {"image-to-text": _REMOTE_PIPELINE, "image-text-to-text": _REMOTE_PIPELINE}
+
+
+def default_backbone_config() -> MobileNetV2Config:
+    """MobileNetV2 1.0 with output stride 16, so a 64x64 input still gives a 4x4 feature grid."""
+    return MobileNetV2Config(output_stride=16)
+
+
+class SoliConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SoliForConditionalGeneration`] captioner.
+
+    Args:
+        backbone_config (`MobileNetV2Config` or `dict`, *optional*):
+            The shared (siamese) image encoder. Defaults to MobileNetV2 1.0 with `output_stride=16`.
+        image_size (`int`, *optional*, defaults to 64):
+            Side of the low-resolution (LR) input the model sees.
+        sr_scale (`int`, *optional*, defaults to 2):
+            Upscaling factor of the sub-pixel super-resolution module; the SR branch sees
+            `image_size * sr_scale` pixels.
+        sr_hidden_channels (`int`, *optional*, defaults to 32):
+            Width of the super-resolution CNN.
+        grid_size (`int`, *optional*, defaults to 4):
+            Both branches' feature maps are average-pooled to `grid_size x grid_size` before being merged.
+        hidden_size (`int`, *optional*, defaults to 512):
+            Width of the attention memory and of the LSTM state.
+        embedding_size (`int`, *optional*, defaults to 256):
+            Width of the word embeddings.
+        attention_size (`int`, *optional*, defaults to 256):
+            Width of the additive-attention space.
+        decoder_dropout (`float`, *optional*, defaults to 0.3):
+            Dropout before the output layer of the decoder.
+        projection_dim (`int`, *optional*, defaults to 128):
+            Output width of the contrastive projection head.
+        contrastive_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the symmetric InfoNCE loss between the LR and SR branches.
+        contrastive_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the contrastive loss in the total loss.
+        sr_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the L1 super-resolution loss in the total loss (used when `hr_pixel_values` is given).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the caption cross-entropy.
+        use_sr_branch (`bool`, *optional*, defaults to `True`):
+            `True` is SOLI. `False` is the baseline captioner of the same recipe: the LR branch alone, with no
+            super-resolution module, no contrastive head and no SR or contrastive loss (`inference_branches` must
+            then be `"lr"`), so that SOLI's gain can be measured.
+        inference_branches (`str`, *optional*, defaults to `"both"`, or `"lr"` without the SR branch):
+            `"both"` encodes the LR and SR branches and averages them (the paper); `"lr"` encodes the LR branch
+            only, halving the encoder cost. Training always uses every branch the model has.
+        freeze_backbone_batch_norm (`bool`, *optional*, defaults to `True`):
+            Keep the backbone's batch-norm layers in eval mode (ImageNet running statistics) during training;
+            their affine parameters still train.
+        vocab_size (`int`, *optional*, defaults to 10000):
+            Size of the word-level vocabulary.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear and embedding weights.
+    """
+
+    model_type = "soli"
+    sub_configs = {"backbone_config": MobileNetV2Config}
+
+    def __init__(
+        self,
+        backbone_config: MobileNetV2Config | dict[str, Any] | None = None,
+        image_size: int = 64,
+        sr_scale: int = 2,
+        sr_hidden_channels: int = 32,
+        grid_size: int = 4,
+        hidden_size: int = 512,
+        embedding_size: int = 256,
+        attention_size: int = 256,
+        decoder_dropout: float = 0.3,
+        projection_dim: int = 128,
+        contrastive_temperature: float = 0.1,
+        contrastive_weight: float = 0.1,
+        sr_loss_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        use_sr_branch: bool = True,
+        inference_branches: str | None = None,
+        freeze_backbone_batch_norm: bool = True,
+        vocab_size: int = 10000,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        decoder_start_token_id: int | None = None,
+        is_encoder_decoder: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(backbone_config, dict):
+            backbone_config = MobileNetV2Config(**{k: v for k, v in backbone_config.items() if k != "model_type"})
+        self.backbone_config = backbone_config if backbone_config is not None else default_backbone_config()
+        if inference_branches is None:
+            inference_branches = "both" if use_sr_branch else "lr"
+        if inference_branches not in INFERENCE_BRANCHES:
+            raise ValueError(f"inference_branches must be one of {INFERENCE_BRANCHES}, got {inference_branches!r}")
+        if not use_sr_branch and inference_branches != "lr":
+            raise ValueError("a model without the SR branch (use_sr_branch=False) can only use inference_branches='lr'")
+        if sr_scale < 1:
+            raise ValueError(f"sr_scale must be a positive integer, got {sr_scale!r}")
+        self.image_size = image_size
+        self.sr_scale = sr_scale
+        self.sr_hidden_channels = sr_hidden_channels
+        self.grid_size = grid_size
+        self.hidden_size = hidden_size
+        self.embedding_size = embedding_size
+        self.attention_size = attention_size
+        self.decoder_dropout = decoder_dropout
+        self.projection_dim = projection_dim
+        self.contrastive_temperature = contrastive_temperature
+        self.contrastive_weight = contrastive_weight
+        self.sr_loss_weight = sr_loss_weight
+        self.label_smoothing = label_smoothing
+        self.use_sr_branch = use_sr_branch
+        self.inference_branches = inference_branches
+        self.freeze_backbone_batch_norm = freeze_backbone_batch_norm
+        self.vocab_size = vocab_size
+        self.initializer_range = initializer_range
+        if not _loaded_as_remote_code():
+            # The installed soli_hf registers its own pipeline; keeping the saved entry would make
+            # `pipeline(...)` demand trust_remote_code for a model whose code is installed.
+            kwargs.pop("custom_pipelines", None)
+        # The output layer (hidden_size wide) is not the word embedding (embedding_size wide): never tie them
+        # (transformers 4.x ties by default).
+        kwargs["tie_word_embeddings"] = False
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=bos_token_id if decoder_start_token_id is None else decoder_start_token_id,
+            is_encoder_decoder=is_encoder_decoder,
+            **kwargs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise, always naming the pipeline saved beside the weights for `trust_remote_code` users."""
+        output = super().to_dict()
+        output["custom_pipelines"] = REMOTE_CUSTOM_PIPELINES
+        return output
+
+
+def _loaded_as_remote_code() -> bool:
+    """True when this file runs as code saved beside a checkpoint (transformers' dynamic modules)."""
+    return __name__.startswith("transformers_modules")

@@ -1,0 +1,25 @@
+"""The main job, offline: caption redistributable sample photos (shipped inside scikit-image's wheel) with the
+shipped default model. `make demo` runs it; the photos are written to outputs/demo/ and made low-resolution by
+the model's processor, and outputs/demo.html shows each LR input with its caption.
+
+    python scripts/demo.py [--model DIR] [extra `soli caption` flags, e.g. --num-beams 1]
+"""
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+from skimage import data
+
+from soli_hf.cli import main
+
+#: scikit-image sample photographs, public domain or CC0 (see each `skimage.data.<name>` docstring).
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+OUTPUT = Path("outputs")
+
+if __name__ == "__main__":
+    folder = OUTPUT / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    sys.exit(main(["caption", str(folder), "--html", str(OUTPUT / "demo.html"), *sys.argv[1:]]))
