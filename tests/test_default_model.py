@@ -66,3 +66,9 @@ def test_demo_captions_the_sample_photos(tmp_path: Path) -> None:
     assert [Path(line.split("\t")[0]).stem for line in lines] == photos
     assert all(len(line.split("\t")[1].split()) >= 3 for line in lines)
     assert (tmp_path / "outputs" / "demo.html").read_text().count("data:image/png;base64,") == 5
+
+
+def test_model_card_is_shipped_and_copied() -> None:
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert card == (ROOT / "model_cards" / "soli-flickr8k-lr64.md").read_text()
+    assert "pipeline_tag: image-to-text" in card and "Flickr8k" in card and "${" not in card
