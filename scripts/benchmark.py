@@ -1,5 +1,6 @@
 """SOLI benchmarks. `python scripts/benchmark.py metrics`: our CIDEr-D against pycocoevalcap's, the corpus
-metric and the per-batch SCST reward.
+metric and the per-batch SCST reward. `python scripts/benchmark.py latency`: caption latency of a model (PyTorch
+eager, batch 1, greedy; one thread and all threads; both inference modes), its size on disk and the peak RSS.
 
 Data: 5,000 Flickr8k training images x 5 human captions (25,000 references) read
 from ../shared when present, otherwise synthetic captions.  Each image's
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import random
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from soli_hf.caption_files import DEFAULT_MODEL_DIR
 from soli_hf.metrics import CiderD, cider_d, tokenize
 
 FLICKR8K_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "Flickr8k_text"
@@ -207,11 +210,7 @@ def benchmark(num_batches: int, repeats: int) -> dict[str, Any]:
     return {
         "data": source,
         "repeats": repeats,
-        "machine": {
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "corpus_cider_d": corpus,
         "scst_reward": benchmark_reward(references, num_batches, repeats),
     }
@@ -239,6 +238,52 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"PTB tokenisation of the 25k references (pure Python): {seconds:.2f} s")
 
 
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def benchmark_latency(model_dir: Path, repeats: int) -> dict[str, Any]:
+    """PyTorch eager latency on scikit-image's sample photos, per inference mode and thread count."""
+    from soli_hf import SoliForConditionalGeneration, SoliProcessor
+    from soli_hf.latency import torch_eager_latency
+    from soli_hf.sample_photos import load_sample_photos
+
+    model = SoliForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = SoliProcessor.from_pretrained(model_dir)
+    photos = load_sample_photos()
+    images = list(photos.values())
+    modes = ("both", "lr") if model.config.use_sr_branch else ("lr",)
+    thread_counts = sorted({1, os.cpu_count() or 1})
+    results = [
+        torch_eager_latency(model, processor, images, threads=threads, inference_branches=mode, repeats=repeats)
+        for mode in modes
+        for threads in thread_counts
+    ]
+    return {
+        "model": str(model_dir),
+        "machine": machine(),
+        "photos": list(photos),
+        "model_megabytes_on_disk": (model_dir / "model.safetensors").stat().st_size / 2**20,
+        "peak_rss_megabytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "results": [result.to_dict() for result in results],
+    }
+
+
+def print_latency_table(results: dict[str, Any]) -> None:
+    print(f"{results['model']}: {results['model_megabytes_on_disk']:.1f} MB on disk, "
+          f"peak RSS {results['peak_rss_megabytes']:.0f} MB")
+    print(f"{'backend':<16}{'branches':>10}{'threads':>9}{'median ms':>11}{'p90 ms':>9}{'tokens':>8}")
+    for row in results["results"]:
+        print(
+            f"{row['backend']:<16}{row['inference_branches']:>10}{row['threads']:>9}{row['median_ms']:>11.1f}"
+            f"{row['p90_ms']:>9.1f}{row['mean_caption_tokens']:>8.1f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
@@ -246,9 +291,17 @@ def main() -> None:
     metrics.add_argument("--out", type=Path, default=Path("benchmarks/metrics.json"), help="JSON output path")
     metrics.add_argument("--batches", type=int, default=50, help="SCST batches to time")
     metrics.add_argument("--repeats", type=int, default=3, help="timed runs per benchmark (best is kept)")
+    latency = benchmarks.add_parser("latency", help="caption latency, model size and peak RSS (PyTorch eager)")
+    latency.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="a saved SOLI folder")
+    latency.add_argument("--out", type=Path, default=Path("benchmarks/latency_cpu.json"), help="JSON output path")
+    latency.add_argument("--repeats", type=int, default=5, help="passes over the sample photos")
     args = parser.parse_args()
-    results = benchmark(args.batches, args.repeats)
-    print_table(results)
+    if args.benchmark == "latency":
+        results = benchmark_latency(args.model, args.repeats)
+        print_latency_table(results)
+    else:
+        results = benchmark(args.batches, args.repeats)
+        print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

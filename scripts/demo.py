@@ -8,18 +8,14 @@ the model's processor, and outputs/demo.html shows each LR input with its captio
 import sys
 from pathlib import Path
 
-from PIL import Image
-from skimage import data
-
 from soli_hf.cli import main
+from soli_hf.sample_photos import load_sample_photos
 
-#: scikit-image sample photographs, public domain or CC0 (see each `skimage.data.<name>` docstring).
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 OUTPUT = Path("outputs")
 
 if __name__ == "__main__":
     folder = OUTPUT / "demo"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in PHOTOS:
-        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    for name, photo in load_sample_photos().items():
+        photo.save(folder / f"{name}.png")
     sys.exit(main(["caption", str(folder), "--html", str(OUTPUT / "demo.html"), *sys.argv[1:]]))

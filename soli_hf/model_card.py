@@ -29,7 +29,7 @@ def results_table(results: list[dict[str, Any]], settings: dict[str, Any], input
     """Markdown: every model (and inference mode) on the main LR condition."""
     rows = [r for r in results if r["condition"]["name"] == MAIN_CONDITION]
     if not rows:
-        raise ValueError(f"the evaluation reports hold no {MAIN_CONDITION} result (the main condition of soli evaluate)")
+        raise ValueError(f"the evaluation reports hold no {MAIN_CONDITION} result (soli evaluate's main condition)")
     lines = [
         f"{settings['images']} dev images at {input_size}x{input_size} (bicubic), beam search {settings['num_beams']}, "
         "coco-caption metrics (CIDEr is CIDEr-D):",
@@ -91,6 +91,29 @@ def recipe_section(model_dir: Path, recipe: Path | None, training_command: str |
     return "\n\n".join(parts)
 
 
+def latency_section(benchmark: Path | None) -> str:
+    """Markdown from `scripts/benchmark.py latency` JSON, or a line saying latency was not measured."""
+    if benchmark is None:
+        return "Not measured yet."
+    report = json.loads(benchmark.read_text(encoding="utf-8"))
+    machine = report["machine"]
+    lines = [
+        f"`python scripts/benchmark.py latency` ({benchmark.as_posix()}): batch 1, greedy, preprocessing included,",
+        f"{machine['processor']} with {machine['cpus']} CPUs; {report['model_megabytes_on_disk']:.1f} MiB of weights,",
+        f"peak RSS {report['peak_rss_megabytes']:.0f} MiB. On a shared virtual machine the medians vary by about",
+        "30% between runs.",
+        "",
+        "| backend | inference_branches | threads | median ms / caption | p90 ms | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['backend']} | {r['inference_branches']} | {r['threads']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+        f"{r['mean_caption_tokens']:.1f} |"
+        for r in report["results"]
+    ]
+    return "\n".join(lines)
+
+
 def _count(value: float) -> str:
     return f"{value / 1e9:.2f} G" if value >= 1e9 else f"{value / 1e6:.1f} M"
 
@@ -105,7 +128,7 @@ def render_model_card(
     training_command: str | None = None,
     evaluation_command: str | None = None,
     hardware: str = "on a CPU",
-    latency: str = "Not measured yet.",
+    latency_benchmark: Path | None = None,
 ) -> str:
     """The filled card (Markdown with YAML front matter)."""
     model = SoliForConditionalGeneration.from_pretrained(model_dir)
@@ -135,7 +158,7 @@ def render_model_card(
         + (f"\n\nMade by:\n\n```bash\n{evaluation_command}\n```" if evaluation_command else ""),
         "protocol": protocol_table(results),
         "human": human_text,
-        "latency": latency,
+        "latency": latency_section(latency_benchmark),
         "hardware": hardware,
     }
     return Template(template).substitute(values)
