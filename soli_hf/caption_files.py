@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .image_processing_soli import open_image
 from .modeling_soli import SoliForConditionalGeneration
 from .processing_soli import SoliProcessor
 
@@ -54,17 +55,6 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
     return found
 
 
-def open_image(path: Path) -> Image.Image | None:
-    """The decoded image, or None (with a warning naming the file) when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, SyntaxError, ValueError) as error:
-        logger.warning("%s: cannot read the image (%s), skipped", path, error)
-        return None
-
-
 @torch.no_grad()
 def caption_files(
     model: SoliForConditionalGeneration,
@@ -82,11 +72,11 @@ def caption_files(
         for start in range(0, len(paths), batch_size):
             batch = []
             for path in paths[start : start + batch_size]:
-                image = open_image(path)
-                if image is None:
+                try:
+                    batch.append((path, open_image(path)))
+                except ValueError as error:
+                    logger.warning("%s, skipped", error)
                     unreadable.append(path)
-                else:
-                    batch.append((path, image))
             if batch:
                 pixels = processor.image_processor([image for _, image in batch], return_tensors="pt")["pixel_values"]
                 ids = model.generate(pixel_values=pixels, num_beams=num_beams, max_new_tokens=max_new_tokens)

@@ -9,10 +9,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from .evaluation.report import REPORT_METRICS
+from .markdown import markdown_table, metric_cells
 from .modeling_soli import SoliForConditionalGeneration
 from .profiling import model_summary
-
-CARD_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+from .training.reporting import training_figures
 MAIN_CONDITION = "bicubic@input"
 
 
@@ -30,17 +31,13 @@ def results_table(results: list[dict[str, Any]], settings: dict[str, Any], input
     rows = [r for r in results if r["condition"]["name"] == MAIN_CONDITION]
     if not rows:
         raise ValueError(f"the evaluation reports hold no {MAIN_CONDITION} result (soli evaluate's main condition)")
-    lines = [
+    table = markdown_table(
+        ["model", *REPORT_METRICS], [[row["model"], *metric_cells(row["metrics"], REPORT_METRICS, 3)] for row in rows]
+    )
+    return (
         f"{settings['images']} dev images at {input_size}x{input_size} (bicubic), beam search {settings['num_beams']}, "
-        "coco-caption metrics (CIDEr is CIDEr-D):",
-        "",
-        "| model | " + " | ".join(CARD_METRICS) + " |",
-        "|---|" + "---|" * len(CARD_METRICS),
-    ]
-    for row in rows:
-        cells = [f"{row['metrics'][k]:.3f}" if k in row["metrics"] else "n/a" for k in CARD_METRICS]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        f"coco-caption metrics (CIDEr is CIDEr-D):\n\n{table}"
+    )
 
 
 def protocol_table(results: list[dict[str, Any]]) -> str:
@@ -50,13 +47,7 @@ def protocol_table(results: list[dict[str, Any]]) -> str:
         return ""
     factors = sorted({r["condition"]["scale_factor"] for r in rows}, reverse=True)
     series = list(dict.fromkeys((r["model"], r["condition"]["degradation"]) for r in rows))
-    lines = [
-        "Over the SOLI paper's protocol (the photo reduced to a fraction of its size, then given to the model at its",
-        "input size); CIDEr-D / BLEU-4:",
-        "",
-        "| model | degradation | " + " | ".join(f"x{f:g}" for f in factors) + " |",
-        "|---|---|" + "---|" * len(factors),
-    ]
+    table_rows = []
     for model, degradation in series:
         by_factor = {
             r["condition"]["scale_factor"]: r["metrics"]
@@ -66,8 +57,12 @@ def protocol_table(results: list[dict[str, Any]]) -> str:
         cells = [
             f"{by_factor[f]['CIDEr']:.3f} / {by_factor[f]['Bleu_4']:.3f}" if f in by_factor else "" for f in factors
         ]
-        lines.append(f"| {model} | {degradation} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table_rows.append([model, degradation, *cells])
+    table = markdown_table(["model", "degradation", *(f"x{f:g}" for f in factors)], table_rows)
+    return (
+        "Over the SOLI paper's protocol (the photo reduced to a fraction of its size, then given to the model at its\n"
+        f"input size); CIDEr-D / BLEU-4:\n\n{table}"
+    )
 
 
 def recipe_section(model_dir: Path, recipe: Path | None, training_command: str | None) -> str:
@@ -79,14 +74,13 @@ def recipe_section(model_dir: Path, recipe: Path | None, training_command: str |
         parts.append(f"`{recipe.as_posix()}`:\n\n```yaml\n{recipe.read_text(encoding='utf-8').strip()}\n```")
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
-        run = json.loads(metrics_file.read_text(encoding="utf-8"))
-        history = run["history"]
-        best = run["best"]
-        speed = sorted(e["train_images_per_second"] for e in history)[len(history) // 2]
+        figures = training_figures(json.loads(metrics_file.read_text(encoding="utf-8")))
+        best = figures["dev_greedy"]
         parts.append(
-            f"Best epoch {run['best_epoch']} of {len(history)} (kept by greedy dev CIDEr-D {best['CIDEr']:.3f}, "
-            f"BLEU-4 {best['Bleu_4']:.3f}); training throughput {speed:.1f} images/s (data pipeline included), "
-            f"peak memory {max(e['peak_memory_mb'] for e in history):.0f} MB."
+            f"Best epoch {figures['best_epoch']} of {figures['epochs_run']} (kept by greedy dev CIDEr-D "
+            f"{best['CIDEr']:.3f}, BLEU-4 {best['Bleu_4']:.3f}); training throughput "
+            f"{figures['train_images_per_second']:.1f} images/s (data pipeline included), peak memory "
+            f"{figures['peak_memory_mb']:.0f} MB."
         )
     return "\n\n".join(parts)
 
@@ -103,14 +97,14 @@ def latency_section(benchmark: Path | None) -> str:
         f"peak RSS {report['peak_rss_megabytes']:.0f} MiB. On a shared virtual machine the medians vary by about",
         "30% between runs.",
         "",
-        "| backend | inference_branches | threads | median ms / caption | p90 ms | tokens |",
-        "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['backend']} | {r['inference_branches']} | {r['threads']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-        f"{r['mean_caption_tokens']:.1f} |"
+    header = ["backend", "inference_branches", "threads", "median ms / caption", "p90 ms", "tokens"]
+    rows = [
+        [r["backend"], r["inference_branches"], r["threads"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
+         f"{r['mean_caption_tokens']:.1f}"]
         for r in report["results"]
-    ]
+    ]  # fmt: skip
+    lines.append(markdown_table(header, rows))
     return "\n".join(lines)
 
 
@@ -140,7 +134,7 @@ def render_model_card(
         for mode, f in summary["flops_per_image"].items()
     )
     main_model = next(r for r in results if r["condition"]["name"] == MAIN_CONDITION)
-    human_text = ", ".join(f"{k} {human[k]:.3f}" for k in CARD_METRICS if k in human)
+    human_text = ", ".join(f"{k} {human[k]:.3f}" for k in REPORT_METRICS if k in human)
     same_folds = main_model["leave_one_out"]
     human_text += (
         f" (this model against the same references: CIDEr-D {same_folds['CIDEr']:.3f}, "

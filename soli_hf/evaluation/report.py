@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..html_gallery import GalleryCard, write_gallery  # noqa: E402
+from ..markdown import markdown_table, metric_cells  # noqa: E402
 from .conditions import LowResCondition  # noqa: E402
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -73,12 +74,13 @@ def markdown_report(
     """Tables of every (model, condition), the human score, and links to the pictures."""
     lines = [f"# Caption evaluation: {settings['data']} ({settings['split']})", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
-    lines += ["", "## All references", "", _table_header("model", "LR input"), _table_rule(2)]
-    lines += [_table_row(r.model, r.condition.name, r.metrics) for r in results]
+    header = ["model", "LR input", *REPORT_METRICS]
+    lines += ["", "## All references", ""]
+    lines += [markdown_table(header, [_metric_row(r.model, r.condition.name, r.metrics) for r in results])]
     lines += ["", "## Leave-one-out: the model and people scored against the same 4 references", ""]
-    lines += [_table_header("captions by", "LR input"), _table_rule(2)]
-    lines += [_table_row("people (each reference vs the others)", "-", human)]
-    lines += [_table_row(r.model, r.condition.name, r.leave_one_out) for r in results]
+    rows = [_metric_row("people (each reference vs the others)", "-", human)]
+    rows += [_metric_row(r.model, r.condition.name, r.leave_one_out) for r in results]
+    lines += [markdown_table(["captions by", *header[1:]], rows)]
     lines += ["", "CIDEr is coco-caption's CIDEr-D (sigma 6, clipping). Leave-one-out rows: the mean over 5 folds,"]
     lines += ["each dropping one reference per image; METEOR there for people only (one Java run per fold).", ""]
     lines += ["Samples (LR input as the model saw it, captions, references): [samples.html](samples.html)", ""]
@@ -86,17 +88,8 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def _table_header(*first: str) -> str:
-    return "| " + " | ".join([*first, *REPORT_METRICS]) + " |"
-
-
-def _table_rule(first_columns: int) -> str:
-    return "|" + "---|" * (first_columns + len(REPORT_METRICS))
-
-
-def _table_row(name: str, condition: str, metrics: dict[str, float]) -> str:
-    cells = [f"{metrics[key]:.4f}" if key in metrics else "n/a" for key in REPORT_METRICS]
-    return "| " + " | ".join([name, condition, *cells]) + " |"
+def _metric_row(name: str, condition: str, metrics: dict[str, float]) -> list[str]:
+    return [name, condition, *metric_cells(metrics, REPORT_METRICS, 4)]
 
 
 def write_resolution_plots(out: Path, results: Sequence[ConditionResult]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Pictures of a training run: loss curves and per-epoch dev metrics (matplotlib, written as PNG)."""
+"""Pictures and tables of training runs: loss curves and per-epoch dev metrics (matplotlib PNG), and the
+comparison of several finished runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..markdown import markdown_table  # noqa: E402
 
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward")
 EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")
@@ -49,24 +52,28 @@ def _smooth(values: tuple[float, ...], decay: float = 0.9) -> list[float]:
 SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "val_loss")
 
 
-def summarize_run(run_dir: Path) -> dict[str, Any]:
-    """The figures of one finished run (`OUTPUT` of scripts/train.py): its recipe's key fields, the best epoch's dev
-    metrics, the median training throughput (images/s, data pipeline included) and the peak memory."""
-    metrics = json.loads((run_dir / "model" / "metrics.json").read_text(encoding="utf-8"))
-    config = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
-    history, best = metrics["history"], metrics["best"]
+def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """From a run's `metrics.json`: best epoch and its dev metrics, epochs run, median training throughput
+    (images/s, data pipeline included) and peak memory."""
+    history = metrics["history"]
     speeds = sorted(entry["train_images_per_second"] for entry in history)
-    summary = {
-        "run": str(run_dir),
-        "model_variant": config["model_variant"],
-        "phase": config["phase"],
+    return {
         "epochs_run": len(history),
         "best_epoch": metrics["best_epoch"],
-        "dev_greedy": {key: best[key] for key in SUMMARY_METRICS if key in best},
+        "dev_greedy": {key: metrics["best"][key] for key in SUMMARY_METRICS if key in metrics["best"]},
         "train_images_per_second": speeds[len(speeds) // 2],
         "peak_memory_mb": max(entry["peak_memory_mb"] for entry in history),
-        "history": history,
     }
+
+
+def summarize_run(run_dir: Path) -> dict[str, Any]:
+    """The figures of one finished run (`OUTPUT` of scripts/train.py): its variant and phase, `training_figures`,
+    the whole history and, when the run recorded them, its training + evaluation minutes."""
+    metrics = json.loads((run_dir / "model" / "metrics.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
+    history = metrics["history"]
+    summary = {"run": str(run_dir), "model_variant": config["model_variant"], "phase": config["phase"]}
+    summary |= training_figures(metrics) | {"history": history}
     if all("train_seconds" in entry for entry in history):
         summary["train_and_eval_minutes"] = sum(e["train_seconds"] + e["eval_seconds"] for e in history) / 60
     return summary
@@ -74,19 +81,18 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
 
 def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """`comparison.json`, a Markdown table (`comparison.md`) and dev CIDEr-D per epoch (`comparison.png`) of
-    several runs; the first run is the reference of the `delta` columns."""
+    several runs."""
     runs = [summarize_run(run_dir) for run_dir in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
     header = ["run", "variant", "phase", "best epoch", *SUMMARY_METRICS, "train img/s", "peak MB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        dev = run["dev_greedy"]
-        cells = [run["run"], run["model_variant"], run["phase"], f"{run['best_epoch']}/{run['epochs_run']}"]
-        cells += [f"{dev[key]:.4f}" if key in dev else "" for key in SUMMARY_METRICS]
-        cells += [f"{run['train_images_per_second']:.1f}", f"{run['peak_memory_mb']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [
+        [run["run"], run["model_variant"], run["phase"], f"{run['best_epoch']}/{run['epochs_run']}",
+         *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
+         f"{run['train_images_per_second']:.1f}", f"{run['peak_memory_mb']:.0f}"]
+        for run in runs
+    ]  # fmt: skip
+    (out_dir / "comparison.md").write_text(markdown_table(header, rows) + "\n", encoding="utf-8")
     figure, axis = plt.subplots(figsize=(6, 4))
     for run in runs:
         history = run["history"]
