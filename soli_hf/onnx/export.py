@@ -1,0 +1,235 @@
+"""Export SOLI to two ONNX graphs (the encoder, one decoder step) plus `soli_onnx.json` for the runtime.
+
+The graphs are made with `torch.onnx.export(..., dynamo=True)`, the `torch.export`-based exporter (needs
+`onnxscript`): on torch 2.14 it is the default one, and the only one that exports SOLI with a dynamic batch. The
+TorchScript exporter (`dynamo=False`, deprecated, warns on every call) loses the feature map's spatial size after
+MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on the grid's `AdaptiveAvgPool2d`
+("input size not accessible"). The dynamo graphs take one symbolic batch dimension (`torch.export.Dim`) shared by
+all inputs, so they serve any batch and beam width; the image side stays fixed at the model's `image_size`, as
+`SoliImageProcessor` always makes it.
+
+`soli_onnx.json` (see `spec.py`) carries everything the torch-free runtime needs besides the graphs: the
+inputs and outputs, the special token ids, the generation defaults of the model's `generation_config`, the
+image processor's settings and the vocabulary (id order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..image_processing_soli import SoliImageProcessor
+from ..modeling_soli import SoliForConditionalGeneration
+from ..processing_soli import SoliProcessor
+from .spec import DECODER_STEP, ENCODER, GRAPHS, MANIFEST_NAME, MANIFEST_VERSION, GraphSpec, model_sizes
+
+DEFAULT_OPSET = 18
+RUNTIME_FILE_NAME = "soli_onnx_runtime.py"
+_EXAMPLE_BATCH = 2
+# Generation settings the runtime does not implement, with the values under which they have no effect.
+_INERT_GENERATION_SETTINGS = {
+    "do_sample": (None, False),
+    "num_return_sequences": (None, 1),
+    "repetition_penalty": (None, 1.0),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "encoder_no_repeat_ngram_size": (None, 0),
+}
+
+
+class SoliEncoderGraph(nn.Module):
+    """LR pixels -> attention memory, attention keys and the decoder's initial (h, c): the model's encoder and
+    `decoder.initial_state`, with the SR branch when `config.inference_branches == "both"`."""
+
+    def __init__(self, model: SoliForConditionalGeneration) -> None:
+        super().__init__()
+        self.encoder = model.get_encoder()
+        self.decoder = model.decoder
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        encoded = self.encoder(pixel_values)
+        hidden, cell = self.decoder.initial_state(encoded.last_hidden_state)
+        return encoded.last_hidden_state, encoded.attention_keys, hidden, cell
+
+
+class SoliDecoderStepGraph(nn.Module):
+    """One decoding step: the last token of every row and the LSTM state -> log-probabilities of the next token
+    (what beam search scores) and the new state."""
+
+    def __init__(self, model: SoliForConditionalGeneration) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_keys: torch.Tensor,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        logits, (next_hidden, next_cell), _ = self.decoder(input_ids[:, None], memory, attention_keys, (hidden, cell))
+        return logits[:, -1].log_softmax(dim=-1), next_hidden, next_cell
+
+
+def export_onnx(
+    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration,
+    out_dir: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    processor: SoliProcessor | None = None,
+) -> list[Path]:
+    """Export a SOLI model to `out_dir`: `encoder.onnx`, `decoder_step.onnx`, `soli_onnx.json` and a copy of
+    the runtime (`soli_onnx_runtime.py`, loadable without soli_hf, torch or transformers).
+
+    Args:
+        model_dir_or_model: a saved SOLI folder (model and processor are loaded from it), or a model.
+        out_dir: created if needed; existing files of the same names are replaced.
+        opset: ONNX opset of both graphs.
+        processor: the model's `SoliProcessor`; required when a model object is given, ignored otherwise.
+
+    Returns:
+        The paths written.
+    """
+    model, processor = _load(model_dir_or_model, processor)
+    generation = generation_defaults(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        sizes = model_sizes(model.config)
+        pixel_values = torch.randn(_EXAMPLE_BATCH, 3, sizes["image_size"], sizes["image_size"])
+        encoder_graph = SoliEncoderGraph(model).eval()
+        with torch.no_grad():
+            state = encoder_graph(pixel_values)
+        input_ids = torch.full((_EXAMPLE_BATCH,), model.config.bos_token_id, dtype=torch.long)
+        written = [
+            _export_graph(encoder_graph, (pixel_values,), ENCODER, out, opset),
+            _export_graph(SoliDecoderStepGraph(model).eval(), (input_ids, *state), DECODER_STEP, out, opset),
+        ]
+    finally:
+        model.train(was_training)
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "opset": opset,
+        "inference_branches": model.config.inference_branches,
+        "graphs": {graph.key: graph.to_manifest(sizes) for graph in GRAPHS},
+        **_token_settings(processor),
+        "generation": generation,
+        "preprocessing": preprocessing_settings(processor.image_processor),
+    }
+    manifest_path = out / MANIFEST_NAME
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    runtime_path = Path(shutil.copyfile(Path(__file__).with_name("runtime.py"), out / RUNTIME_FILE_NAME))
+    return [*written, manifest_path, runtime_path]
+
+
+def _load(
+    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration, processor: SoliProcessor | None
+) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
+    """The model and its processor, from a folder or as given."""
+    if isinstance(model_dir_or_model, SoliForConditionalGeneration):
+        if processor is None:
+            raise ValueError("export_onnx: pass `processor` (the model's SoliProcessor) when exporting a model object")
+        return model_dir_or_model, processor
+    folder = Path(model_dir_or_model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"export_onnx: {folder} is not a saved SOLI model folder (no config.json)")
+    return SoliForConditionalGeneration.from_pretrained(folder), SoliProcessor.from_pretrained(folder)
+
+
+def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: GraphSpec, out: Path, opset: int) -> Path:
+    """Export one graph with the names of its spec and a batch dimension shared by all inputs."""
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = {spec.name: {axis: batch for axis in spec.dynamic_axes()} for spec in graph.inputs}
+    path = out / graph.file_name
+    with warnings.catch_warnings():
+        # Every input shares the one batch dimension; the exporter warns that it names it only once.
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
+        torch.onnx.export(
+            module,
+            args,
+            path,
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+            opset_version=opset,
+            input_names=[spec.name for spec in graph.inputs],
+            output_names=[spec.name for spec in graph.outputs],
+            dynamic_shapes=dynamic_shapes,
+        )
+    return path
+
+
+def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
+    """The decoding settings of `model.generation_config` that the runtime reproduces, resolved as `generate()`
+    resolves them; raises `ValueError` for settings the runtime does not implement."""
+    config = model.generation_config
+    unsupported = {
+        name: getattr(config, name, None)
+        for name, inert in _INERT_GENERATION_SETTINGS.items()
+        if getattr(config, name, None) not in inert
+    }
+    if unsupported:
+        raise ValueError(f"export_onnx: the ONNX runtime cannot reproduce these generation settings: {unsupported}")
+    if not isinstance(config.eos_token_id, int):
+        raise ValueError(f"export_onnx: generation_config.eos_token_id must be one id, got {config.eos_token_id!r}")
+    max_new_tokens = config.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = (config.max_length or 20) - 1  # generate()'s default max_length counts the start token
+    early_stopping = config.early_stopping
+    return {
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "num_beams": config.num_beams or 1,
+        "max_new_tokens": max_new_tokens,
+        "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
+        "suppress_tokens": list(config.suppress_tokens or []),
+        "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
+        "early_stopping": False if early_stopping is None else early_stopping,
+    }
+
+
+def _token_settings(processor: SoliProcessor) -> dict[str, Any]:
+    """Special token ids, the ids that decoding skips, and the vocabulary in id order."""
+    tokenizer = processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    words = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[word] for word in words] != list(range(len(words))):
+        raise ValueError("export_onnx: the tokenizer's vocabulary ids are not 0..n-1")
+    return {
+        "special_tokens": {
+            "pad": tokenizer.pad_token_id,
+            "bos": tokenizer.bos_token_id,
+            "eos": tokenizer.eos_token_id,
+            "unk": tokenizer.unk_token_id,
+        },
+        "skip_token_ids": sorted(tokenizer.all_special_ids),
+        "vocabulary": words,
+    }
+
+
+def preprocessing_settings(image_processor: SoliImageProcessor) -> dict[str, Any]:
+    """The settings of a `SoliImageProcessor` that make `pixel_values` (the manifest's `preprocessing`)."""
+    return {
+        "image_size": image_processor.image_size,
+        "degradation": image_processor.degradation,
+        "blur_sigma": image_processor.blur_sigma,
+        "scale_factor": image_processor.scale_factor,
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+    }

@@ -1,0 +1,265 @@
+"""ONNX export and the torch-free runtime: graph parity with PyTorch, token-for-token equality with `generate()`
+(greedy and beam search), identical preprocessing and decoding, and a run where torch cannot be imported."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FLICKR8K, run_without_soli_hf, tiny_config
+from PIL import Image
+
+from soli_hf import SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor
+from soli_hf.caption_files import DEFAULT_MODEL_DIR
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
+
+from soli_hf.onnx import runtime, spec  # noqa: E402
+from soli_hf.onnx.export import (  # noqa: E402
+    RUNTIME_FILE_NAME,
+    export_onnx,
+    generation_defaults,
+    preprocessing_settings,
+)
+from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_NEW_TOKENS = 10
+
+
+@dataclass
+class Exported:
+    model: SoliForConditionalGeneration
+    folder: Path
+    captioner: SoliOnnxCaptioner
+    script_output: str
+
+
+def image_sensitive_tiny_model(tokenizer, inference_branches: str) -> SoliForConditionalGeneration:
+    """A tiny SOLI whose captions depend on the image, with a non-default generation config.
+
+    At its default initialisation the tiny backbone's activations vanish (memory ~1e-26), so every image would get
+    the same caption; He-initialised convolutions keep them alive, and a smaller projection keeps the memory ~1.
+    """
+    torch.manual_seed(0)
+    model = SoliForConditionalGeneration(
+        tiny_config(len(tokenizer), initializer_range=0.3, inference_branches=inference_branches)
+    ).eval()
+    for module in model.encoder.backbone.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    with torch.no_grad():
+        model.encoder.projection.weight.mul_(0.1)
+    model.generation_config.no_repeat_ngram_size = 2
+    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
+    model.generation_config.max_new_tokens = MAX_NEW_TOKENS
+    return model
+
+
+@pytest.fixture(scope="module", params=["both", "lr"])
+def exported(request, tokenizer, processor, images, tmp_path_factory) -> Exported:
+    """The tiny model exported from a saved folder by scripts/export_onnx.py ("both", with --verify), or from
+    the model object by `export_onnx` ("lr")."""
+    model = image_sensitive_tiny_model(tokenizer, request.param)
+    folder = tmp_path_factory.mktemp(f"onnx_{request.param}")
+    output = io.StringIO()
+    if request.param == "both":
+        saved = tmp_path_factory.mktemp("saved")
+        model.save_pretrained(saved)
+        processor.save_pretrained(saved)
+        image_files = [saved / f"image{i}.png" for i in range(2)]
+        for path, image in zip(image_files, images):
+            Image.fromarray(image).save(path)
+        script = importlib.util.spec_from_file_location("export_onnx_script", ROOT / "scripts" / "export_onnx.py")
+        module = importlib.util.module_from_spec(script)
+        script.loader.exec_module(module)
+        args = ["--model", str(saved), "--out", str(folder), "--verify", *map(str, image_files), "--num-threads", "1"]
+        with contextlib.redirect_stdout(output):
+            assert module.main(args) == 0
+    else:
+        export_onnx(model, folder, processor=processor)
+    return Exported(model, folder, SoliOnnxCaptioner(folder, num_threads=1), output.getvalue())
+
+
+def assert_close(actual: np.ndarray, expected: torch.Tensor) -> None:
+    """Equal up to float32 rounding (accumulated over the CNN): atol 1e-5 times the tensor's scale."""
+    expected = expected.numpy()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+
+
+def test_export_writes_graphs_manifest_and_runtime(exported, tokenizer, processor) -> None:
+    manifest = json.loads((exported.folder / spec.MANIFEST_NAME).read_text())
+    assert manifest["inference_branches"] == exported.model.config.inference_branches
+    for graph in spec.GRAPHS:
+        entry = manifest["graphs"][graph.key]
+        assert entry == graph.to_manifest(spec.model_sizes(exported.model.config))
+        session = exported.captioner.sessions[graph.key]
+        assert [(t.name, t.shape) for t in session.get_inputs()] == [(t["name"], t["shape"]) for t in entry["inputs"]]
+        assert [t.name for t in session.get_outputs()] == [t["name"] for t in entry["outputs"]]
+    assert manifest["special_tokens"] == {"pad": 0, "bos": 1, "eos": 2, "unk": 3}
+    assert manifest["vocabulary"] == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert manifest["generation"] == {
+        "decoder_start_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "num_beams": 1,
+        "max_new_tokens": MAX_NEW_TOKENS, "no_repeat_ngram_size": 2, "suppress_tokens": [3],
+        "length_penalty": 1.0, "early_stopping": False,
+    }  # fmt: skip
+    assert manifest["preprocessing"] == preprocessing_settings(processor.image_processor)
+    assert (exported.folder / RUNTIME_FILE_NAME).read_bytes() == Path(runtime.__file__).read_bytes()
+    if exported.script_output:  # written by scripts/export_onnx.py --verify
+        assert "num_beams=1: 2/2 captions identical" in exported.script_output
+        assert exported.script_output.count("wrote ") == 4
+
+
+def test_encoder_and_decoder_step_match_pytorch(exported, processor, images) -> None:
+    pixel_values = processor(images=images[:5], return_tensors="pt")["pixel_values"]  # not the export's batch
+    encoded = exported.captioner.encode(pixel_values.numpy())
+    model = exported.model
+    with torch.no_grad():
+        expected = model.get_encoder()(pixel_values)
+        state = model.decoder.initial_state(expected.last_hidden_state)
+        for actual, reference in zip(encoded, (expected.last_hidden_state, expected.attention_keys, *state)):
+            assert_close(actual, reference)
+        memory, keys, hidden, cell = map(torch.from_numpy, encoded)
+        input_ids = torch.tensor([1, 4, 7, 2, 9])
+        logits, (next_hidden, next_cell), _ = model.decoder(input_ids[:, None], memory, keys, (hidden, cell))
+    decoder = exported.captioner.decoder_session(encoded)
+    assert_close(decoder.step(input_ids.numpy()), logits[:, -1].log_softmax(-1))
+    assert_close(decoder.hidden, next_hidden)
+    assert_close(decoder.cell, next_cell)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_equals_generate_token_for_token(exported, processor, images, num_beams) -> None:
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    expected = exported.model.generate(pixel_values=pixel_values, num_beams=num_beams)
+    assert len({tuple(row) for row in expected.tolist()}) >= 3, "the test needs image-dependent captions"
+    actual = exported.captioner.generate(pixel_values.numpy(), num_beams=num_beams)
+    np.testing.assert_array_equal(actual, expected.numpy())
+    captions = processor.batch_decode(expected, skip_special_tokens=True)
+    assert exported.captioner.caption(images, num_beams=num_beams) == captions
+
+
+@pytest.mark.parametrize("early_stopping, length_penalty", [(True, 1.0), ("never", 0.5), (False, 2.0)])
+def test_beam_search_stopping_and_length_penalty_follow_generate(
+    exported, processor, images, early_stopping, length_penalty
+) -> None:
+    if exported.model.config.inference_branches != "both":
+        pytest.skip("decoding does not depend on the encoder's branches")
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    kwargs = {"num_beams": 4, "early_stopping": early_stopping, "length_penalty": length_penalty}
+    expected = exported.model.generate(pixel_values=pixel_values, **kwargs)
+    captioner = exported.captioner
+    settings = replace(captioner.settings(num_beams=4), early_stopping=early_stopping, length_penalty=length_penalty)
+    decoder = captioner.decoder_session(captioner.encode(pixel_values.numpy()), num_beams=4)
+    np.testing.assert_array_equal(runtime.beam_search(decoder, len(images), settings), expected.numpy())
+
+
+def _varied_inputs(images: list[np.ndarray], tmp_path: Path) -> list:
+    """Every kind of input the image processor takes, except torch tensors."""
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 52, 4), dtype=np.uint8), mode="RGBA")
+    path = tmp_path / "photo.png"
+    Image.fromarray(images[0]).save(path)
+    return [
+        images[1],
+        rng.integers(0, 256, (50, 40), dtype=np.uint8),
+        rng.random((30, 70, 3)),
+        rng.random((3, 33, 45)).astype(np.float32),
+        rng.integers(0, 65536, (80, 80), dtype=np.uint16),
+        rgba,
+        rgba.convert("P"),
+        Image.fromarray(images[2]).convert("L"),
+        str(path),
+        path,
+        rng.integers(0, 256, (2, 90, 90, 3), dtype=np.uint8),
+    ]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"degradation": "step_gaussian", "blur_sigma": 1.5}, {"degradation": "step", "scale_factor": 0.2},
+     {"degradation": "bilinear", "image_size": 48, "image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.25]}],
+)  # fmt: skip
+def test_preprocessing_is_identical_to_the_image_processor(images, tmp_path, settings) -> None:
+    image_processor = SoliImageProcessor(**settings)
+    inputs = _varied_inputs(images, tmp_path)
+    expected = image_processor(inputs)["pixel_values"]
+    actual = runtime.preprocess(inputs, preprocessing_settings(image_processor))
+    assert actual.dtype == np.float32 and np.array_equal(actual, expected)
+
+
+def test_decode_equals_batch_decode(exported, processor) -> None:
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(0, len(processor.tokenizer), rng.integers(0, 12)).tolist() for _ in range(200)]
+    assert exported.captioner.decode(sequences) == processor.batch_decode(sequences, skip_special_tokens=True)
+
+
+def test_bad_inputs_raise_value_errors_naming_them(exported, tmp_path, monkeypatch) -> None:
+    with pytest.raises(ValueError, match="no soli_onnx.json"):
+        SoliOnnxCaptioner(tmp_path)
+    shutil.copy(exported.folder / spec.MANIFEST_NAME, tmp_path)
+    with pytest.raises(ValueError, match="missing encoder.onnx"):
+        SoliOnnxCaptioner(tmp_path)
+    with pytest.raises(ValueError, match="num_beams"):
+        exported.captioner.caption(np.zeros((8, 8, 3), dtype=np.uint8), num_beams=0)
+    with pytest.raises(ValueError, match="missing.png: image file not found"):
+        exported.captioner.caption(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="pass `processor`"):
+        export_onnx(exported.model, tmp_path)
+    with pytest.raises(ValueError, match="no config.json"):
+        export_onnx(tmp_path, tmp_path / "out")
+    monkeypatch.setattr(exported.model.generation_config, "do_sample", True)
+    with pytest.raises(ValueError, match="do_sample"):
+        generation_defaults(exported.model)
+
+
+@pytest.mark.slow
+def test_runtime_runs_without_torch_transformers_or_soli_hf(exported, images, tmp_path) -> None:
+    """The runtime copy beside the graphs, in a process where torch, transformers and soli_hf cannot load."""
+    paths = [tmp_path / f"image{i}.png" for i in range(3)]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    script = """
+import importlib.util, json, sys
+sys.modules["torch"] = None
+sys.modules["transformers"] = None
+folder = sys.argv[1]
+spec = importlib.util.spec_from_file_location("soli_onnx_runtime", folder + "/soli_onnx_runtime.py")
+module = sys.modules["soli_onnx_runtime"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+captioner = module.SoliOnnxCaptioner(folder, num_threads=1)
+captions = {beams: captioner.caption(sys.argv[2:], num_beams=beams) for beams in (1, 3)}
+loaded = [name for name in sys.modules if name.split(".")[0] in ("torch", "transformers", "soli_hf")]
+print(json.dumps({"captions": captions, "loaded": [name for name in loaded if sys.modules[name] is not None]}))
+"""
+    result = run_without_soli_hf(script, str(exported.folder), *map(str, paths), cwd=tmp_path)
+    assert result["loaded"] == []
+    for beams in (1, 3):
+        assert result["captions"][str(beams)] == exported.captioner.caption(paths, num_beams=beams)
+
+
+@pytest.mark.slow
+def test_shipped_model_on_flickr8k_dev_photos(tmp_path) -> None:
+    dev_list = FLICKR8K / "Flickr8k_text" / "Flickr_8k.devImages.txt"
+    if not dev_list.is_file() or not DEFAULT_MODEL_DIR.is_dir():
+        pytest.skip("needs ../shared/data/flickr8k and models/soli-flickr8k-lr64")
+    files = [str(FLICKR8K / "Flicker8k_Dataset" / name) for name in dev_list.read_text().split()[:8]]
+    export_onnx(DEFAULT_MODEL_DIR, tmp_path)
+    model = SoliForConditionalGeneration.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    processor = SoliProcessor.from_pretrained(DEFAULT_MODEL_DIR)
+    with torch.no_grad():
+        ids = model.generate(**processor(images=files, return_tensors="pt"))
+    expected = processor.batch_decode(ids, skip_special_tokens=True)
+    captioner = SoliOnnxCaptioner(tmp_path, num_threads=1)
+    assert captioner.generation.num_beams == 3 and captioner.generation.no_repeat_ngram_size == 3
+    assert captioner.caption(files) == expected
