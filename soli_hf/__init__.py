@@ -1,24 +1,43 @@
 """soli-hf: SOLI, a lightweight captioner for low-resolution images, as a HuggingFace-native package.
 
 Importing `soli_hf` registers SOLI with transformers' Auto classes and pipelines (see `registration.py`).
+
+The ONNX runtime (`soli_hf.onnx.SoliOnnxCaptioner`) needs only numpy, pillow and onnxruntime. Where torch or
+transformers is not installed, or `SOLI_HF_NO_TORCH=1` is set, `import soli_hf` loads neither and the PyTorch
+classes below are not defined: that is how a small device runs the exported model.
 """
 
-from .configuration_soli import SoliConfig
-from .image_processing_soli import SoliImageProcessor
-from .modeling_soli import SoliForConditionalGeneration, SoliPreTrainedModel
-from .processing_soli import SoliProcessor
-from .registration import register_soli
-from .tokenization_soli import build_tokenizer
+import os
+from importlib.util import find_spec
 
-register_soli()
-
-__all__ = [
-    "SoliConfig",
-    "SoliForConditionalGeneration",
-    "SoliImageProcessor",
-    "SoliPreTrainedModel",
-    "SoliProcessor",
-    "build_tokenizer",
-    "register_soli",
-]
 __version__ = "0.1.0"
+
+
+def _pytorch_stack_available() -> bool:
+    """True when torch and transformers are importable and `SOLI_HF_NO_TORCH` is not set."""
+    if os.environ.get("SOLI_HF_NO_TORCH", "0") not in ("", "0"):
+        return False
+    return find_spec("torch") is not None and find_spec("transformers") is not None
+
+
+if _pytorch_stack_available():
+    from .configuration_soli import SoliConfig
+    from .image_processing_soli import SoliImageProcessor
+    from .modeling_soli import SoliForConditionalGeneration, SoliPreTrainedModel
+    from .processing_soli import SoliProcessor
+    from .registration import register_soli
+    from .tokenization_soli import build_tokenizer
+
+    register_soli()
+
+    __all__ = [
+        "SoliConfig",
+        "SoliForConditionalGeneration",
+        "SoliImageProcessor",
+        "SoliPreTrainedModel",
+        "SoliProcessor",
+        "build_tokenizer",
+        "register_soli",
+    ]
+else:
+    __all__ = []

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_processing_soli import open_image
+from .image_transforms_soli import open_image
 from .modeling_soli import SoliForConditionalGeneration
 from .processing_soli import SoliProcessor
 

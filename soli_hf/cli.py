@@ -150,7 +150,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli evaluate` (also those of scripts/evaluate.py)."""
     from .data import DATA_FORMATS
-    from .image_processing_soli import DEGRADATIONS
+    from .image_transforms_soli import DEGRADATIONS
 
     parser.add_argument("--model", required=True, nargs="+", help="saved SOLI folder(s); several are compared")
     parser.add_argument("--data", required=True, help="a dataset folder or JSON file (any soli_hf.data format)")

@@ -118,17 +118,16 @@ def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
     return folder
 
 
-def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
-    """Run a Python script in a subprocess where `import soli_hf` fails (as where soli_hf is not installed);
-    return the JSON the script printed on its last line."""
+def run_python(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
+    """Run a Python script in a subprocess (offline) and return the JSON it printed on its last line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(extra_env or {})}
     result = subprocess.run(
-        [sys.executable, "-c", "import sys\nsys.modules['soli_hf'] = None\n" + script, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
+    """`run_python` where `import soli_hf` fails (as where soli_hf is not installed)."""
+    return run_python("import sys\nsys.modules['soli_hf'] = None\n" + script, *args, cwd=cwd, extra_env=extra_env)

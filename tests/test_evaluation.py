@@ -13,7 +13,7 @@ from PIL import Image
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
 from soli_hf.cli import main as soli_main
 from soli_hf.evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation
-from soli_hf.image_processing_soli import make_low_resolution
+from soli_hf.image_transforms_soli import make_low_resolution
 from soli_hf.metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 
 

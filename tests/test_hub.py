@@ -72,8 +72,8 @@ def test_push_sends_exactly_the_model_files(publishable: Path, tmp_path: Path, m
     assert upload_kwargs["revision"] == "v1" and upload_kwargs["commit_message"] == "hi"
     expected = [
         "README.md", "config.json", "configuration_soli.py", "generation_config.json", "image_processing_soli.py",
-        "losses_soli.py", "metrics.json", "model.safetensors", "modeling_soli.py", "pipeline_soli.py",
-        "processing_soli.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+        "image_transforms_soli.py", "losses_soli.py", "metrics.json", "model.safetensors", "modeling_soli.py",
+        "pipeline_soli.py", "processing_soli.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
     assert upload_kwargs["sent"] == expected
 

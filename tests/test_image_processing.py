@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from soli_hf import SoliImageProcessor
-from soli_hf.image_processing_soli import DEGRADATIONS, make_low_resolution
+from soli_hf.image_transforms_soli import DEGRADATIONS, make_low_resolution
 
 PROCESSOR = SoliImageProcessor()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FLICKR8K, run_without_soli_hf, tiny_config
+from conftest import FLICKR8K, run_python, tiny_config
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor
@@ -24,12 +24,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 
 from soli_hf.onnx import runtime, spec  # noqa: E402
-from soli_hf.onnx.export import (  # noqa: E402
-    RUNTIME_FILE_NAME,
-    export_onnx,
-    generation_defaults,
-    preprocessing_settings,
-)
+from soli_hf.onnx.export import export_onnx, generation_defaults, preprocessing_settings  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +92,7 @@ def assert_close(actual: np.ndarray, expected: torch.Tensor) -> None:
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
-def test_export_writes_graphs_manifest_and_runtime(exported, tokenizer, processor) -> None:
+def test_export_writes_graphs_and_manifest(exported, tokenizer, processor) -> None:
     manifest = json.loads((exported.folder / spec.MANIFEST_NAME).read_text())
     assert manifest["inference_branches"] == exported.model.config.inference_branches
     for graph in spec.GRAPHS:
@@ -111,13 +106,12 @@ def test_export_writes_graphs_manifest_and_runtime(exported, tokenizer, processo
     assert manifest["generation"] == {
         "decoder_start_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "num_beams": 1,
         "max_new_tokens": MAX_NEW_TOKENS, "no_repeat_ngram_size": 2, "suppress_tokens": [3],
-        "length_penalty": 1.0, "early_stopping": False,
+        "length_penalty": 1.0, "early_stopping": False, "min_new_tokens": 0,
     }  # fmt: skip
     assert manifest["preprocessing"] == preprocessing_settings(processor.image_processor)
-    assert (exported.folder / RUNTIME_FILE_NAME).read_bytes() == Path(runtime.__file__).read_bytes()
     if exported.script_output:  # written by scripts/export_onnx.py --verify
         assert "num_beams=1: 2/2 captions identical" in exported.script_output
-        assert exported.script_output.count("wrote ") == 4
+        assert exported.script_output.count("wrote ") == 3
 
 
 def test_encoder_and_decoder_step_match_pytorch(exported, processor, images) -> None:
@@ -224,28 +218,44 @@ def test_bad_inputs_raise_value_errors_naming_them(exported, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_runtime_runs_without_torch_transformers_or_soli_hf(exported, images, tmp_path) -> None:
-    """The runtime copy beside the graphs, in a process where torch, transformers and soli_hf cannot load."""
+def test_runtime_runs_where_torch_and_transformers_cannot_be_imported(exported, images, tmp_path) -> None:
+    """`soli_hf.onnx` in a process where torch and transformers are missing: `import soli_hf` skips the PyTorch
+    classes and the captions are those of the main process."""
     paths = [tmp_path / f"image{i}.png" for i in range(3)]
     for path, image in zip(paths, images):
         Image.fromarray(image).save(path)
-    script = """
-import importlib.util, json, sys
+    script = f"""
+import json, sys
 sys.modules["torch"] = None
 sys.modules["transformers"] = None
-folder = sys.argv[1]
-spec = importlib.util.spec_from_file_location("soli_onnx_runtime", folder + "/soli_onnx_runtime.py")
-module = sys.modules["soli_onnx_runtime"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-captioner = module.SoliOnnxCaptioner(folder, num_threads=1)
-captions = {beams: captioner.caption(sys.argv[2:], num_beams=beams) for beams in (1, 3)}
-loaded = [name for name in sys.modules if name.split(".")[0] in ("torch", "transformers", "soli_hf")]
-print(json.dumps({"captions": captions, "loaded": [name for name in loaded if sys.modules[name] is not None]}))
+sys.path.insert(0, {str(ROOT)!r})
+import soli_hf
+from soli_hf.onnx import SoliOnnxCaptioner
+captioner = SoliOnnxCaptioner(sys.argv[1], num_threads=1)
+captions = {{beams: captioner.caption(sys.argv[2:], num_beams=beams) for beams in (1, 3)}}
+loaded = [name for name, module in sys.modules.items() if module is not None and name.split(".")[0] in
+          ("torch", "transformers", "onnx", "onnxscript")]
+print(json.dumps({{"captions": captions, "loaded": loaded, "public": soli_hf.__all__}}))
 """
-    result = run_without_soli_hf(script, str(exported.folder), *map(str, paths), cwd=tmp_path)
-    assert result["loaded"] == []
+    result = run_python(script, str(exported.folder), *map(str, paths), cwd=tmp_path)
+    assert result["loaded"] == [] and result["public"] == []
     for beams in (1, 3):
         assert result["captions"][str(beams)] == exported.captioner.caption(paths, num_beams=beams)
+
+
+def test_min_new_tokens_matches_generate(exported, processor, images) -> None:
+    pixel_values = processor(images=images[:4], return_tensors="pt")["pixel_values"]
+    for num_beams in (1, 3):
+        with torch.no_grad():
+            expected = exported.model.generate(
+                pixel_values=pixel_values, num_beams=num_beams, min_new_tokens=MAX_NEW_TOKENS - 1
+            )
+        got = exported.captioner.generate(pixel_values.numpy(), num_beams=num_beams, min_new_tokens=MAX_NEW_TOKENS - 1)
+        np.testing.assert_array_equal(got, expected.numpy())
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        exported.captioner.caption(images[:1], min_new_tokens=MAX_NEW_TOKENS + 1)
+    with pytest.raises(ValueError, match="unknown generation settings"):
+        exported.captioner.caption(images[:1], temperature=2)
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..image_processing_soli import DEGRADATIONS, SoliImageProcessor, make_low_resolution
+from ..image_processing_soli import SoliImageProcessor
+from ..image_transforms_soli import DEGRADATIONS, make_low_resolution
 
 PAPER_SCALE_FACTORS = (0.5, 0.2, 0.1, 0.05)
 PAPER_DEGRADATIONS = ("bilinear", "step", "step_gaussian")

@@ -1,11 +1,12 @@
-"""ONNX export of SOLI and a runtime that captions with onnxruntime, without torch or transformers.
+"""SOLI on ONNX: export with torch (or Optimum), caption with numpy + pillow + onnxruntime only.
 
-- `soli_hf.onnx.export.export_onnx(model_dir_or_model, out_dir)` writes `encoder.onnx`, `decoder_step.onnx`,
-  `soli_onnx.json` and a copy of the runtime (needs torch, transformers, onnx and onnxscript).
-- `soli_hf.onnx.runtime.SoliOnnxCaptioner(onnx_dir).caption(images)` reproduces `generate()` (greedy or beam
-  search) on those graphs (needs only numpy, pillow and onnxruntime).
-- `soli_hf.onnx.spec`: the graphs' input and output names and shapes, shared by both.
-
-Nothing is imported here: `import soli_hf` itself loads torch, so a torch-free process loads the runtime file
-directly (the copy that `export_onnx` writes beside the graphs, or this package's `runtime.py`).
+- `soli_hf.onnx.export.export_onnx(model_dir_or_model, out_dir)` writes `encoder.onnx`, `decoder_step.onnx`
+  and `soli_onnx.json` (needs torch, transformers, onnx and onnxscript).
+- `soli_hf.onnx.SoliOnnxCaptioner(onnx_dir).caption(images)` reproduces `generate()` (greedy or beam search) on
+  those graphs; importing it loads neither torch nor transformers.
+- `soli_hf.onnx.spec`: the graphs' input and output names and shapes, shared by every export route.
 """
+
+from .runtime import SoliOnnxCaptioner
+
+__all__ = ["SoliOnnxCaptioner"]

@@ -8,8 +8,8 @@ MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on
 all inputs, so they serve any batch and beam width; the image side stays fixed at the model's `image_size`, as
 `SoliImageProcessor` always makes it.
 
-`soli_onnx.json` (see `spec.py`) carries everything the torch-free runtime needs besides the graphs: the
-inputs and outputs, the special token ids, the generation defaults of the model's `generation_config`, the
+`soli_onnx.json` (see `spec.py`, written by `write_manifest`) carries everything the torch-free runtime needs
+besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's `generation_config`, the
 image processor's settings and the vocabulary (id order).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from ..processing_soli import SoliProcessor
 from .spec import DECODER_STEP, ENCODER, GRAPHS, MANIFEST_NAME, MANIFEST_VERSION, GraphSpec, model_sizes
 
 DEFAULT_OPSET = 18
-RUNTIME_FILE_NAME = "soli_onnx_runtime.py"
 _EXAMPLE_BATCH = 2
 # Generation settings the runtime does not implement, with the values under which they have no effect.
 _INERT_GENERATION_SETTINGS = {
@@ -39,7 +37,6 @@ _INERT_GENERATION_SETTINGS = {
     "num_return_sequences": (None, 1),
     "repetition_penalty": (None, 1.0),
     "min_length": (None, 0),
-    "min_new_tokens": (None, 0),
     "bad_words_ids": (None,),
     "sequence_bias": (None,),
     "forced_bos_token_id": (None,),
@@ -91,8 +88,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     processor: SoliProcessor | None = None,
 ) -> list[Path]:
-    """Export a SOLI model to `out_dir`: `encoder.onnx`, `decoder_step.onnx`, `soli_onnx.json` and a copy of
-    the runtime (`soli_onnx_runtime.py`, loadable without soli_hf, torch or transformers).
+    """Export a SOLI model to `out_dir` with `torch.onnx.export`: `encoder.onnx`, `decoder_step.onnx` and
+    `soli_onnx.json`, the folder `soli_hf.onnx.SoliOnnxCaptioner` loads.
 
     Args:
         model_dir_or_model: a saved SOLI folder (model and processor are loaded from it), or a model.
@@ -104,7 +101,7 @@ def export_onnx(
         The paths written.
     """
     model, processor = _load(model_dir_or_model, processor)
-    generation = generation_defaults(model)
+    generation_defaults(model)  # fails early on settings the runtime cannot reproduce
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -122,19 +119,23 @@ def export_onnx(
         ]
     finally:
         model.train(was_training)
+    return [*written, write_manifest(model, processor, out, opset)]
+
+
+def write_manifest(model: SoliForConditionalGeneration, processor: SoliProcessor, out_dir: Path, opset: int) -> Path:
+    """Write `soli_onnx.json` for graphs exported from `model` (either route) into `out_dir`; returns its path."""
     manifest = {
         "format_version": MANIFEST_VERSION,
         "opset": opset,
         "inference_branches": model.config.inference_branches,
-        "graphs": {graph.key: graph.to_manifest(sizes) for graph in GRAPHS},
+        "graphs": {graph.key: graph.to_manifest(model_sizes(model.config)) for graph in GRAPHS},
         **_token_settings(processor),
-        "generation": generation,
+        "generation": generation_defaults(model),
         "preprocessing": preprocessing_settings(processor.image_processor),
     }
-    manifest_path = out / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    runtime_path = Path(shutil.copyfile(Path(__file__).with_name("runtime.py"), out / RUNTIME_FILE_NAME))
-    return [*written, manifest_path, runtime_path]
+    path = Path(out_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def _load(
@@ -201,6 +202,7 @@ def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
         "suppress_tokens": list(config.suppress_tokens or []),
         "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
         "early_stopping": False if early_stopping is None else early_stopping,
+        "min_new_tokens": config.min_new_tokens or 0,
     }
 
 

@@ -3,24 +3,16 @@
 `SoliOnnxCaptioner(onnx_dir).caption(images)` reproduces, token for token, what `SoliProcessor` +
 `SoliForConditionalGeneration.generate()` + `batch_decode(skip_special_tokens=True)` give for the same model:
 
-- preprocessing mirrors `soli_hf/image_processing_soli.py` (which imports transformers, so it is not imported
-  here) and gives bit-identical `pixel_values`;
+- preprocessing runs the same `soli_hf.image_transforms_soli` functions as `SoliImageProcessor`, so
+  `pixel_values` are bit-identical;
 - decoding mirrors transformers' greedy search and beam search (`GenerationMixin._sample` / `_beam_search`,
-  transformers 5.x), including `no_repeat_ngram_size`, `suppress_tokens`, the length penalty, `early_stopping`,
-  its "no better beam possible" stop, and the padding of finished sequences (`pad_token_id`, or in beam search
-  `eos_token_id` when the pad id is 0, as `generate()` does).
+  transformers 5.x), including `no_repeat_ngram_size`, `suppress_tokens`, `min_new_tokens`, the length penalty,
+  `early_stopping`, its "no better beam possible" stop, and the padding of finished sequences (`pad_token_id`,
+  or in beam search `eos_token_id` when the pad id is 0, as `generate()` does).
 
-This file is self-contained (standard library, numpy, pillow, onnxruntime). `import soli_hf` loads torch, so a
-torch-free process loads this file by path, e.g. the copy that `export_onnx` writes beside the graphs:
-
-```python
-import importlib.util, sys
-
-spec = importlib.util.spec_from_file_location("soli_onnx_runtime", "onnx_dir/soli_onnx_runtime.py")
-runtime = sys.modules["soli_onnx_runtime"] = importlib.util.module_from_spec(spec)  # dataclasses need the entry
-spec.loader.exec_module(runtime)
-captions = runtime.SoliOnnxCaptioner("onnx_dir").caption(["photo.jpg"])
-```
+This module needs only numpy, pillow and onnxruntime. Where torch and transformers are not installed (a
+Raspberry Pi: `pip install --no-deps soli-hf` plus `numpy pillow onnxruntime`), `import soli_hf` skips the
+PyTorch model and this module is all there is; `SOLI_HF_NO_TORCH=1` does the same where they are installed.
 """
 
 from __future__ import annotations
@@ -34,169 +26,19 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageFilter, UnidentifiedImageError
 
-MANIFEST_NAME = "soli_onnx.json"
-MANIFEST_VERSION = 1
+from ..image_transforms_soli import make_image_list, make_low_resolution, normalize_pixels, to_rgb_image
+
+from .spec import MANIFEST_NAME, MANIFEST_VERSION
+
 _NEG = np.float32(-1.0e9)  # the "impossible" score of transformers' beam search, in its float32 arithmetic
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_MAX_BATCH_DIMS = 4
-
-# ---------------------------------------------------------------------------------------------------------------
-# Preprocessing: the same operations, in the same order, as SoliImageProcessor.preprocess (no HR image, no JPEG).
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _describe(image: Any) -> str:
-    """A short name of an input for error messages."""
-    if isinstance(image, (str, os.PathLike)):
-        return os.fspath(image)
-    shape = getattr(image, "shape", None)
-    if shape is not None:
-        return f"{type(image).__name__} of shape {tuple(shape)}"
-    if isinstance(image, Image.Image):
-        return f"PIL image (mode {image.mode}, size {image.size})"
-    return type(image).__name__
-
-
-def _open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file, raising `ValueError` naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except FileNotFoundError as error:
-        raise ValueError(f"{os.fspath(path)}: image file not found") from error
-    except UnidentifiedImageError as error:
-        raise ValueError(f"{os.fspath(path)}: not an image file PIL can read") from error
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"{os.fspath(path)}: cannot decode image ({error})") from error
-
-
-def _array_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
-    """Scale an HxWxC array of any numeric dtype to uint8 (floats are read as [0, 1], or [0, 255] if larger)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.integer):
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return np.clip(array.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name}: image contains NaN or infinite values")
-        top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-        return np.clip(array.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    raise ValueError(f"{name}: unsupported array dtype {array.dtype}")
-
-
-def _array_to_pil(array: np.ndarray, name: str, channels_first: bool) -> Image.Image:
-    """An HxW, HxWxC or CxHxW array (C in 1, 3, 4) as an RGB PIL image."""
-    if array.size == 0:
-        raise ValueError(f"{name}: image has no pixels")
-    if array.ndim == 3 and channels_first and array.shape[0] in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"{name}: expected HxW, HxWxC or CxHxW with C in (1, 3, 4)")
-    pixels = _array_to_uint8(np.ascontiguousarray(array), name)
-    return _pil_to_rgb(Image.fromarray(pixels, mode="RGBA" if pixels.shape[-1] == 4 else "RGB"), name)
-
-
-def _pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
-    """Any PIL mode as RGB: 16/32-bit and float images are rescaled, transparency is composited on white."""
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"{name}: image has no pixels")
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return _array_to_pil(np.asarray(image), name, channels_first=False)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except ValueError as error:
-        raise ValueError(f"{name}: cannot convert PIL mode {image.mode!r} to RGB") from error
-
-
-def to_rgb_image(image: Any) -> Image.Image:
-    """One image (path, PIL image of any mode, numpy HxW / HxWxC / CxHxW array) as an RGB PIL image."""
-    name = _describe(image)
-    if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(_open_image(image), name)
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, name)
-    if isinstance(image, np.ndarray):
-        channels_first = image.ndim == 3 and image.shape[-1] not in (1, 3, 4)
-        return _array_to_pil(image, name, channels_first=channels_first)
-    raise ValueError(f"unsupported image input of type {type(image).__name__} (expected a path, PIL image or array)")
-
-
-def make_image_list(images: Any) -> list[Any]:
-    """Flatten a single image, a list of images or a batched (4-D) array into a list of images."""
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("images: got an empty list")
-        return [single for item in images for single in make_image_list(item)]
-    if isinstance(images, np.ndarray):
-        if images.size == 0:
-            raise ValueError(f"images: {_describe(images)} has no pixels")
-        if images.ndim > _MAX_BATCH_DIMS or images.ndim < 2:
-            raise ValueError(
-                f"images: {_describe(images)} has {images.ndim} dimensions; expected an image (2-D or 3-D) "
-                "or a batch of images (4-D)"
-            )
-        if images.ndim == _MAX_BATCH_DIMS:
-            return list(images)
-    return [images]
-
-
-def _step_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Downscale in steps of at most 2x (bilinear), the 'step' degradation."""
-    while image.width >= 2 * size[0] and image.height >= 2 * size[1]:
-        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
-    return image.resize(size, Image.Resampling.BILINEAR)
-
-
-def _degrade(image: Image.Image, size: tuple[int, int], degradation: str, blur_sigma: float) -> Image.Image:
-    """Downscale `image` to `size` (width, height) with the named degradation."""
-    if degradation == "bicubic":
-        return image.resize(size, Image.Resampling.BICUBIC)
-    if degradation == "bilinear":
-        return image.resize(size, Image.Resampling.BILINEAR)
-    if degradation == "step":
-        return _step_resize(image, size)
-    if degradation == "step_gaussian":
-        return _step_resize(image.filter(ImageFilter.GaussianBlur(blur_sigma)), size)
-    raise ValueError(f"unknown degradation {degradation!r} in {MANIFEST_NAME}")
-
-
-def make_low_resolution(
-    image: Image.Image, image_size: int, degradation: str, scale_factor: float | None, blur_sigma: float
-) -> Image.Image:
-    """The LR view of an RGB image, `image_size` x `image_size` (see `SoliImageProcessor`)."""
-    if scale_factor is None:
-        target = (image_size, image_size)
-    else:
-        target = (max(1, round(image.width * scale_factor)), max(1, round(image.height * scale_factor)))
-    if image.width > target[0] or image.height > target[1]:
-        image = _degrade(image, target, degradation, blur_sigma)
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    return image
 
 
 def preprocess(images: Any, settings: dict[str, Any]) -> np.ndarray:
-    """`pixel_values` (B, 3, S, S) float32 for any images, with the `preprocessing` settings of the manifest."""
+    """`pixel_values` (B, 3, S, S) float32 for any images, with the `preprocessing` settings of the manifest
+    (the steps of `SoliImageProcessor.preprocess`, from the same `image_transforms_soli` functions)."""
     if images is None:
         raise ValueError("images: got None")
-    mean = np.asarray(settings["image_mean"], dtype=np.float32)
-    std = np.asarray(settings["image_std"], dtype=np.float32)
     rows = []
     for image in make_image_list(images):
         low = make_low_resolution(
@@ -206,8 +48,7 @@ def preprocess(images: Any, settings: dict[str, Any]) -> np.ndarray:
             settings["scale_factor"],
             settings["blur_sigma"],
         )
-        array = (np.asarray(low, dtype=np.float32) / 255.0 - mean) / std
-        rows.append(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        rows.append(normalize_pixels(low, settings["image_mean"], settings["image_std"]))
     return np.stack(rows)
 
 
@@ -229,6 +70,7 @@ class GenerationSettings:
     suppress_tokens: tuple[int, ...]
     length_penalty: float
     early_stopping: bool | str
+    min_new_tokens: int = 0
 
     @classmethod
     def from_manifest(cls, values: dict[str, Any]) -> GenerationSettings:
@@ -241,9 +83,14 @@ class GenerationSettings:
             raise ValueError(f"num_beams must be a positive integer, got {self.num_beams!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         return self
+
+
+_OVERRIDABLE = ("num_beams", "max_new_tokens", "min_new_tokens")
 
 
 class DecoderSession:
@@ -265,8 +112,11 @@ class DecoderSession:
 
 
 def _process_scores(sequences: np.ndarray, scores: np.ndarray, settings: GenerationSettings) -> np.ndarray:
-    """transformers' NoRepeatNGramLogitsProcessor and SuppressTokensLogitsProcessor (both set -inf)."""
+    """transformers' NoRepeatNGramLogitsProcessor, MinNewTokensLengthLogitsProcessor and
+    SuppressTokensLogitsProcessor (all set -inf, so their order does not matter)."""
     scores = scores.copy()
+    if sequences.shape[1] - 1 < settings.min_new_tokens:
+        scores[:, settings.eos_token_id] = -np.inf
     size, length = settings.no_repeat_ngram_size, sequences.shape[1]
     if size > 0 and length >= size:
         # A window of `size` tokens whose first size-1 tokens equal the last size-1 generated bans its last token.
@@ -446,19 +296,20 @@ class SoliOnnxCaptioner:
         rows = [np.repeat(array, num_beams, axis=0) for array in encoded]
         return DecoderSession(self.sessions["decoder_step"], self._input_names["decoder_step"], rows)
 
-    def generate(
-        self, pixel_values: np.ndarray, num_beams: int | None = None, max_new_tokens: int | None = None
-    ) -> np.ndarray:
-        """Token ids (B, length) starting with the start token, like `model.generate(pixel_values=...)`."""
-        settings = self.settings(num_beams, max_new_tokens)
+    def generate(self, pixel_values: np.ndarray, **overrides: int | None) -> np.ndarray:
+        """Token ids (B, length) starting with the start token, like `model.generate(pixel_values=...)`;
+        `overrides` (`num_beams`, `max_new_tokens`, `min_new_tokens`) replace the model's defaults."""
+        settings = self.settings(**overrides)
         encoded = self.encode(pixel_values)
         decoder = self.decoder_session(encoded, settings.num_beams)
         search = greedy_search if settings.num_beams == 1 else beam_search
         return search(decoder, encoded[0].shape[0], settings)
 
-    def settings(self, num_beams: int | None = None, max_new_tokens: int | None = None) -> GenerationSettings:
-        """The manifest's generation defaults with the given overrides."""
-        overrides = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    def settings(self, **overrides: int | None) -> GenerationSettings:
+        """The manifest's generation defaults with the given overrides (`None` keeps a default)."""
+        unknown = sorted(set(overrides) - set(_OVERRIDABLE))
+        if unknown:
+            raise ValueError(f"unknown generation settings {unknown}; these can be set: {list(_OVERRIDABLE)}")
         return replace(self.generation, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
@@ -466,6 +317,8 @@ class SoliOnnxCaptioner:
         non-special ids joined by single spaces."""
         return [" ".join(self.vocabulary[i] for i in map(int, ids) if i not in self._skip) for ids in sequences]
 
-    def caption(self, images: Any, num_beams: int | None = None, max_new_tokens: int | None = None) -> list[str]:
-        """One caption per image (paths, PIL images, numpy arrays, lists of them or a 4-D batch array)."""
-        return self.decode(self.generate(self.preprocess(images), num_beams, max_new_tokens))
+    def caption(self, images: Any, num_beams: int | None = None, max_new_tokens: int | None = None, **overrides: int | None) -> list[str]:
+        """One caption per image (paths, PIL images, numpy arrays, lists of them or a 4-D batch array);
+        `num_beams`, `max_new_tokens` and `min_new_tokens` override the model's generation defaults."""
+        pixel_values = self.preprocess(images)
+        return self.decode(self.generate(pixel_values, num_beams=num_beams, max_new_tokens=max_new_tokens, **overrides))
