@@ -1,7 +1,7 @@
-"""Export a saved SOLI model to ONNX (encoder + decoder step + soli_onnx.json + the torch-free runtime):
+"""Export a saved SOLI model to ONNX (encoder + decoder step + soli_onnx.json), as `soli export` does:
 
-    python scripts/export_onnx.py --model models/soli-flickr8k-lr64 --out onnx/soli-flickr8k-lr64 [--opset 18]
-        [--verify IMAGE ... [--num-threads N]]
+    python scripts/export_onnx.py --model models/soli-flickr8k-lr64 --out onnx/soli-flickr8k-lr64
+        [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch] [--opset 18] [--verify IMAGE ... [--num-threads N]]
 
 `--verify` captions the given images with PyTorch `generate()` and with the exported graphs
 (`SoliOnnxCaptioner`), greedy and with the model's default beam size, and prints how many captions agree.
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from soli_hf.onnx.export import DEFAULT_OPSET, export_onnx
+from soli_hf.cli import add_export_arguments, run_export
 
 
 def verify(model_dir: Path, onnx_dir: Path, images: list[str], num_threads: int | None) -> None:
@@ -42,22 +42,14 @@ def verify(model_dir: Path, onnx_dir: Path, images: list[str], num_threads: int 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a saved SOLI folder (model + processor)")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (created if needed)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
+    add_export_arguments(parser)
     parser.add_argument("--verify", nargs="+", metavar="IMAGE", help="compare ONNX and PyTorch captions on these")
     parser.add_argument("--num-threads", type=int, help="onnxruntime threads for --verify (default: its choice)")
     args = parser.parse_args(argv)
-    try:
-        written = export_onnx(args.model, args.out, opset=args.opset)
-    except (ValueError, OSError) as error:
-        print(f"export_onnx.py: error: {error}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    if args.verify:
+    status = run_export(args)
+    if status == 0 and args.verify:
         verify(args.model, args.out, args.verify, args.num_threads)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,26 +1,33 @@
-"""`soli caption`: find image files (paths, folders, globs), caption them in batches, optionally as an HTML page."""
+"""`soli caption`: find image files (paths, folders, globs) and caption them in batches with the PyTorch model or
+the ONNX runtime. Imports neither torch nor transformers, so it serves a torch-free install too."""
 
 from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_transforms_soli import open_image
-from .modeling_soli import SoliForConditionalGeneration
-from .processing_soli import SoliProcessor
+from .image_transforms_soli import open_image, unnormalize_pixels
+
+if TYPE_CHECKING:
+    from .modeling_soli import SoliForConditionalGeneration
+    from .onnx.runtime import SoliOnnxCaptioner
+    from .processing_soli import SoliProcessor
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: The shipped default model, beside the package in a source checkout.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "soli-flickr8k-lr64"
+
+#: Captions a batch of RGB images: their captions and the LR images the model saw.
+BatchCaptioner = Callable[[list[Image.Image]], tuple[list[str], list[Image.Image]]]
 
 
 @dataclass
@@ -55,18 +62,38 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
     return found
 
 
-@torch.no_grad()
+def pytorch_captioner(
+    model: SoliForConditionalGeneration, processor: SoliProcessor, *, num_beams: int = 3, max_new_tokens: int = 20
+) -> BatchCaptioner:
+    """A `BatchCaptioner` running `model.generate` (which disables gradients itself)."""
+    model.eval()
+
+    def caption(images: list[Image.Image]) -> tuple[list[str], list[Image.Image]]:
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        ids = model.generate(pixel_values=pixels, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        lr_images = [processor.image_processor.unnormalize_pixels(row) for row in pixels]
+        return processor.batch_decode(ids, skip_special_tokens=True), lr_images
+
+    return caption
+
+
+def onnx_captioner(captioner: SoliOnnxCaptioner, *, num_beams: int = 3, max_new_tokens: int = 20) -> BatchCaptioner:
+    """A `BatchCaptioner` running the exported graphs on onnxruntime."""
+    settings = captioner.manifest["preprocessing"]
+
+    def caption(images: list[Image.Image]) -> tuple[list[str], list[Image.Image]]:
+        pixels = captioner.preprocess(images)
+        ids = captioner.generate(pixels, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        lr_images = [unnormalize_pixels(row, settings["image_mean"], settings["image_std"]) for row in pixels]
+        return captioner.decode(ids), lr_images
+
+    return caption
+
+
 def caption_files(
-    model: SoliForConditionalGeneration,
-    processor: SoliProcessor,
-    paths: Sequence[Path],
-    *,
-    batch_size: int = 16,
-    num_beams: int = 3,
-    max_new_tokens: int = 20,
+    caption_batch: BatchCaptioner, paths: Sequence[Path], *, batch_size: int = 16
 ) -> tuple[list[CaptionedImage], list[Path]]:
     """Caption the files (a progress bar when there are many); returns the captions and the unreadable files."""
-    model.eval()
     captioned, unreadable = [], []
     with tqdm(total=len(paths), unit="img", desc="captioning", disable=len(paths) <= batch_size) as progress:
         for start in range(0, len(paths), batch_size):
@@ -78,12 +105,10 @@ def caption_files(
                     logger.warning("%s, skipped", error)
                     unreadable.append(path)
             if batch:
-                pixels = processor.image_processor([image for _, image in batch], return_tensors="pt")["pixel_values"]
-                ids = model.generate(pixel_values=pixels, num_beams=num_beams, max_new_tokens=max_new_tokens)
-                captions = processor.batch_decode(ids, skip_special_tokens=True)
+                captions, lr_images = caption_batch([image for _, image in batch])
                 captioned += [
-                    CaptionedImage(path, caption, processor.image_processor.unnormalize_pixels(row))
-                    for (path, _), caption, row in zip(batch, captions, pixels)
+                    CaptionedImage(path, caption, lr_image)
+                    for (path, _), caption, lr_image in zip(batch, captions, lr_images)
                 ]
             progress.update(len(paths[start : start + batch_size]))
     return captioned, unreadable

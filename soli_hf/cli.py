@@ -1,6 +1,7 @@
 """The `soli` command line.
 
-    soli caption IMAGE... [--model DIR|HUB_ID] [--num-beams N] [--json] [--html OUT.html]
+    soli caption IMAGE... [--model DIR|HUB_ID | --onnx DIR] [--num-beams N] [--json] [--html OUT.html]
+    soli export --model DIR --out DIR [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch]
     soli evaluate --model DIR [DIR ...] --data PATH --split S --out DIR [--protocol paper] [--sizes ...]
     soli push FOLDER USER/NAME [--private] [--revision BRANCH] [--commit-message TEXT] [--dry-run]
     soli info --model DIR
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,31 +56,43 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_captioner(args: argparse.Namespace) -> tuple[Any, str]:
+    """The captioner `soli caption` asked for (ONNX folder, model folder or the shipped model) and its name."""
+    from .caption_files import DEFAULT_MODEL_DIR, onnx_captioner, pytorch_captioner
+
+    decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
+    if args.onnx is not None:
+        from .onnx import SoliOnnxCaptioner
+
+        return onnx_captioner(SoliOnnxCaptioner(args.onnx, num_threads=args.num_threads), **decoding), args.onnx.name
+    if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
+        raise ValueError(f"no default model at {DEFAULT_MODEL_DIR}; pass --model DIR or --onnx DIR")
+    from .modeling_soli import SoliForConditionalGeneration
+    from .processing_soli import SoliProcessor
+
+    model_name = args.model or str(DEFAULT_MODEL_DIR)
+    model = SoliForConditionalGeneration.from_pretrained(model_name)
+    return pytorch_captioner(model, SoliProcessor.from_pretrained(model_name), **decoding), Path(model_name).name
+
+
 def run_caption(args: argparse.Namespace) -> int:
     """Print `path<TAB>caption` for every image (or JSON), optionally write an HTML page of LR inputs + captions."""
     import logging
 
-    from .caption_files import DEFAULT_MODEL_DIR, caption_files, find_images
+    from .caption_files import caption_files, find_images
     from .html_gallery import GalleryCard, write_gallery
-    from .modeling_soli import SoliForConditionalGeneration
-    from .processing_soli import SoliProcessor
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    model_name = args.model or str(DEFAULT_MODEL_DIR)
-    if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
-        print(f"soli caption: error: no default model at {DEFAULT_MODEL_DIR}; pass --model DIR", file=sys.stderr)
+    if args.onnx is not None and args.model is not None:
+        print("soli caption: error: give --model or --onnx, not both", file=sys.stderr)
         return 2
     try:
         paths = find_images(args.images)
-        model = SoliForConditionalGeneration.from_pretrained(model_name)
-        processor = SoliProcessor.from_pretrained(model_name)
+        caption_batch, model_name = _batch_captioner(args)
     except (ValueError, OSError) as error:
         print(f"soli caption: error: {error}", file=sys.stderr)
         return 2
-    captioned, unreadable = caption_files(
-        model, processor, paths, batch_size=args.batch_size, num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-    )  # fmt: skip
+    captioned, unreadable = caption_files(caption_batch, paths, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([{"path": str(item.path), "caption": item.caption} for item in captioned], indent=2))
     else:
@@ -86,10 +100,44 @@ def run_caption(args: argparse.Namespace) -> int:
             print(f"{item.path}\t{item.caption}")
     if args.html is not None:
         cards = [GalleryCard(item.lr_image, str(item.path), [("", item.caption)]) for item in captioned]
-        write_gallery(args.html, f"SOLI captions ({Path(model_name).name})", cards)
+        write_gallery(args.html, f"SOLI captions ({model_name})", cards)
     for path in unreadable:
         print(f"soli caption: {path}: cannot read the image, skipped", file=sys.stderr)
     return 1 if unreadable else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export a saved SOLI folder to ONNX (and optionally quantize it to int8); print the files written."""
+    from .onnx.export import export_onnx
+    from .onnx.quantize import quantize_onnx
+
+    try:
+        if args.quantize is None:
+            written = export_onnx(args.model, args.out, opset=args.opset, backend=args.backend)
+        else:
+            with tempfile.TemporaryDirectory() as float32_dir:
+                export_onnx(args.model, float32_dir, opset=args.opset, backend=args.backend)
+                written = quantize_onnx(float32_dir, args.out, target=args.quantize)
+    except (ValueError, OSError) as error:
+        print(f"soli export: error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `soli export` (also those of scripts/export_onnx.py)."""
+    from .onnx.spec import DEFAULT_OPSET, EXPORT_BACKENDS, QUANTIZATION_TARGETS
+
+    parser.add_argument("--model", type=Path, required=True, help="a saved SOLI folder (model + processor)")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (created if needed)")
+    parser.add_argument(
+        "--quantize", choices=QUANTIZATION_TARGETS, default=None,
+        help="write dynamic int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",
+    )  # fmt: skip
+    parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -179,12 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--model", default=None, help="a saved SOLI folder or Hub id (default: the shipped model)")
+    caption.add_argument("--onnx", type=Path, default=None, help="caption with an exported ONNX folder instead")
+    caption.add_argument("--num-threads", type=int, default=None, help="onnxruntime threads (with --onnx)")
     caption.add_argument("--num-beams", type=int, default=3)
     caption.add_argument("--max-new-tokens", type=int, default=20)
     caption.add_argument("--batch-size", type=int, default=16)
     caption.add_argument("--json", action="store_true", help="print a JSON list instead of path<TAB>caption lines")
     caption.add_argument("--html", type=Path, default=None, help="also write a page of the LR inputs and captions")
     caption.set_defaults(handler=run_caption)
+    export = commands.add_parser("export", help="export a saved SOLI folder to ONNX (float32 or int8)")
+    add_export_arguments(export)
+    export.set_defaults(handler=run_export)
     push = commands.add_parser("push", help="publish a saved SOLI folder to the Hugging Face Hub")
     push.add_argument("folder", type=Path, help="a saved SOLI folder with its model card (README.md)")
     push.add_argument("repo_id", help="user/name of the model repo (created if needed)")

@@ -21,6 +21,7 @@ from .image_transforms_soli import (
     make_low_resolution,
     normalize_pixels,
     to_rgb_image,
+    unnormalize_pixels,
 )
 
 
@@ -82,9 +83,7 @@ class SoliImageProcessor(BaseImageProcessor):
 
     def unnormalize_pixels(self, pixel_values: Any) -> Image.Image:
         """A normalised CxHxW array or tensor (e.g. one row of `pixel_values`) back to an RGB PIL image."""
-        array = pixel_values.detach().cpu().numpy() if hasattr(pixel_values, "detach") else np.asarray(pixel_values)
-        array = array.transpose(1, 2, 0) * np.asarray(self.image_std) + np.asarray(self.image_mean)
-        return Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        return unnormalize_pixels(pixel_values, self.image_mean, self.image_std)
 
     def preprocess(
         self,

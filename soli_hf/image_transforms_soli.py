@@ -190,3 +190,10 @@ def normalize_pixels(image: Image.Image, image_mean: Sequence[float], image_std:
     array = np.asarray(image, dtype=np.float32) / 255.0
     array = (array - np.asarray(image_mean, dtype=np.float32)) / np.asarray(image_std, dtype=np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def unnormalize_pixels(pixel_values: Any, image_mean: Sequence[float], image_std: Sequence[float]) -> Image.Image:
+    """The inverse of `normalize_pixels`: a CxHxW array (or tensor) back to an RGB PIL image."""
+    array = pixel_values.detach().cpu().numpy() if hasattr(pixel_values, "detach") else np.asarray(pixel_values)
+    array = array.transpose(1, 2, 0) * np.asarray(image_std) + np.asarray(image_mean)
+    return Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))

@@ -50,6 +50,7 @@ class QuantizationTarget:
     reduce_range: bool = False
 
 
+#: One entry per name of `spec.QUANTIZATION_TARGETS` (the command line's choices).
 TARGETS = {
     "arm64": QuantizationTarget("arm64", "QInt8"),
     "avx2": QuantizationTarget("avx2", "QUInt8"),

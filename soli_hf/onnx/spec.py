@@ -3,7 +3,8 @@
 `export.py` exports with these names and writes them (sizes resolved) into `soli_onnx.json`, which the runtime
 reads; a later Optimum `OnnxConfig` can build its `inputs`/`outputs` from the same lists. Shapes name their
 dimensions: `BATCH` is the dynamic axis, the other names are filled in from the model's config by `model_sizes`.
-This module imports neither torch nor transformers.
+This module imports nothing beyond the standard library, so the command line can list the choices on a device
+that has only onnxruntime.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from typing import Any
 BATCH = "batch"
 MANIFEST_NAME = "soli_onnx.json"
 MANIFEST_VERSION = 1
+DEFAULT_OPSET = 18
+#: How `export_onnx` can make the graphs: Optimum's `main_export`, `torch.onnx.export`, or Optimum where installed.
+EXPORT_BACKENDS = ("auto", "optimum", "torch")
+#: The CPUs `quantize_onnx` has int8 settings for (the names of Optimum's `AutoQuantizationConfig` methods).
+QUANTIZATION_TARGETS = ("arm64", "avx2", "avx512")
 
 
 @dataclass(frozen=True)
