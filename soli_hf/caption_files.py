@@ -62,6 +62,25 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
     return found
 
 
+def load_captioner(
+    model_dir: str | Path, inference_branches: str | None = None
+) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
+    """A saved SOLI folder's (or Hub id's) model, in eval mode, and processor; `inference_branches` overrides the
+    config's."""
+    from .modeling_soli import SoliForConditionalGeneration
+    from .processing_soli import SoliProcessor
+
+    path = Path(model_dir)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"--model {model_dir}: not a saved SOLI folder (no config.json)")
+    model = SoliForConditionalGeneration.from_pretrained(model_dir).eval()
+    if inference_branches is not None:
+        if inference_branches == "both" and not model.config.use_sr_branch:
+            raise ValueError(f"--model {model_dir} has no SR branch (baseline variant): use --inference-branches lr")
+        model.config.inference_branches = inference_branches
+    return model, SoliProcessor.from_pretrained(model_dir)
+
+
 def pytorch_captioner(
     model: SoliForConditionalGeneration, processor: SoliProcessor, *, num_beams: int = 3, max_new_tokens: int = 20
 ) -> BatchCaptioner:

@@ -1,7 +1,7 @@
 """The `soli` command line.
 
     soli caption IMAGE... [--model DIR|HUB_ID | --onnx DIR] [--num-beams N] [--json] [--html OUT.html]
-    soli export --model DIR --out DIR [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch]
+    soli export --model DIR --out DIR [--quantize arm64|avx2|avx512] [--inference-branches lr] [--backend ...]
     soli evaluate --model DIR [DIR ...] --data PATH --split S --out DIR [--protocol paper] [--sizes ...]
     soli push FOLDER USER/NAME [--private] [--revision BRANCH] [--commit-message TEXT] [--dry-run]
     soli info --model DIR
@@ -58,7 +58,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _batch_captioner(args: argparse.Namespace) -> tuple[Any, str]:
     """The captioner `soli caption` asked for (ONNX folder, model folder or the shipped model) and its name."""
-    from .caption_files import DEFAULT_MODEL_DIR, onnx_captioner, pytorch_captioner
+    from .caption_files import DEFAULT_MODEL_DIR, load_captioner, onnx_captioner, pytorch_captioner
 
     decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
     if args.onnx is not None:
@@ -67,12 +67,8 @@ def _batch_captioner(args: argparse.Namespace) -> tuple[Any, str]:
         return onnx_captioner(SoliOnnxCaptioner(args.onnx, num_threads=args.num_threads), **decoding), args.onnx.name
     if args.model is None and not DEFAULT_MODEL_DIR.is_dir():
         raise ValueError(f"no default model at {DEFAULT_MODEL_DIR}; pass --model DIR or --onnx DIR")
-    from .modeling_soli import SoliForConditionalGeneration
-    from .processing_soli import SoliProcessor
-
     model_name = args.model or str(DEFAULT_MODEL_DIR)
-    model = SoliForConditionalGeneration.from_pretrained(model_name)
-    return pytorch_captioner(model, SoliProcessor.from_pretrained(model_name), **decoding), Path(model_name).name
+    return pytorch_captioner(*load_captioner(model_name), **decoding), Path(model_name).name
 
 
 def run_caption(args: argparse.Namespace) -> int:
@@ -108,15 +104,18 @@ def run_caption(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export a saved SOLI folder to ONNX (and optionally quantize it to int8); print the files written."""
+    from .caption_files import load_captioner
     from .onnx.export import export_onnx
     from .onnx.quantize import quantize_onnx
 
     try:
+        model, processor = load_captioner(args.model, args.inference_branches)
+        export = {"processor": processor, "opset": args.opset, "backend": args.backend}
         if args.quantize is None:
-            written = export_onnx(args.model, args.out, opset=args.opset, backend=args.backend)
+            written = export_onnx(model, args.out, **export)
         else:
             with tempfile.TemporaryDirectory() as float32_dir:
-                export_onnx(args.model, float32_dir, opset=args.opset, backend=args.backend)
+                export_onnx(model, float32_dir, **export)
                 written = quantize_onnx(float32_dir, args.out, target=args.quantize)
     except (ValueError, OSError) as error:
         print(f"soli export: error: {error}", file=sys.stderr)
@@ -138,6 +137,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
+    parser.add_argument(
+        "--inference-branches", choices=["both", "lr"], default=None,
+        help="export this inference mode instead of the saved one (lr: no SR branch, a smaller, faster encoder)",
+    )  # fmt: skip
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -188,7 +191,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             num_beams=args.num_beams, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             max_images=args.max_images, inference_branches=args.inference_branches, meteor=not args.no_meteor,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"soli evaluate: error: {error}", file=sys.stderr)
         return 2
     print((args.out / "report.md").read_text(encoding="utf-8"))

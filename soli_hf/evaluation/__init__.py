@@ -13,7 +13,8 @@ Modules:
 from .captioning import CaptionRun, caption_dataset
 from .conditions import PAPER_DEGRADATIONS, PAPER_SCALE_FACTORS, LowResCondition, fixed_sizes, paper_protocol
 from .report import ConditionResult, write_report
-from .runner import load_captioner, run_evaluation
+from ..caption_files import load_captioner
+from .runner import run_evaluation
 
 __all__ = [
     "PAPER_DEGRADATIONS",

@@ -10,8 +10,7 @@ from typing import Any
 from ..data import load_caption_dataset
 from ..metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 from ..metrics.meteor import meteor_unavailable_reason
-from ..modeling_soli import SoliForConditionalGeneration
-from ..processing_soli import SoliProcessor
+from ..caption_files import load_captioner
 from .captioning import caption_dataset
 from .conditions import LowResCondition
 from .report import ConditionResult, write_report
@@ -19,21 +18,6 @@ from .report import ConditionResult, write_report
 logger = logging.getLogger(__name__)
 
 SAMPLES_ON_PAGE = 24
-
-
-def load_captioner(
-    model_dir: str | Path, inference_branches: str | None = None
-) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
-    """A saved SOLI folder's model (in eval mode) and processor; `inference_branches` overrides the config's."""
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--model {model_dir}: not a saved SOLI folder (no config.json)")
-    model = SoliForConditionalGeneration.from_pretrained(path).eval()
-    if inference_branches is not None:
-        if inference_branches == "both" and not model.config.use_sr_branch:
-            raise ValueError(f"--model {model_dir} has no SR branch (baseline variant): use --inference-branches lr")
-        model.config.inference_branches = inference_branches
-    return model, SoliProcessor.from_pretrained(path)
 
 
 def model_labels(model_dirs: Sequence[str | Path], inference_branches: str | None) -> list[str]:
