@@ -1,6 +1,6 @@
 """SOLI benchmarks. `python scripts/benchmark.py metrics`: our CIDEr-D against pycocoevalcap's, the corpus
-metric and the per-batch SCST reward. `python scripts/benchmark.py latency`: caption latency of a model (PyTorch
-eager, batch 1, greedy; one thread and all threads; both inference modes), its size on disk and the peak RSS.
+metric and the per-batch SCST reward. `python scripts/benchmark.py latency`: caption latency of a model against
+its peers (details below).
 
 Data: 5,000 Flickr8k training images x 5 human captions (25,000 references) read
 from ../shared when present, otherwise synthetic captions.  Each image's
@@ -17,6 +17,15 @@ leave-one-out human baseline; timings do not depend on the overlap.
 
 Prints a table and writes JSON (``--out``, default benchmarks/metrics.json).
 Run: ``python scripts/benchmark.py metrics [--out PATH] [--batches 50] [--repeats 3]``.
+
+Latency: batch 1, greedy, every caption exactly ``--tokens`` new tokens (default 12, about a mean Flickr8k
+caption), preprocessing from the decoded photo included, on scikit-image's 5 sample photos. SOLI in PyTorch eager,
+onnxruntime fp32 and onnxruntime int8 (the "arm64" settings, exported and quantized into a temporary folder), each
+with ``inference_branches`` both and lr, with 1 thread and all threads; then the peers of ``soli_hf.peers``
+(ViT+GPT-2, BLIP base, GIT base; random weights, 3 photos x 1 pass) with SOLI/peer latency ratios. Every
+configuration runs in its own subprocess (its peak RSS is its own; onnxruntime ones without torch). Writes the JSON
+(``--out``, default benchmarks/latency_cpu.json) and, next to it, a Markdown report (.md) and a bar chart (.png).
+Run: ``python scripts/benchmark.py latency [--model DIR] [--out PATH] [--repeats 20] [--tokens 12] [--no-peers]``.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import json
 import os
 import platform
 import random
-import resource
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -34,8 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from soli_hf.caption_files import DEFAULT_MODEL_DIR
+from soli_hf.latency import BACKENDS, ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
+from soli_hf.latency_report import latency_markdown, plot_latency, soli_over_peer, target_check
 from soli_hf.metrics import CiderD, cider_d, tokenize
 
 FLICKR8K_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "Flickr8k_text"
@@ -246,42 +258,120 @@ def machine() -> dict[str, Any]:
     }
 
 
-def benchmark_latency(model_dir: Path, repeats: int) -> dict[str, Any]:
-    """PyTorch eager latency on scikit-image's sample photos, per inference mode and thread count."""
-    from soli_hf import SoliForConditionalGeneration, SoliProcessor
-    from soli_hf.latency import torch_eager_latency
-    from soli_hf.sample_photos import load_sample_photos
+#: Every caption's new tokens in the latency benchmark (min_new_tokens = max_new_tokens).
+DEFAULT_TOKENS = 12
+TOKENS_NOTE = (
+    "about the mean Flickr8k caption: the training captions average 11.8 words, 11.0 SOLI tokens, 12 with the "
+    "end token"
+)
+SOLI_WARMUP, PEER_PHOTOS, PEER_WARMUP, PEER_REPEATS = 3, 3, 1, 1
 
-    model = SoliForConditionalGeneration.from_pretrained(model_dir).eval()
+
+def export_soli(model_dir: Path, modes: Sequence[str], folder: Path) -> dict[tuple[str, str], Path]:
+    """The artifact of each (backend, inference mode): the model folder for PyTorch, fp32 and int8 ("arm64", the
+    deployed settings) ONNX exports written under `folder`."""
+    from soli_hf import SoliForConditionalGeneration, SoliProcessor
+    from soli_hf.onnx.export import export_onnx
+    from soli_hf.onnx.quantize import quantize_onnx
+
     processor = SoliProcessor.from_pretrained(model_dir)
-    photos = load_sample_photos()
-    images = list(photos.values())
-    modes = ("both", "lr") if model.config.use_sr_branch else ("lr",)
-    thread_counts = sorted({1, os.cpu_count() or 1})
-    results = [
-        torch_eager_latency(model, processor, images, threads=threads, inference_branches=mode, repeats=repeats)
-        for mode in modes
-        for threads in thread_counts
-    ]
+    for mode in modes:
+        model = SoliForConditionalGeneration.from_pretrained(model_dir, inference_branches=mode).eval()
+        export_onnx(model, folder / f"{ORT_FP32}-{mode}", processor=processor)
+        quantize_onnx(folder / f"{ORT_FP32}-{mode}", folder / f"{ORT_INT8}-{mode}", target="arm64")
     return {
-        "model": str(model_dir),
-        "machine": machine(),
-        "photos": list(photos),
-        "model_megabytes_on_disk": (model_dir / "model.safetensors").stat().st_size / 2**20,
-        "peak_rss_megabytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "results": [result.to_dict() for result in results],
+        (backend, mode): model_dir if backend == PYTORCH else folder / f"{backend}-{mode}"
+        for backend in BACKENDS
+        for mode in modes
     }
 
 
-def print_latency_table(results: dict[str, Any]) -> None:
-    print(f"{results['model']}: {results['model_megabytes_on_disk']:.1f} MB on disk, "
-          f"peak RSS {results['peak_rss_megabytes']:.0f} MB")
-    print(f"{'backend':<16}{'branches':>10}{'threads':>9}{'median ms':>11}{'p90 ms':>9}{'tokens':>8}")
-    for row in results["results"]:
-        print(
-            f"{row['backend']:<16}{row['inference_branches']:>10}{row['threads']:>9}{row['median_ms']:>11.1f}"
-            f"{row['p90_ms']:>9.1f}{row['mean_caption_tokens']:>8.1f}"
-        )
+def latency_setups(
+    artifacts: dict[tuple[str, str], Path], photos: list[str], tokens: int, repeats: int, peers: bool
+) -> list[LatencySetup]:
+    """Every configuration: SOLI's backends x inference modes x {1, all} threads, then the peers."""
+    from soli_hf.peers import PEERS
+
+    thread_counts = sorted({1, os.cpu_count() or 1})
+    setups = [
+        LatencySetup(SOLI, backend, threads, tokens, tuple(photos), str(artifact), mode, repeats, SOLI_WARMUP)
+        for (backend, mode), artifact in artifacts.items()
+        for threads in thread_counts
+    ]
+    if peers:
+        peer_photos = tuple(photos[:PEER_PHOTOS])
+        setups += [
+            LatencySetup(name, PYTORCH, threads, tokens, peer_photos, repeats=PEER_REPEATS, warmup=PEER_WARMUP)
+            for name in PEERS
+            for threads in thread_counts
+        ]
+    return setups
+
+
+def benchmark_latency(model_dir: Path, tokens: int, repeats: int, peers: bool) -> dict[str, Any]:
+    """Latency of every configuration, each in its own subprocess, on scikit-image's sample photos."""
+    from soli_hf import SoliConfig
+    from soli_hf.peers import PEERS
+    from soli_hf.sample_photos import load_sample_photos
+
+    modes = ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
+    with tempfile.TemporaryDirectory(prefix="soli_latency_") as scratch:
+        folder = Path(scratch)
+        photos = []
+        for name, photo in load_sample_photos().items():
+            photo.save(folder / f"{name}.png")
+            photos.append(str(folder / f"{name}.png"))
+        artifacts = export_soli(model_dir, modes, folder)
+        results = []
+        for setup in (progress := tqdm(latency_setups(artifacts, photos, tokens, repeats, peers), unit="config")):
+            progress.set_description(
+                f"{setup.system} {setup.backend} {setup.inference_branches or '-'} x{setup.threads}"
+            )
+            results.append(measure_in_subprocess(setup).to_dict())
+    soli_rows = [r for r in results if r["system"] == SOLI]
+    peer_rows = [
+        r | {"like": PEERS[r["system"]].like, "soli_over_peer": soli_over_peer(soli_rows, r)}
+        for r in results
+        if r["system"] != SOLI
+    ]
+    return {
+        "model": str(model_dir),
+        "machine": machine() | {"cpu_model": cpu_model()},
+        "versions": library_versions(),
+        "photos": [Path(p).stem for p in photos],
+        "tokens": tokens,
+        "tokens_note": TOKENS_NOTE,
+        "decoding": "batch 1, greedy (num_beams=1), min_new_tokens = max_new_tokens = tokens; SOLI keeps its saved "
+        "no_repeat_ngram_size and suppress_tokens, the peers their config defaults",
+        "repeats": repeats,
+        "target": target_check(soli_rows),
+        "results": soli_rows,
+        "peers": peer_rows,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or the processor architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that run the captioners."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "onnxruntime", "numpy", "pillow")}
+
+
+def write_latency_outputs(results: dict[str, Any], out: Path) -> None:
+    """The Markdown report and the bar chart next to the JSON (same stem, .md and .png)."""
+    title = f"# SOLI caption latency ({results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs)"
+    out.with_suffix(".md").write_text(f"{title}\n\n{latency_markdown(results)}\n", encoding="utf-8")
+    plot_latency(results, out.with_suffix(".png"))
 
 
 def main() -> None:
@@ -291,19 +381,25 @@ def main() -> None:
     metrics.add_argument("--out", type=Path, default=Path("benchmarks/metrics.json"), help="JSON output path")
     metrics.add_argument("--batches", type=int, default=50, help="SCST batches to time")
     metrics.add_argument("--repeats", type=int, default=3, help="timed runs per benchmark (best is kept)")
-    latency = benchmarks.add_parser("latency", help="caption latency, model size and peak RSS (PyTorch eager)")
+    latency = benchmarks.add_parser(
+        "latency", help="caption latency, size and peak RSS: PyTorch eager, ORT fp32 and int8, and peers"
+    )
     latency.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="a saved SOLI folder")
     latency.add_argument("--out", type=Path, default=Path("benchmarks/latency_cpu.json"), help="JSON output path")
-    latency.add_argument("--repeats", type=int, default=5, help="passes over the sample photos")
+    latency.add_argument("--repeats", type=int, default=20, help="timed passes of SOLI over the 5 sample photos")
+    latency.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
+    latency.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True, help="time the peers too")
     args = parser.parse_args()
     if args.benchmark == "latency":
-        results = benchmark_latency(args.model, args.repeats)
-        print_latency_table(results)
+        results = benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
+        print(latency_markdown(results))
     else:
         results = benchmark(args.batches, args.repeats)
         print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if args.benchmark == "latency":
+        write_latency_outputs(results, args.out)
     print(f"wrote {args.out}")
 
 

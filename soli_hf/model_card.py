@@ -10,6 +10,7 @@ from string import Template
 from typing import Any
 
 from .evaluation.report import REPORT_METRICS
+from .latency_report import latency_markdown
 from .markdown import markdown_table, metric_cells
 from .modeling_soli import SoliForConditionalGeneration
 from .profiling import model_summary
@@ -91,21 +92,12 @@ def latency_section(benchmark: Path | None) -> str:
         return "Not measured yet."
     report = json.loads(benchmark.read_text(encoding="utf-8"))
     machine = report["machine"]
-    lines = [
-        f"`python scripts/benchmark.py latency` ({benchmark.as_posix()}): batch 1, greedy, preprocessing included,",
-        f"{machine['processor']} with {machine['cpus']} CPUs; {report['model_megabytes_on_disk']:.1f} MiB of weights,",
-        f"peak RSS {report['peak_rss_megabytes']:.0f} MiB. On a shared virtual machine the medians vary by about",
-        "30% between runs.",
-        "",
-    ]
-    header = ["backend", "inference_branches", "threads", "median ms / caption", "p90 ms", "tokens"]
-    rows = [
-        [r["backend"], r["inference_branches"], r["threads"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
-         f"{r['mean_caption_tokens']:.1f}"]
-        for r in report["results"]
-    ]  # fmt: skip
-    lines.append(markdown_table(header, rows))
-    return "\n".join(lines)
+    cpu = machine.get("cpu_model", machine["processor"])
+    intro = (
+        f"`python scripts/benchmark.py latency` ({benchmark.as_posix()}) on {cpu} with {machine['cpus']} CPUs. On a "
+        "shared virtual machine the medians vary by about 30% between runs."
+    )
+    return f"{intro}\n\n{latency_markdown(report)}"
 
 
 def _count(value: float) -> str:

@@ -1,28 +1,134 @@
-"""The latency measurement: behaviour only (timings belong to scripts/benchmark.py, not to tests)."""
+"""The latency benchmark: behaviour only (timings belong to scripts/benchmark.py, not to tests)."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from soli_hf import SoliConfig, SoliForConditionalGeneration
-from soli_hf.latency import torch_eager_latency
+from soli_hf.latency import ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess, time_captions
+from soli_hf.latency_report import TARGET_MS, plot_latency, soli_over_peer, target_check
+from soli_hf.model_card import latency_section
+from soli_hf.onnx.export import export_onnx
+from soli_hf.peers import PEERS, peer_captioner
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRANSFORMER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
 
 
-def test_latency_measures_each_image_and_restores_the_model(tiny_model, processor) -> None:
-    images = [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (40, 90), (20, 30, 200))]
-    threads, branches = torch.get_num_threads(), tiny_model.config.inference_branches
-    result = torch_eager_latency(
-        tiny_model, processor, images, threads=1, inference_branches="lr", repeats=2, warmup=1, max_new_tokens=4
-    )
-    assert result.measurements == 4 and 0 < result.median_ms <= result.p90_ms
-    assert 1 <= result.mean_caption_tokens <= 4
-    assert result.to_dict()["inference_branches"] == "lr"
-    assert torch.get_num_threads() == threads and tiny_model.config.inference_branches == branches
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[str, ...]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for index, (size, colour) in enumerate([((80, 60), (200, 30, 30)), ((40, 90), (20, 30, 200))]):
+        Image.new("RGB", size, colour).save(folder / f"photo{index}.png")
+        paths.append(str(folder / f"photo{index}.png"))
+    return tuple(paths)
 
 
-def test_latency_refuses_both_branches_without_an_sr_module(tokenizer, processor) -> None:
-    baseline = SoliForConditionalGeneration(SoliConfig(vocab_size=len(tokenizer), use_sr_branch=False))
-    with pytest.raises(ValueError, match="no SR branch"):
-        torch_eager_latency(baseline, processor, [Image.new("RGB", (8, 8))], threads=1, inference_branches="both")
+def test_pytorch_configuration_in_its_own_process(saved_tiny_model, photos) -> None:
+    setup = LatencySetup(SOLI, PYTORCH, 1, 5, photos, str(saved_tiny_model), "lr", repeats=2, warmup=1)
+    row = measure_in_subprocess(setup).to_dict()
+    assert (row["system"], row["backend"], row["inference_branches"], row["threads"]) == (SOLI, PYTORCH, "lr", 1)
+    assert row["measurements"] == len(row["per_image_ms"]) == 4 and row["warmup"] == 1
+    assert row["caption_tokens"] == 5  # every caption was checked to have exactly 5 new tokens
+    assert 0 < row["median_ms"] <= row["p90_ms"] <= max(row["per_image_ms"])
+    assert row["size_mib"] == (saved_tiny_model / "model.safetensors").stat().st_size / 2**20
+    assert row["parameters"] > 0 and row["peak_rss_mib"] > 50 and row["torch_loaded"]
+
+
+def test_onnx_configuration_runs_without_torch_and_checks_its_export(saved_tiny_model, photos, tmp_path) -> None:
+    export_onnx(saved_tiny_model, tmp_path)  # the tiny model's default inference mode: "both"
+    setup = LatencySetup(SOLI, ORT_FP32, 1, 3, photos[:1], str(tmp_path), "both", repeats=1, warmup=0)
+    row = measure_in_subprocess(setup).to_dict()
+    assert not row["torch_loaded"] and row["measurements"] == 1 and row["caption_tokens"] == 3
+    sizes = sum((tmp_path / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx"))
+    assert row["size_mib"] == sizes / 2**20 and row["parameters"] is None
+    for backend, mode in ((ORT_FP32, "lr"), (ORT_INT8, "both")):  # the folder is fp32, exported for "both"
+        with pytest.raises(RuntimeError, match="expected"):
+            measure_in_subprocess(LatencySetup(SOLI, backend, 1, 3, photos[:1], str(tmp_path), mode))
+
+
+def test_timing_loop_asserts_the_caption_length() -> None:
+    images = [Image.new("RGB", (8, 8))] * 3
+    assert len(time_captions(lambda image: 4, images, repeats=2, warmup=1, tokens=4)) == 6
+    with pytest.raises(AssertionError, match="expected exactly 5"):
+        time_captions(lambda image: 4, images, repeats=1, warmup=0, tokens=5)
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_peers_generate_exactly_the_requested_tokens(name) -> None:
+    threads = torch.get_num_threads()
+    try:
+        caption, footprint = peer_captioner(name, tokens=3, threads=1, vision=TINY_TRANSFORMER, text=TINY_TRANSFORMER)
+    finally:
+        torch.set_num_threads(threads)
+    assert caption(Image.new("RGB", (120, 90), (10, 200, 30))) == 3
+    assert footprint.size_mib == 4 * footprint.parameters / 2**20
+
+
+def test_latency_setups_cover_every_backend_mode_and_thread_count(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    artifacts = {(backend, mode): tmp_path for backend in (PYTORCH, ORT_FP32, ORT_INT8) for mode in ("both", "lr")}
+    setups = script.latency_setups(artifacts, ["a.png", "b.png", "c.png", "d.png"], 12, 2, peers=True)
+    soli = [s for s in setups if s.system == SOLI]
+    threads = sorted({1, os.cpu_count()})
+    assert {(s.backend, s.inference_branches, s.threads) for s in soli} == {
+        (b, m, t) for b, m in artifacts for t in threads
+    } and len(soli) == 6 * len(threads)
+    peers = [s for s in setups if s.system != SOLI]
+    assert {(s.system, s.threads) for s in peers} == {(p, t) for p in PEERS for t in threads}
+    assert all(len(s.photos) == 3 and s.repeats == 1 and s.backend == PYTORCH for s in peers)
+    assert all(s.tokens == 12 for s in setups)
+
+
+def _row(backend: str, mode: str | None, threads: int, median: float, system: str = SOLI) -> dict:
+    return {
+        "system": system, "backend": backend, "inference_branches": mode, "threads": threads, "median_ms": median,
+        "p90_ms": 1.2 * median, "measurements": 100, "warmup": 3, "caption_tokens": 12, "size_mib": 20.0,
+        "size_source": "", "parameters": 200_000_000 if mode is None else None, "peak_rss_mib": 150.0,
+        "torch_loaded": backend == PYTORCH, "per_image_ms": [median],
+    }  # fmt: skip
+
+
+def sample_report() -> dict:
+    """A report as scripts/benchmark.py latency writes it: int8 one thread meets the target in lr only."""
+    soli = [_row(PYTORCH, "both", 1, 40.0), _row(ORT_INT8, "both", 1, 16.0), _row(ORT_INT8, "lr", 1, 7.5)]
+    soli += [_row(ORT_INT8, "lr", 2, 6.0)]
+    peers = [_row(PYTORCH, None, t, ms, "blip-base") for t, ms in ((1, 2000.0), (2, 1500.0))]
+    return {
+        "machine": {"processor": "x86_64", "cpus": 2, "cpu_model": "Some CPU"},
+        "tokens": 12,
+        "tokens_note": "about the mean Flickr8k caption",
+        "target": target_check(soli),
+        "results": soli,
+        "peers": [p | {"like": PEERS["blip-base"].like, "soli_over_peer": soli_over_peer(soli, p)} for p in peers],
+    }
+
+
+def test_target_and_ratios_come_from_the_rows() -> None:
+    report = sample_report()
+    assert report["target"]["met"] == {"both": False, "lr": True} and report["target"]["target_ms"] == TARGET_MS
+    one, two = report["peers"]
+    assert one["soli_over_peer"] == {"pytorch-eager both": 0.02, "ort-int8 both": 0.008, "ort-int8 lr": 0.00375}
+    assert two["soli_over_peer"] == {"ort-int8 lr": 0.004}  # only what was measured at 2 threads
+
+
+def test_latency_section_renders_soli_and_peer_tables(tmp_path) -> None:
+    path = tmp_path / "latency_cpu.json"
+    path.write_text(json.dumps(sample_report()))
+    section = latency_section(path)
+    assert "Some CPU with 2 CPUs" in section and "exactly 12 new tokens" in section
+    assert "under 10 ms per image: `both` 16.0 ms (not met), `lr` 7.5 ms (met)" in section
+    assert "| ort-int8 | lr | 1 | 7.5 | 9.0 | 100 | 12 | 20.0 | 150 |" in section
+    assert "| blip-base | Salesforce/blip-image-captioning-base | 1 | 2000 | 2400 | 100 | 12 | 200 M |" in section
+    assert "| 0.02 | 0.008 | 0.00375 |" in section and "never loaded torch" in section
+    plot_latency(sample_report(), tmp_path / "latency_cpu.png")
+    assert (tmp_path / "latency_cpu.png").stat().st_size > 1000

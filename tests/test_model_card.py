@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import write_caption_folder
+from test_latency import sample_report
 
 from soli_hf.evaluation import LowResCondition, run_evaluation
 from soli_hf.model_card import render_model_card
@@ -19,11 +20,7 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     run_evaluation([saved_tiny_model], data, "dev", tmp_path / "eval", conditions=conditions, meteor=False)
     recipe = ROOT / "configs" / "flickr8k_cpu.yaml"
     latency = tmp_path / "latency.json"
-    row = {"backend": "pytorch-eager", "inference_branches": "lr", "threads": 1, "median_ms": 12.34, "p90_ms": 15.0}
-    latency.write_text(json.dumps({
-        "machine": {"processor": "x86_64", "cpus": 2}, "model_megabytes_on_disk": 1.5, "peak_rss_megabytes": 300,
-        "results": [row | {"mean_caption_tokens": 9.0}],
-    }))  # fmt: skip
+    latency.write_text(json.dumps(sample_report()))
     card = render_model_card(
         (ROOT / "model_cards" / "template.md").read_text(), saved_tiny_model, [tmp_path / "eval"],
         repo_id="someone/soli-tiny", recipe=recipe, training_command="accelerate launch scripts/train.py",
@@ -39,4 +36,4 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     assert f"{bilinear['metrics']['CIDEr']:.3f} / {bilinear['metrics']['Bleu_4']:.3f}" in card
     assert f"CIDEr {report['human_leave_one_out']['CIDEr']:.3f}" in card
     assert "arXiv:2512.08873" in card and "Flickr8k" in card
-    assert "| pytorch-eager | lr | 1 | 12.3 | 15.0 | 9.0 |" in card
+    assert "| ort-int8 | lr | 1 | 7.5 | 9.0 | 100 | 12 | 20.0 | 150 |" in card

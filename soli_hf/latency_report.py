@@ -1,0 +1,161 @@
+"""Reading a latency report (the JSON of `scripts/benchmark.py latency`): SOLI/peer ratios, the int8 one-thread
+target, Markdown tables and a bar chart. Used by the benchmark (its .md and .png) and by the model card."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .latency import ORT_INT8, PYTORCH
+from .markdown import markdown_table
+
+#: The latency target: SOLI on onnxruntime int8, one thread, under this many ms per 64x64 photo.
+TARGET_MS = 10.0
+#: The SOLI configurations (backend, inference_branches) compared with each peer.
+RATIO_BASES = ((PYTORCH, "both"), (ORT_INT8, "both"), (ORT_INT8, "lr"))
+
+Row = dict[str, Any]
+
+
+def ratio_key(backend: str, inference_branches: str) -> str:
+    """The name of a SOLI configuration in a peer row's `soli_over_peer`."""
+    return f"{backend} {inference_branches}"
+
+
+def soli_over_peer(soli_rows: Sequence[Row], peer: Row) -> dict[str, float]:
+    """Median latency of SOLI (each of `RATIO_BASES` that was measured) over the peer's, at the peer's threads."""
+    medians = {
+        (r["backend"], r["inference_branches"]): r["median_ms"] for r in soli_rows if r["threads"] == peer["threads"]
+    }
+    return {ratio_key(*base): medians[base] / peer["median_ms"] for base in RATIO_BASES if base in medians}
+
+
+def target_check(soli_rows: Sequence[Row], target_ms: float = TARGET_MS) -> dict[str, Any]:
+    """Whether SOLI on onnxruntime int8 with one thread captions under `target_ms`, per inference mode."""
+    medians = {
+        r["inference_branches"]: r["median_ms"] for r in soli_rows if r["backend"] == ORT_INT8 and r["threads"] == 1
+    }
+    return {
+        "backend": ORT_INT8,
+        "threads": 1,
+        "target_ms": target_ms,
+        "median_ms": medians,
+        "met": {mode: ms < target_ms for mode, ms in medians.items()},
+    }
+
+
+def target_sentence(target: dict[str, Any]) -> str:
+    """The target and, per inference mode, whether the measured median meets it."""
+    if not target["median_ms"]:
+        return f"Target ({target['backend']}, one thread, under {target['target_ms']:g} ms per image): not measured."
+    verdicts = [
+        f"`{mode}` {ms:.1f} ms ({'met' if target['met'][mode] else 'not met'})"
+        for mode, ms in target["median_ms"].items()
+    ]
+    return (
+        f"Target {target['backend']}, one thread, under {target['target_ms']:g} ms per image: "
+        + ", ".join(verdicts)
+        + "."
+    )
+
+
+def soli_table(rows: Sequence[Row]) -> str:
+    """Markdown: one line per SOLI configuration."""
+    header = [
+        "backend",
+        "inference_branches",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "n",
+        "tokens",
+        "size MiB",
+        "peak RSS MiB",
+    ]
+    cells = [
+        [r["backend"], r["inference_branches"], r["threads"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
+         r["measurements"], r["caption_tokens"], f"{r['size_mib']:.1f}", f"{r['peak_rss_mib']:.0f}"]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(header, cells)
+
+
+def peer_table(peers: Sequence[Row]) -> str:
+    """Markdown: one line per peer and thread count, with the SOLI/peer median ratios."""
+    keys = list(dict.fromkeys(key for p in peers for key in p["soli_over_peer"]))
+    header = ["peer", "like", "threads", "median ms", "p90 ms", "n", "tokens", "parameters", "size MiB", "peak RSS MiB"]
+    cells = [
+        [p["system"], p["like"], p["threads"], f"{p['median_ms']:.0f}", f"{p['p90_ms']:.0f}", p["measurements"],
+         p["caption_tokens"], f"{p['parameters'] / 1e6:.0f} M", f"{p['size_mib']:.0f}", f"{p['peak_rss_mib']:.0f}",
+         *(f"{p['soli_over_peer'][k]:.3g}" if k in p["soli_over_peer"] else "" for k in keys)]
+        for p in peers
+    ]  # fmt: skip
+    return markdown_table([*header, *(f"SOLI {k} / peer" for k in keys)], cells)
+
+
+def latency_markdown(report: dict[str, Any]) -> str:
+    """The settings, the target verdict, the SOLI table and (when measured) the peer table."""
+    rows, peers = report["results"], report.get("peers", [])
+    no_torch = [r for r in rows if r["backend"] != PYTORCH]
+    parts = [
+        f"Batch 1, greedy, every caption exactly {report['tokens']} new tokens ({report['tokens_note']}); "
+        "median and p90 of the per-image times (preprocessing of the decoded photo included) after "
+        f"{rows[0]['warmup']} untimed captions; each configuration in its own process, whose peak RSS is given. "
+        "Size: model.safetensors (PyTorch), encoder.onnx + decoder_step.onnx (onnxruntime), fp32 parameters x 4 "
+        "bytes (peers)."
+        + (
+            " The onnxruntime processes never loaded torch."
+            if no_torch and not any(r["torch_loaded"] for r in no_torch)
+            else ""
+        ),
+        target_sentence(report["target"]),
+        soli_table(rows),
+    ]
+    if peers:
+        parts += [
+            "Peers (PyTorch eager, random weights, base configurations, their native input sizes; "
+            f"{peers[0]['measurements']} timed captions after {peers[0]['warmup']} untimed):",
+            peer_table(peers),
+        ]
+    return "\n\n".join(parts)
+
+
+def plot_latency(report: dict[str, Any], path: Path) -> None:
+    """A horizontal bar chart of the median ms of every configuration, one bar per thread count, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    rows = [*report["results"], *report.get("peers", [])]
+    labels = list(dict.fromkeys(_label(r) for r in rows))
+    threads = sorted({r["threads"] for r in rows})
+    height = 0.8 / len(threads)
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
+    for index, count in enumerate(threads):
+        medians = {_label(r): r["median_ms"] for r in rows if r["threads"] == count}
+        positions = [i + index * height for i, label in enumerate(labels) if label in medians]
+        axes.barh(
+            positions,
+            [medians[label] for label in labels if label in medians],
+            height,
+            label=f"{count} thread{'s' * (count > 1)}",
+        )
+    axes.axvline(report["target"]["target_ms"], color="grey", linestyle="--", label="target")
+    axes.set_yticks([i + height * (len(threads) - 1) / 2 for i in range(len(labels))], labels)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.set_xlabel(f"median ms per image (batch 1, greedy, {report['tokens']} tokens)")
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _label(row: Row) -> str:
+    if row["inference_branches"] is None:
+        return row["system"]
+    return f"SOLI {row['backend']} {row['inference_branches']}"
