@@ -17,7 +17,14 @@ COMPAT := $(VENV)/compat-transformers-4.57
 $(COMPAT): $(BIN)/soli
 	$(BIN)/pip install --quiet --no-deps --target $(COMPAT) transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2
 
-install: $(BIN)/soli $(COMPAT)
+# Optimum's ONNX exporter (optimum-onnx 0.1.0 needs optimum 2.1.x and transformers < 4.58), for
+# `soli export --backend optimum` and its test: PYTHONPATH=$(OPTIMUM):$(COMPAT); torch, onnx and onnxruntime come
+# from .venv.
+OPTIMUM := $(VENV)/optimum-onnx
+$(OPTIMUM): $(BIN)/soli
+	$(BIN)/pip install --quiet --no-deps --target $(OPTIMUM) optimum-onnx==0.1.0 optimum==2.1.0
+
+install: $(BIN)/soli $(COMPAT) $(OPTIMUM)
 
 demo: install
 	$(BIN)/python scripts/demo.py

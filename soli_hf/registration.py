@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import transformers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -32,9 +33,11 @@ def register_soli() -> None:
     AutoModel.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
     # SoliImageProcessor works on PIL images whichever backend transformers asks for.
-    AutoImageProcessor.register(
-        SoliConfig, image_processor_classes={"pil": SoliImageProcessor, "torchvision": SoliImageProcessor}, exist_ok=True
-    )
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        backends = {"pil": SoliImageProcessor, "torchvision": SoliImageProcessor}
+        AutoImageProcessor.register(SoliConfig, image_processor_classes=backends, exist_ok=True)
+    else:  # transformers 4.x (Optimum's ONNX exporter runs on 4.57): one "slow" image processor
+        AutoImageProcessor.register(SoliConfig, slow_image_processor_class=SoliImageProcessor, exist_ok=True)
     AutoProcessor.register(SoliConfig, SoliProcessor, exist_ok=True)
     AutoTokenizer.register(SoliConfig, fast_tokenizer_class=PreTrainedTokenizerFast, exist_ok=True)
 

@@ -1,35 +1,53 @@
 """Export SOLI to two ONNX graphs (the encoder, one decoder step) plus `soli_onnx.json` for the runtime.
 
-The graphs are made with `torch.onnx.export(..., dynamo=True)`, the `torch.export`-based exporter (needs
-`onnxscript`): on torch 2.14 it is the default one, and the only one that exports SOLI with a dynamic batch. The
-TorchScript exporter (`dynamo=False`, deprecated, warns on every call) loses the feature map's spatial size after
-MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on the grid's `AdaptiveAvgPool2d`
-("input size not accessible"). The dynamo graphs take one symbolic batch dimension (`torch.export.Dim`) shared by
-all inputs, so they serve any batch and beam width; the image side stays fixed at the model's `image_size`, as
-`SoliImageProcessor` always makes it.
+Two routes write the same folder from the same graph modules (`SoliEncoderGraph`, `SoliDecoderStepGraph`) and the
+same input/output specs (`spec.py`):
+
+- "torch": `torch.onnx.export(..., dynamo=True)`, the `torch.export`-based exporter (needs `onnxscript`; the
+  default one on torch 2.14). Its graphs take one symbolic batch dimension (`torch.export.Dim`) shared by all
+  inputs, so they serve any batch and beam width.
+- "optimum": Optimum's `main_export` with SOLI's `OnnxConfig`s (`optimum_export.py`), where Optimum's ONNX exporter
+  (optimum-onnx, on transformers 4.57) is installed. It runs the TorchScript exporter (`dynamo=False`).
+
+The image side stays fixed at the model's `image_size`, as `SoliImageProcessor` always makes it, so the encoder
+graph pools the backbone's features to the grid with a fixed kernel (`StaticGridPool`): the TorchScript exporter
+loses the feature map's spatial size after MobileNetV2's TF-style padding once the batch axis is dynamic, and then
+fails on `AdaptiveAvgPool2d` ("input size not accessible").
 
 `soli_onnx.json` (see `spec.py`, written by `write_manifest`) carries everything the torch-free runtime needs
-besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's `generation_config`, the
-image processor's settings and the vocabulary (id order).
+besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's
+`generation_config`, the image processor's settings, the vocabulary (id order) and the route that exported it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..image_processing_soli import SoliImageProcessor
-from ..modeling_soli import SoliForConditionalGeneration
+from ..modeling_soli import SoliForConditionalGeneration, SoliSiameseEncoder
 from ..processing_soli import SoliProcessor
-from .spec import DECODER_STEP, ENCODER, GRAPHS, MANIFEST_NAME, MANIFEST_VERSION, GraphSpec, model_sizes
+from .spec import (
+    DECODER_STEP,
+    DEFAULT_OPSET,
+    ENCODER,
+    EXPORT_BACKENDS,
+    GRAPHS,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    GraphSpec,
+    model_sizes,
+)
 
-DEFAULT_OPSET = 18
 _EXAMPLE_BATCH = 2
 # Generation settings the runtime does not implement, with the values under which they have no effect.
 _INERT_GENERATION_SETTINGS = {
@@ -47,13 +65,41 @@ _INERT_GENERATION_SETTINGS = {
 }
 
 
+class StaticGridPool(nn.Module):
+    """`nn.AdaptiveAvgPool2d(grid_size)` as an average pool with kernel = stride = side // grid_size: the same
+    numbers, for feature maps whose sides are multiples of `grid_size` (SOLI's are).
+
+    The sides are read as Python ints, so both exporters write a plain `AveragePool` with a constant kernel, which
+    the TorchScript exporter can export with a dynamic batch. A side that is not a multiple of `grid_size` (bins of
+    unequal widths, no fixed-kernel equivalent) keeps the adaptive pool, which only the dynamo exporter exports.
+    """
+
+    def __init__(self, grid_size: int) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        height, width = (int(side) for side in features.shape[-2:])
+        if height % self.grid_size or width % self.grid_size:
+            return F.adaptive_avg_pool2d(features, self.grid_size)
+        return F.avg_pool2d(features, kernel_size=(height // self.grid_size, width // self.grid_size))
+
+
+def with_static_grid_pool(encoder: SoliSiameseEncoder) -> SoliSiameseEncoder:
+    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool`; the
+    model itself is left as it is."""
+    exported = copy.copy(encoder)
+    exported._modules = {**encoder._modules, "pool": StaticGridPool(encoder.config.grid_size)}
+    return exported
+
+
 class SoliEncoderGraph(nn.Module):
-    """LR pixels -> attention memory, attention keys and the decoder's initial (h, c): the model's encoder and
-    `decoder.initial_state`, with the SR branch when `config.inference_branches == "both"`."""
+    """LR pixels -> attention memory, attention keys and the decoder's initial (h, c): the model's encoder (with
+    `StaticGridPool`) and `decoder.initial_state`, with the SR branch when `config.inference_branches == "both"`."""
 
     def __init__(self, model: SoliForConditionalGeneration) -> None:
         super().__init__()
-        self.encoder = model.get_encoder()
+        self.encoder = with_static_grid_pool(model.get_encoder())
         self.decoder = model.decoder
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -87,20 +133,34 @@ def export_onnx(
     out_dir: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
     processor: SoliProcessor | None = None,
+    backend: str = "auto",
 ) -> list[Path]:
-    """Export a SOLI model to `out_dir` with `torch.onnx.export`: `encoder.onnx`, `decoder_step.onnx` and
-    `soli_onnx.json`, the folder `soli_hf.onnx.SoliOnnxCaptioner` loads.
+    """Export a SOLI model to `out_dir`: `encoder.onnx`, `decoder_step.onnx` and `soli_onnx.json`, the folder
+    `soli_hf.onnx.SoliOnnxCaptioner` loads.
 
     Args:
         model_dir_or_model: a saved SOLI folder (model and processor are loaded from it), or a model.
         out_dir: created if needed; existing files of the same names are replaced.
         opset: ONNX opset of both graphs.
         processor: the model's `SoliProcessor`; required when a model object is given, ignored otherwise.
+        backend: "torch" (`torch.onnx.export`, dynamo), "optimum" (Optimum's `main_export`; a model object is saved
+            to a temporary folder first) or "auto" (Optimum where its ONNX exporter can be imported, else torch).
 
     Returns:
         The paths written.
     """
-    model, processor = _load(model_dir_or_model, processor)
+    if backend not in EXPORT_BACKENDS:
+        raise ValueError(f"export_onnx: backend must be one of {EXPORT_BACKENDS}, got {backend!r}")
+    if backend != "torch":
+        missing = optimum_exporter_missing()
+        if missing is None:
+            return _export_with_optimum(model_dir_or_model, out_dir, opset, processor)
+        if backend == "optimum":
+            raise ValueError(
+                "export_onnx: backend='optimum' needs Optimum's ONNX exporter (optimum-onnx 0.1.0 with optimum 2.1.0 "
+                f"and transformers 4.57.x, see `make install`), which cannot be imported: {missing}"
+            )
+    model, processor = load_for_export(model_dir_or_model, processor)
     generation_defaults(model)  # fails early on settings the runtime cannot reproduce
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,14 +179,45 @@ def export_onnx(
         ]
     finally:
         model.train(was_training)
-    return [*written, write_manifest(model, processor, out, opset)]
+    return [*written, write_manifest(model, processor, out, opset, exporter="torch")]
 
 
-def write_manifest(model: SoliForConditionalGeneration, processor: SoliProcessor, out_dir: Path, opset: int) -> Path:
-    """Write `soli_onnx.json` for graphs exported from `model` (either route) into `out_dir`; returns its path."""
+def _export_with_optimum(
+    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration,
+    out_dir: str | os.PathLike,
+    opset: int,
+    processor: SoliProcessor | None,
+) -> list[Path]:
+    """`export_with_optimum`, which exports a saved folder: a model object is saved to a temporary one first."""
+    from .optimum_export import export_with_optimum
+
+    if not isinstance(model_dir_or_model, SoliForConditionalGeneration):
+        return export_with_optimum(model_dir_or_model, out_dir, opset)
+    model, processor = load_for_export(model_dir_or_model, processor)
+    with tempfile.TemporaryDirectory() as model_dir:
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        return export_with_optimum(model_dir, out_dir, opset)
+
+
+def optimum_exporter_missing() -> str | None:
+    """None when Optimum's ONNX exporter (`optimum.exporters.onnx`) can be imported, else why not."""
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError as error:
+        return str(error)
+    return None
+
+
+def write_manifest(
+    model: SoliForConditionalGeneration, processor: SoliProcessor, out_dir: Path, opset: int, exporter: str
+) -> Path:
+    """Write `soli_onnx.json` for graphs exported from `model` by `exporter` (an `EXPORT_BACKENDS` route, recorded
+    in the manifest) into `out_dir`; returns its path."""
     manifest = {
         "format_version": MANIFEST_VERSION,
         "opset": opset,
+        "exporter": exporter,
         "inference_branches": model.config.inference_branches,
         "graphs": {graph.key: graph.to_manifest(model_sizes(model.config)) for graph in GRAPHS},
         **_token_settings(processor),
@@ -138,10 +229,10 @@ def write_manifest(model: SoliForConditionalGeneration, processor: SoliProcessor
     return path
 
 
-def _load(
-    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration, processor: SoliProcessor | None
+def load_for_export(
+    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration, processor: SoliProcessor | None = None
 ) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
-    """The model and its processor, from a folder or as given."""
+    """The model and its processor, from a saved SOLI folder or as given (`processor` is then required)."""
     if isinstance(model_dir_or_model, SoliForConditionalGeneration):
         if processor is None:
             raise ValueError("export_onnx: pass `processor` (the model's SoliProcessor) when exporting a model object")
