@@ -200,12 +200,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli evaluate` (also those of scripts/evaluate.py)."""
-    from .data import DATA_FORMATS
     from .image_transforms_soli import DEGRADATIONS
 
     parser.add_argument("--model", required=True, nargs="+", help="saved SOLI folder(s); several are compared")
     parser.add_argument("--data", required=True, help="a dataset folder or JSON file (any soli_hf.data format)")
-    parser.add_argument("--data-format", choices=DATA_FORMATS, default=None, help="detected when left out")
+    parser.add_argument(
+        "--data-format", default=None,
+        help="a format of soli_hf.data (flickr8k, coco, karpathy, imagefolder); detected when left out",
+    )  # fmt: skip
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", required=True, type=Path, help="report folder (created)")
     parser.add_argument("--num-beams", type=int, default=1)
