@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from conftest import run_python
@@ -34,6 +36,7 @@ import transformers
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
 from soli_hf.onnx import optimum_export
 from soli_hf.onnx.export import export_onnx
+from soli_hf.onnx.quantize import quantize_onnx
 
 calls = []
 def counted_main_export(*args, **kwargs):
@@ -41,10 +44,11 @@ def counted_main_export(*args, **kwargs):
     return optimum.exporters.onnx.main_export(*args, **kwargs)
 
 optimum_export.main_export = counted_main_export
-saved, from_folder, from_object = sys.argv[1:]
+saved, from_folder, from_object, quantized = sys.argv[1:]
 written = export_onnx(saved, from_folder)
 model = SoliForConditionalGeneration.from_pretrained(saved)
 export_onnx(model, from_object, processor=SoliProcessor.from_pretrained(saved), backend="optimum")
+quantize_onnx(from_folder, quantized, target="arm64")  # backend="auto": Optimum's ORTQuantizer here
 print(json.dumps({
     "transformers": transformers.__version__,
     "optimum": optimum.exporters.onnx.__file__,
@@ -70,11 +74,12 @@ def routes(tokenizer, processor, tmp_path_factory) -> dict:
         str(saved),
         str(folders["optimum"]),
         str(folders["optimum_from_object"]),
+        str(root / "optimum_int8"),
         cwd=root,
         extra_env={"PYTHONPATH": f"{OPTIMUM_PATH}:{COMPAT_PATH}"},
     )
     export_onnx(saved, folders["torch"])  # backend="auto": torch.onnx, Optimum's exporter is not importable here
-    return {"model": model, "folders": folders, "subprocess": result}
+    return {"model": model, "folders": folders, "subprocess": result, "int8": root / "optimum_int8"}
 
 
 def test_optimum_route_ran_main_export_under_transformers_4_57(routes) -> None:
@@ -117,6 +122,26 @@ def test_optimum_export_captions_equal_generate_and_the_torch_route(routes, proc
         captioner = SoliOnnxCaptioner(folder, num_threads=1)
         np.testing.assert_array_equal(captioner.generate(pixel_values.numpy(), num_beams=num_beams), expected.numpy())
         assert captioner.caption(images, num_beams=num_beams) == captions
+
+
+def test_optimum_quantizer_gives_the_weights_of_onnxruntime_quantize_dynamic(routes, images, tmp_path) -> None:
+    """`quantize_onnx` through Optimum's `ORTQuantizer` + `AutoQuantizationConfig.arm64` (in the overlay) and
+    through `onnxruntime.quantization` (here) apply the same settings: the same int8 weights and captions."""
+    from soli_hf.onnx.quantize import quantize_onnx
+
+    optimum_int8 = routes["int8"]
+    assert json.loads((optimum_int8 / spec.MANIFEST_NAME).read_text())["quantization"]["backend"] == "optimum"
+    quantize_onnx(routes["folders"]["optimum"], tmp_path, target="arm64", backend="onnxruntime")
+    for graph in spec.GRAPHS:
+        weights = [
+            {init.name: onnx.numpy_helper.to_array(init) for init in onnx.load(folder / graph.file_name).graph.initializer}
+            for folder in (optimum_int8, tmp_path)
+        ]
+        assert weights[0].keys() == weights[1].keys() and any(name.endswith("_quantized") for name in weights[0])
+        for name, values in weights[0].items():
+            np.testing.assert_array_equal(values, weights[1][name])
+    captions = [SoliOnnxCaptioner(folder, num_threads=1).caption(images) for folder in (optimum_int8, tmp_path)]
+    assert captions[0] == captions[1]
 
 
 @pytest.mark.parametrize("side", [4, 8, 6])
