@@ -1,0 +1,643 @@
+"""Does SOLI's ONNX model give the same captions on aarch64 (ARM64) onnxruntime as on x86? Checked on this x86
+machine with an aarch64 Python 3.11 under qemu-user (set up by scripts/setup_arm64.sh):
+
+    scripts/setup_arm64.sh
+    .venv/bin/python scripts/check_arm.py                       # int8 (arm64 target) 160 + fp32 20 dev images
+    .venv/bin/python scripts/check_arm.py --onnx DIR --num-images 30 --cpu cortex-a72 --out /tmp/arm
+    .venv/bin/python scripts/check_arm.py --onnx DIR --images a.jpg b.png
+
+For each ONNX folder it captions the images on x86 (this Python, onnxruntime) and in the aarch64 Python (under
+`qemu-aarch64 -cpu MODEL`, PYTHONPATH = the repository, no torch there: the torch-free path), greedy and
+with the model's default beam size, and compares caption by caption. It writes `check.json` and `check.md`
+(default benchmarks/arm64/): machines, versions, identical counts, every difference, wall times. Exit status:
+0 all identical, 3 some caption differs, 1 an aarch64 run failed.
+
+Both sides caption with the same code (`caption_modes`: preprocess and encode once per batch, then each search,
+as `SoliOnnxCaptioner.generate()` does), and on x86 that is checked to equal `SoliOnnxCaptioner.caption()`.
+By default the folders are `.cache/arm64/onnx/int8-arm64` (`quantize_onnx(..., target="arm64")`) and
+`.cache/arm64/onnx/fp32`, exported from models/soli-flickr8k-lr64 when missing (that needs torch on x86).
+`--cpu` takes qemu CPU models, "trixie:MODEL" for Debian trixie's qemu 10.0 (default: cortex-a76, cortex-a72,
+trixie:max); the CPUs after the first caption only the first `--extra-cpu-images` images of the first folder.
+Before that, two probes: `import onnxruntime` under qemu 7.2 with the host's /proc/cpuinfo (it crashes), and the
+int8 encoder on a random batch with SME on and off under both qemus (qemu 7.2 miscomputes SME).
+
+Under qemu every NEON float instruction is emulated in software, so ARM timings here say nothing about a real
+ARM board (one image takes ~2 s here, mostly the float32 MobileNetV2 encoder); they only size the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("ARM64_CACHE", ROOT / ".cache" / "arm64")).resolve()  # as in setup_arm64.sh
+ROOTFS = CACHE / "rootfs"
+DEV_LIST = Path("/work/shared/data/flickr8k/Flickr8k_text/Flickr_8k.devImages.txt")
+DEV_IMAGES = Path("/work/shared/data/flickr8k/Flicker8k_Dataset")
+SHIPPED_MODEL = ROOT / "models" / "soli-flickr8k-lr64"
+# N chosen so that a default run takes < 15 min on this 2-core machine shared with other jobs (~3 s per image
+# under qemu when loaded): a first run with 200 int8 + 40 fp32 images took 16.9 min.
+DEFAULT_ONNX = [(CACHE / "onnx" / "int8-arm64", 160), (CACHE / "onnx" / "fp32", 20)]
+# The emulators: Debian bookworm's qemu-user-static 7.2 (apt) and trixie's qemu-user 10.0 (setup_arm64.sh step 1b).
+EMULATORS = {"bookworm": "qemu-aarch64-static", "trixie": str(CACHE / "qemu-trixie" / "bin" / "qemu-aarch64")}
+DEFAULT_CPUS = ["cortex-a76", "cortex-a72", "trixie:max"]
+SME_PROBE_CPUS = ["max", "max,sme=off", "trixie:max", "trixie:max,sme=off"]
+ISSUE = (
+    "ARM: the int8 model runs under aarch64 onnxruntime and gives the same captions as on x86 (Debian's qemu-user "
+    "and aarch64 wheels from PyPI make this checkable here)"
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Both sides (x86 and the aarch64 guest): numpy, pillow, onnxruntime and soli_hf.onnx only.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def caption_modes(captioner: Any, images: list[str], beam_sizes: list[int]) -> tuple[dict[int, list[str]], dict, list]:
+    """Captions of `images` for each beam size, preprocessing and encoding once (what `generate()` does per call).
+
+    Returns (captions by beam size, seconds by step, the encoder outputs).
+    """
+    from soli_hf.onnx.runtime import beam_search, greedy_search
+
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    pixel_values = captioner.preprocess(images)
+    seconds["preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = captioner.encode(pixel_values)
+    seconds["encode"] = time.perf_counter() - start
+    captions = {}
+    for num_beams in beam_sizes:
+        start = time.perf_counter()
+        settings = captioner.settings(num_beams=num_beams)
+        decoder = captioner.decoder_session(encoded, settings.num_beams)
+        search = greedy_search if settings.num_beams == 1 else beam_search
+        captions[num_beams] = captioner.decode(search(decoder, len(images), settings))
+        seconds[f"decode_beams{num_beams}"] = time.perf_counter() - start
+    return captions, seconds, encoded
+
+
+def runtime_info() -> dict[str, Any]:
+    """Machine and package versions of this process, and whether torch/transformers got imported."""
+    import numpy
+    import onnxruntime
+    import PIL
+
+    info = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_device": onnxruntime.get_device(),
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "torch_imported": "torch" in sys.modules,
+        "transformers_imported": "transformers" in sys.modules,
+    }
+    try:  # the emulated CPU's features (from its HWCAPs, written by setup_arm64.sh) or the host's flags
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "CPU part", "Features"):
+                info[f"cpuinfo_{key.strip().replace(' ', '_').lower()}"] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def encode_arrays(arrays: list) -> str:
+    """numpy arrays as one base64 .npz (to send the guest's encoder outputs to the host; never written to disk)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_arrays(text: str) -> list:
+    import numpy as np
+
+    with np.load(io.BytesIO(base64.b64decode(text))) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def guest_main() -> int:
+    """The aarch64 side: a job (JSON) on stdin, one JSON line per event on stdout."""
+    job = json.loads(sys.stdin.read())
+    os.environ.setdefault("SOLI_HF_NO_TORCH", "1")
+    start = time.perf_counter()
+    from soli_hf.onnx import SoliOnnxCaptioner
+
+    captioner = SoliOnnxCaptioner(job["onnx_dir"], num_threads=job["threads"])
+    info = runtime_info()
+    info["load_seconds"] = time.perf_counter() - start
+    print(json.dumps({"event": "info", **info}), flush=True)
+    images, size = job["images"], job["batch_size"]
+    for index in range(0, len(images), size):
+        captions, seconds, encoded = caption_modes(captioner, images[index : index + size], job["beam_sizes"])
+        event = {"event": "batch", "start": index, "captions": captions, "seconds": seconds}
+        if index == 0:
+            event["encoded"] = encode_arrays(encoded)
+        print(json.dumps(event), flush=True)
+    print(json.dumps({"event": "done"}), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The host (x86) side.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_text(command: list[str], **kwargs: Any) -> str:
+    """A command's first output line, or "" if it cannot run."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, **kwargs).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def parse_target(spec: str) -> tuple[str, str]:
+    """"[EMULATOR:]CPU" (e.g. "cortex-a76", "trixie:max", "max,sme=off") -> (emulator name, qemu -cpu value)."""
+    emulator, _, cpu = spec.rpartition(":")
+    emulator = emulator or "bookworm"
+    if emulator not in EMULATORS:
+        sys.exit(f"check_arm.py: --cpu {spec}: emulator must be one of {sorted(EMULATORS)}")
+    return emulator, cpu
+
+
+def sysroot(cpu: str) -> Path:
+    """The qemu -L sysroot of a CPU model (its ARM /proc/cpuinfo); "max,sme=off" uses max's."""
+    return CACHE / "cpu" / cpu.split(",")[0]
+
+
+def qemu_command(spec: str, root: Path | None = None) -> list[str]:
+    emulator, cpu = parse_target(spec)
+    python = str(ROOTFS / "usr" / "bin" / "python3.11")
+    return [EMULATORS[emulator], "-cpu", cpu, "-L", str(root or sysroot(cpu)), python]
+
+
+def qemu_version(spec: str) -> str:
+    return run_text([EMULATORS[parse_target(spec)[0]], "--version"])
+
+
+def check_setup(cpus: list[str]) -> None:
+    """Exit with a clear message when scripts/setup_arm64.sh has not been run (or not for these CPU models)."""
+    problems = []
+    for emulator in sorted({parse_target(spec)[0] for spec in cpus}):
+        if not run_text([EMULATORS[emulator], "--version"]):
+            problems.append(f"the {emulator} qemu ({EMULATORS[emulator]}) does not run")
+    if not (ROOTFS / "usr" / "bin" / "python3.11").is_file():
+        problems.append(f"no aarch64 rootfs at {ROOTFS}")
+    for root in dict.fromkeys(sysroot(parse_target(spec)[1]) for spec in cpus):
+        if not (root / "proc" / "cpuinfo").is_file():
+            problems.append(f"no qemu sysroot {root}")
+    if problems:
+        sys.exit(f"check_arm.py: {'; '.join(problems)}: run scripts/setup_arm64.sh (ARM64_CPU_MODELS for other CPUs)")
+
+
+def probe_without_cpuinfo(cpu: str) -> dict[str, Any]:
+    """`import onnxruntime` in the aarch64 Python with qemu's pass-through (x86) /proc/cpuinfo, which is why
+    setup_arm64.sh writes an ARM one: records what happens (a segmentation fault with onnxruntime 1.31.1)."""
+    command = [*qemu_command(cpu, ROOTFS), "-c", "import onnxruntime; print(onnxruntime.__version__)"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd="/tmp", timeout=300)
+    output = (result.stdout + result.stderr).strip()
+    return {
+        "command": shlex.join(command).replace(str(ROOT) + "/", ""),
+        "returncode": result.returncode,
+        "output": output[-400:],
+    }
+
+
+SME_PROBE = """
+import sys, numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+shape = [2 if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+outputs = session.run(None, {session.get_inputs()[0].name: x})
+print(" ".join(str(float(v)) for out in outputs for v in out.ravel()[:4096]))
+"""
+
+
+def probe_sme(onnx_dir: Path, specs: list[str]) -> list[dict[str, Any]]:
+    """The int8 encoder on a seeded random batch (no image data) under each qemu/CPU: max |x86 - aarch64| of its
+    outputs' first values. Shows that bookworm's qemu 7.2 miscomputes onnxruntime's SME int8 path (-cpu max)."""
+    import numpy as np
+
+    encoder = str((onnx_dir / "encoder.onnx").resolve())
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    x86 = subprocess.run([sys.executable, "-c", SME_PROBE, encoder], capture_output=True, text=True, check=True)
+    reference = np.array(x86.stdout.split(), dtype=np.float64)
+    results = []
+    for spec in specs:
+        run = subprocess.run([*qemu_command(spec), "-c", SME_PROBE, encoder], capture_output=True, text=True, env=env)
+        entry: dict[str, Any] = {"cpu": spec, "qemu": qemu_version(spec), "returncode": run.returncode}
+        if run.returncode == 0:
+            values = np.array(run.stdout.split(), dtype=np.float64)
+            entry["max_abs_diff_vs_x86"] = float(np.max(np.abs(values - reference)))
+        else:
+            entry["error"] = run.stderr.strip()[-400:]
+        results.append(entry)
+        outcome = entry.get("max_abs_diff_vs_x86", entry.get("error"))
+        print(f"  encoder outputs, random batch, -cpu {spec}: max |x86 - aarch64| {outcome}", flush=True)
+    return results
+
+
+def build_default_folders(folders: list[Path]) -> None:
+    """Export models/soli-flickr8k-lr64 (fp32) and quantize it (int8, arm64 target) where the default folders are
+    missing (a subprocess, so this process stays torch-free)."""
+    fp32, int8 = CACHE / "onnx" / "fp32", CACHE / "onnx" / "int8-arm64"
+    wanted = {fp32, int8} & {folder.resolve() for folder in folders}
+    if not any(not (folder / "soli_onnx.json").is_file() for folder in wanted):
+        return
+    print(f"check_arm.py: exporting {SHIPPED_MODEL.name} to {fp32} and quantizing it (arm64) to {int8}", flush=True)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from soli_hf.onnx.export import export_onnx\n"
+        "from soli_hf.onnx.quantize import quantize_onnx\n"
+        "model, fp32, int8 = map(Path, sys.argv[1:])\n"
+        "if not (fp32 / 'soli_onnx.json').is_file(): export_onnx(model, fp32)\n"
+        "if not (int8 / 'soli_onnx.json').is_file(): quantize_onnx(fp32, int8, target='arm64')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "SOLI_HF_NO_TORCH"}  # export needs torch
+    command = [sys.executable, "-c", code, str(SHIPPED_MODEL), str(fp32), str(int8)]
+    subprocess.run(command, check=True, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+
+def dev_images(count: int) -> list[str]:
+    if not DEV_LIST.is_file():
+        sys.exit(f"check_arm.py: no Flickr8k dev list at {DEV_LIST} (use --images FILE ...)")
+    names = [line.strip() for line in DEV_LIST.read_text().splitlines() if line.strip()]
+    return [str(DEV_IMAGES / name) for name in names[:count]]
+
+
+def progress(total: int, description: str):
+    """A tqdm bar on stderr (updates at least every 30 s when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    interval = 1 if sys.stderr.isatty() else 30
+    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, mininterval=interval)
+
+
+def caption_x86(onnx_dir: Path, images: list[str], beam_sizes: list[int], args: argparse.Namespace) -> dict:
+    """x86 captions (caption_modes) for all images, checked against `SoliOnnxCaptioner.caption()`."""
+    from soli_hf.onnx import SoliOnnxCaptioner
+
+    start = time.perf_counter()
+    captioner = SoliOnnxCaptioner(onnx_dir, num_threads=args.threads)
+    captions: dict[int, list[str]] = {k: [] for k in beam_sizes}
+    seconds: dict[str, float] = {}
+    public_mismatches = 0
+    first_encoded = None
+    with progress(len(images), f"x86 {onnx_dir.name}") as bar:
+        for index in range(0, len(images), args.batch_size):
+            batch = images[index : index + args.batch_size]
+            got, spent, encoded = caption_modes(captioner, batch, beam_sizes)
+            first_encoded = first_encoded if first_encoded is not None else encoded
+            for key, value in spent.items():
+                seconds[key] = seconds.get(key, 0.0) + value
+            for k in beam_sizes:
+                captions[k] += got[k]
+                public_mismatches += sum(a != b for a, b in zip(got[k], captioner.caption(batch, num_beams=k)))
+            bar.update(len(batch))
+    return {
+        "captions": captions,
+        "seconds": seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "caption_api_mismatches": public_mismatches,
+        "encoded": first_encoded,
+        "default_num_beams": captioner.generation.num_beams,
+        "quantization": captioner.manifest.get("quantization"),
+        "info": runtime_info(),
+    }
+
+
+def caption_arm(onnx_dir: Path, images: list[str], beam_sizes: list[int], cpu: str, args: argparse.Namespace) -> dict:
+    """The same captions from the aarch64 Python under qemu (`guest_main`), with a progress bar."""
+    job = {
+        "onnx_dir": str(onnx_dir.resolve()),
+        "images": [str(Path(image).resolve()) for image in images],
+        "beam_sizes": beam_sizes,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+    }
+    command = [*qemu_command(cpu), str(Path(__file__).resolve()), "--guest"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SOLI_HF_NO_TORCH": "1", "PYTHONNOUSERSITE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=ROOT)
+    process.stdin.write(json.dumps(job))
+    process.stdin.close()
+    result: dict[str, Any] = {"captions": {k: [] for k in beam_sizes}, "seconds": {}, "done": False}
+    with progress(len(images), f"aarch64 ({cpu}) {onnx_dir.name}") as bar:
+        for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] == "info":
+                result["info"] = {k: v for k, v in event.items() if k != "event"}
+            elif event["event"] == "batch":
+                for k in beam_sizes:
+                    result["captions"][k] += event["captions"][str(k)]
+                for key, value in event["seconds"].items():
+                    result["seconds"][key] = result["seconds"].get(key, 0.0) + value
+                if "encoded" in event:
+                    result["encoded"] = decode_arrays(event["encoded"])
+                bar.update(len(event["captions"][str(beam_sizes[0])]))
+            elif event["event"] == "done":
+                result["done"] = True
+    stderr = process.stderr.read()
+    result["returncode"] = process.wait()
+    result["wall_seconds"] = time.perf_counter() - start
+    result["command"] = " ".join(command).replace(str(ROOT) + "/", "")
+    if result["returncode"] != 0 or not result["done"]:
+        result["error"] = stderr.strip()[-2000:]
+    return result
+
+
+def compare(onnx_dir: Path, cpu: str, images: list[str], x86: dict, arm: dict, beam_sizes: list[int]) -> dict:
+    """One row of the report: identical counts and the differences, per search."""
+    import numpy as np
+
+    row: dict[str, Any] = {
+        "onnx_dir": str(onnx_dir.resolve()).replace(str(ROOT) + "/", ""),
+        "quantization": x86["quantization"],
+        "cpu": cpu,
+        "qemu": qemu_version(cpu),
+        "images": len(images),
+        "arm64": arm.get("info"),
+        "arm64_command": arm["command"],
+        "arm64_returncode": arm["returncode"],
+        "arm64_wall_seconds": round(arm["wall_seconds"], 1),
+        "arm64_seconds": {key: round(value, 2) for key, value in arm["seconds"].items()},
+        "modes": {},
+    }
+    if "error" in arm:
+        row["arm64_error"] = arm["error"]
+    done = len(arm["captions"][beam_sizes[0]])
+    row["images_captioned_on_arm64"] = done
+    for k in beam_sizes:
+        pairs = list(zip(images, x86["captions"][k][: len(images)], arm["captions"][k]))
+        row["modes"][f"num_beams={k}"] = {
+            "identical": sum(a == b for _, a, b in pairs),
+            "compared": len(pairs),
+            "differences": [{"image": Path(i).name, "x86": a, "arm64": b} for i, a, b in pairs if a != b],
+        }
+    if arm.get("encoded") is not None and x86["encoded"] is not None:
+        names = ["memory", "keys", "hidden", "cell"]
+        count = len(arm["encoded"][0])
+        row["encoder_max_abs_diff_first_batch"] = {
+            name: float(np.max(np.abs(a[:count] - b))) for name, a, b in zip(names, x86["encoded"], arm["encoded"])
+        }
+    return row
+
+
+def markdown(report: dict) -> str:
+    """check.md: set-up, one row per (ONNX folder, emulated CPU), the differences, the probes."""
+    from soli_hf.markdown import markdown_table
+
+    host = report["x86"]
+    lines = [
+        "# SOLI ONNX on aarch64 (ARM64) vs x86: same captions?",
+        "",
+        f"Issue: {ISSUE}.",
+        "",
+        f"Written by `scripts/check_arm.py` on {report['date']} ({report['wall_seconds'] / 60:.1f} min wall). "
+        f"Command: `{report['command']}`.",
+        "",
+        "## Set-up",
+        "",
+        f"- x86: {host.get('cpuinfo_model_name', host['machine'])} ({host['machine']}, {report['host_cores']} cores), "
+        f"Python {host['python']}, numpy {host['numpy']}, pillow {host['pillow']}, onnxruntime {host['onnxruntime']} "
+        f"({host['onnxruntime_device']}).",
+        f"- aarch64: Debian {report['rootfs']} arm64 rootfs (mmdebstrap, variant extract) with Python 3.11 and the "
+        "PyPI aarch64 wheels of the same numpy, pillow and onnxruntime, run by "
+        + " or ".join(
+            f"{name}'s {version.replace('qemu-aarch64 version', 'qemu')}"
+            for name, version in report["qemu"].items()
+            if version
+        )
+        + " (`qemu-aarch64 -cpu MODEL -L SYSROOT`, no binfmt_misc, no chroot); `scripts/setup_arm64.sh` builds it. "
+        "PYTHONPATH is the repository; torch and transformers are not installed there.",
+        "- Both sides run `caption_modes` (preprocess + encode once per batch, then greedy search and beam search) "
+        f"with {report['threads']} onnxruntime thread(s), batches of {report['batch_size']}; on x86 its captions "
+        f"equal `SoliOnnxCaptioner.caption()` ({report['caption_api_mismatches']} mismatches).",
+        f"- Images: {report['image_source']}.",
+        "",
+        "## Results",
+        "",
+    ]
+    modes = list(report["rows"][0]["modes"]) if report["rows"] else []
+    header = ["ONNX model", "qemu", "-cpu", "aarch64 process reports", "images"]
+    header += [f"identical, {mode}" for mode in modes] + ["aarch64 wall (qemu)", "x86 wall"]
+    rows = []
+    for row in report["rows"]:
+        arm, quant = row["arm64"] or {}, row["quantization"]
+        emulator, cpu = parse_target(row["cpu"])
+        cells = [
+            f"int8 ({quant['name']} target, {quant['weights_dtype']} weights, dynamic)" if quant else "fp32",
+            row["qemu"].replace("qemu-aarch64 version ", "").split(" (")[0] + f" ({emulator})",
+            cpu,
+            f"{arm.get('machine', '?')}, onnxruntime {arm.get('onnxruntime', '?')} "
+            f"{arm.get('onnxruntime_device', '?')}, torch imported: {arm.get('torch_imported', '?')}",
+            row["images"],
+        ]
+        cells += [f"{m['identical']}/{m['compared']}" for m in row["modes"].values()]
+        captioned = max(row["images_captioned_on_arm64"], 1)
+        cells += [
+            f"{row['arm64_wall_seconds']:.0f} s ({row['arm64_wall_seconds'] / captioned:.2f} s/image)",
+            f"{row['x86_wall_seconds']:.1f} s",
+        ]
+        rows.append(cells)
+    lines += [markdown_table(header, rows), ""]
+    lines += [
+        "Identical = the same caption string on both sides; greedy is num_beams=1, the other column the model's "
+        "default beam search. Time under qemu is software emulation on this x86 machine (NEON float arithmetic is "
+        "emulated instruction by instruction), not a prediction for a real ARM board; x86 wall includes checking "
+        "against `caption()`. Rows after the first int8 row caption only the first images.",
+        "",
+        "Encoder outputs of the first batch, max |x86 − aarch64|:",
+        "",
+    ]
+    lines += [
+        f"- {'int8' if row['quantization'] else 'fp32'}, -cpu {row['cpu']}: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in row.get("encoder_max_abs_diff_first_batch", {}).items())
+        for row in report["rows"]
+    ]
+    lines += ["", "## Differences", ""]
+    any_difference = False
+    for row in report["rows"]:
+        kind = "int8" if row["quantization"] else "fp32"
+        for mode, result in row["modes"].items():
+            for diff in result["differences"]:
+                any_difference = True
+                lines.append(f"- {kind}, -cpu {row['cpu']}, {mode}, {diff['image']}: x86 “{diff['x86']}” / "
+                             f"aarch64 “{diff['arm64']}”")
+        if "arm64_error" in row:
+            any_difference = True
+            lines += [f"- {kind}, -cpu {row['cpu']}: the aarch64 run failed (exit {row['arm64_returncode']}):", "",
+                      "```", row["arm64_error"], "```"]
+    if not any_difference:
+        lines.append("None: every caption is identical.")
+    probe = report.get("probe_without_arm_cpuinfo")
+    if probe:
+        lines += [
+            "",
+            "## What failed first: `import onnxruntime` under qemu 7.2 with the host's /proc/cpuinfo",
+            "",
+            "qemu 7.2 (bookworm) shows an aarch64 guest the host's x86 /proc/cpuinfo. onnxruntime's aarch64 build "
+            "reads it at import (its pytorch/cpuinfo initialisation; the last calls before the crash read "
+            "/proc/cpuinfo, then /sys/devices/system/cpu/cpu*/cache/index2/*) and dies. qemu looks absolute paths up "
+            "in its -L sysroot first, so `setup_arm64.sh` gives each sysroot (`.cache/arm64/cpu/MODEL`) an ARM "
+            "/proc/cpuinfo made from the emulated CPU's MIDR_EL1 and AT_HWCAP/AT_HWCAP2; then the import works. "
+            "(qemu 10.0 writes an ARM /proc/cpuinfo itself.) Re-checked by this run, without that file:",
+            "",
+            "```",
+            f"$ {probe['command']}",
+            probe["output"],
+            f"(exit status {probe['returncode']})",
+            "```",
+        ]
+    sme = report.get("probe_sme")
+    if sme:
+        lines += [
+            "",
+            "## qemu 7.2 and SME (`-cpu max`)",
+            "",
+            "When the CPU reports SME, onnxruntime 1.31.1 runs the int8 model's `DynamicQuantizeMatMul` with "
+            "KleidiAI kernels (`kai_matmul_clamp_f32_qai8dxp_qsi8cxp`: activations quantized to int8 per row) instead "
+            "of MLAS's (activations quantized to uint8 per tensor, as on x86), so its results differ from x86 by more "
+            "than other ARM CPUs' do, and a caption can change. bookworm's qemu 7.2 emulates those SME instructions "
+            "wrongly: under its `-cpu max` the int8 encoder's `keys` output is far off and the captions are "
+            "nonsense, while with `sme=off`, or under trixie's qemu 10.0 (both advertise SME, not SME2, so "
+            "onnxruntime picks the same kernels), it is close to x86. So `-cpu max` rows use qemu 10.0. The int8 "
+            f"encoder (`{sme['onnx_dir'].replace(str(ROOT) + '/', '')}`) on a seeded random batch (no image data), "
+            "max |x86 − aarch64| over its outputs' first values:",
+            "",
+        ]
+        lines += [
+            markdown_table(
+                ["qemu", "-cpu", "max abs diff vs x86"],
+                [
+                    [
+                        entry["qemu"].replace("qemu-aarch64 version ", "").split(" (")[0],
+                        parse_target(entry["cpu"])[1],
+                        f"{entry['max_abs_diff_vs_x86']:.3g}" if "max_abs_diff_vs_x86" in entry
+                        else f"failed: {entry.get('error', '')[-120:]}",
+                    ]
+                    for entry in sme["results"]
+                ],
+            )
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Same captions on aarch64 onnxruntime (under qemu-user) as on x86?")
+    parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", type=Path, action="append",
+                        help="an ONNX folder (repeatable; default: int8-arm64 and fp32 under .cache/arm64/onnx)")
+    parser.add_argument("--num-images", type=int, action="append",
+                        help="Flickr8k dev images per --onnx folder (once per folder, or once for all; "
+                        "default 160 int8, 20 fp32)")
+    parser.add_argument("--images", nargs="+", help="caption these files instead of Flickr8k dev images")
+    parser.add_argument("--cpu", action="append",
+                        help="[bookworm:|trixie:]qemu CPU model (repeatable; default: cortex-a76 (Raspberry Pi 5's "
+                        "core), "
+                        "cortex-a72 (Pi 4's), trixie:max (SVE, SME, i8mm, under qemu 10.0))")
+    parser.add_argument("--extra-cpu-images", type=int, default=20,
+                        help="images for the CPUs after the first (first --onnx folder only)")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads on both sides")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "arm64")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="skip the probes (no ARM /proc/cpuinfo under qemu 7.2; SME on and off)")
+    args = parser.parse_args(argv)
+    if args.guest:
+        return guest_main()
+
+    os.environ["SOLI_HF_NO_TORCH"] = "1"  # this process, too, uses the torch-free runtime
+    started, wall_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.perf_counter()
+    folders = args.onnx or [folder for folder, _ in DEFAULT_ONNX]
+    counts = args.num_images or ([n for _, n in DEFAULT_ONNX] if not args.onnx else [200])
+    if len(counts) == 1:
+        counts = counts * len(folders)
+    if len(counts) != len(folders):
+        parser.error("give --num-images once, or once per --onnx folder")
+    cpus = args.cpu or DEFAULT_CPUS
+    check_setup(cpus + ([] if args.no_probe else SME_PROBE_CPUS))
+    build_default_folders(folders)
+    if args.images:
+        missing = [image for image in args.images if not Path(image).is_file()]
+        if missing:
+            parser.error(f"no such image(s): {missing}")
+        counts = [len(args.images)] * len(folders)
+        pool, source = list(args.images), f"{len(args.images)} files given with --images"
+    else:
+        pool = dev_images(max(counts))
+        source = f"the first N of Flickr8k's {DEV_LIST.name} (N per row below)"
+    report: dict[str, Any] = {
+        "issue": ISSUE,
+        "date": started,
+        "command": " ".join(["python", *sys.argv]).replace(str(ROOT) + "/", ""),
+        "qemu": {name: run_text([path, "--version"]) for name, path in EMULATORS.items()},
+        "rootfs": run_text(["cat", str(ROOTFS / "etc" / "debian_version")]) or "bookworm",
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "image_source": source,
+        "host_cores": os.cpu_count(),
+        "rows": [],
+    }
+    if not args.no_probe:
+        print("check_arm.py: import onnxruntime on aarch64 without an ARM /proc/cpuinfo (expected to fail)", flush=True)
+        report["probe_without_arm_cpuinfo"] = probe_without_cpuinfo("cortex-a76")
+        int8 = next((f for f in folders if "quantization" in json.loads((f / "soli_onnx.json").read_text())), None)
+        if int8 is not None:
+            print(f"check_arm.py: int8 encoder of {int8} on a random batch, SME on and off", flush=True)
+            report["probe_sme"] = {"onnx_dir": str(int8), "results": probe_sme(int8, SME_PROBE_CPUS)}
+    mismatches = 0
+    for position_folder, (folder, count) in enumerate(zip(folders, counts)):
+        images = pool[:count]
+        from soli_hf.onnx.runtime import read_manifest
+
+        default_beams = read_manifest(folder)["generation"]["num_beams"]
+        beam_sizes = sorted({1, default_beams})
+        x86 = caption_x86(folder, images, beam_sizes, args)
+        mismatches += x86["caption_api_mismatches"]
+        report["x86"] = x86["info"]
+        for position, cpu in enumerate(cpus if position_folder == 0 else cpus[:1]):
+            subset = images if position == 0 else images[: args.extra_cpu_images]
+            arm = caption_arm(folder, subset, beam_sizes, cpu, args)
+            row = compare(folder, cpu, subset, x86, arm, beam_sizes)
+            row["x86_wall_seconds"] = round(x86["wall_seconds"], 1)
+            row["x86_seconds"] = {key: round(value, 3) for key, value in x86["seconds"].items()}
+            report["rows"].append(row)
+            modes = row["modes"].items()
+            summary = ", ".join(f"{mode}: {m['identical']}/{m['compared']} identical" for mode, m in modes)
+            print(f"{row['onnx_dir']} -cpu {cpu}: {summary} ({row['arm64_wall_seconds']:.0f} s on aarch64)", flush=True)
+            if "arm64_error" in row:
+                print(f"  aarch64 run failed (exit {row['arm64_returncode']}): {row['arm64_error'][-500:]}", flush=True)
+    report["caption_api_mismatches"] = mismatches
+    report["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "check.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (args.out / "check.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {args.out / 'check.json'} and {args.out / 'check.md'} ({report['wall_seconds'] / 60:.1f} min)")
+    failed = any("arm64_error" in row for row in report["rows"])
+    different = any(m["identical"] != m["compared"] for row in report["rows"] for m in row["modes"].values())
+    return 1 if failed else (3 if different else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
