@@ -1,8 +1,8 @@
 """How much int8 quantization changes SOLI's captions: float32 vs int8 ONNX folders on a caption split.
 
     soli export --model models/soli-flickr8k-lr64 --out onnx/fp32
-    soli export --model models/soli-flickr8k-lr64 --out onnx/int8-arm64 --quantize arm64
-    python scripts/evaluate_onnx.py --fp32 onnx/fp32 --int8 onnx/int8-arm64 \
+    soli export --model models/soli-flickr8k-lr64 --out onnx/int8 --quantize arm64
+    python scripts/evaluate_onnx.py --fp32 onnx/fp32 --int8 onnx/int8 \
         --data ../shared/data/flickr8k --split dev [--agreement-images 200] [--out benchmarks/onnx_int8_dev]
 
 For greedy search and the model's default beam size: the share of the first `--agreement-images` images whose
