@@ -116,6 +116,18 @@ class SmallInitConv2d(nn.Conv2d):
     type): the SR module starts as almost plain bicubic upsampling, yet every SR weight gets a gradient."""
 
 
+class BicubicUpsample(nn.Module):
+    """Plain bicubic upsampling by an integer `scale` (`F.interpolate`, `align_corners=False`): what branch B sees at
+    curriculum_alpha = 0. A module without weights, so that an exporter can put an equal one in its place."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(pixel_values, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
 class SoliSuperResolution(nn.Module):
     """ESPCN-style sub-pixel CNN: `x_sr = bicubic_upsample(x_lr) + PixelShuffle(convs(x_lr))`.
 
@@ -134,10 +146,7 @@ class SoliSuperResolution(nn.Module):
         )
         self.to_subpixels = SmallInitConv2d(width // 2, 3 * scale * scale, kernel_size=3, padding=1)
         self.shuffle = nn.PixelShuffle(scale)
-
-    def upsample(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Plain bicubic upsampling by `sr_scale` (what branch B sees at curriculum_alpha = 0)."""
-        return F.interpolate(pixel_values, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        self.upsample = BicubicUpsample(scale)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(super_resolved, bicubic_upsampled)`."""

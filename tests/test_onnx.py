@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -259,17 +260,24 @@ def test_min_new_tokens_matches_generate(exported, processor, images) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_model_on_flickr8k_dev_photos(tmp_path) -> None:
+@pytest.mark.parametrize("inference_branches", ["both", "lr"])
+def test_shipped_model_on_flickr8k_dev_photos(tmp_path, inference_branches) -> None:
+    """The first N dev photos (N = $SOLI_ONNX_PARITY_IMAGES, 8 by default): greedy and the model's beam search give
+    `generate()`'s token ids, and `caption()` on the files gives the processor's decoded captions."""
     dev_list = FLICKR8K / "Flickr8k_text" / "Flickr_8k.devImages.txt"
     if not dev_list.is_file() or not DEFAULT_MODEL_DIR.is_dir():
         pytest.skip("needs ../shared/data/flickr8k and models/soli-flickr8k-lr64")
-    files = [str(FLICKR8K / "Flicker8k_Dataset" / name) for name in dev_list.read_text().split()[:8]]
-    export_onnx(DEFAULT_MODEL_DIR, tmp_path)
+    count = int(os.environ.get("SOLI_ONNX_PARITY_IMAGES", "8"))
+    files = [str(FLICKR8K / "Flicker8k_Dataset" / name) for name in dev_list.read_text().split()[:count]]
     model = SoliForConditionalGeneration.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    model.config.inference_branches = inference_branches
     processor = SoliProcessor.from_pretrained(DEFAULT_MODEL_DIR)
-    with torch.no_grad():
-        ids = model.generate(**processor(images=files, return_tensors="pt"))
-    expected = processor.batch_decode(ids, skip_special_tokens=True)
+    export_onnx(model, tmp_path, processor=processor)
     captioner = SoliOnnxCaptioner(tmp_path, num_threads=1)
     assert captioner.generation.num_beams == 3 and captioner.generation.no_repeat_ngram_size == 3
-    assert captioner.caption(files) == expected
+    pixel_values = processor(images=files, return_tensors="pt")["pixel_values"]
+    for num_beams in (1, 3):
+        with torch.no_grad():
+            expected = model.generate(pixel_values=pixel_values, num_beams=num_beams)
+        np.testing.assert_array_equal(captioner.generate(pixel_values.numpy(), num_beams=num_beams), expected.numpy())
+    assert captioner.caption(files) == processor.batch_decode(expected, skip_special_tokens=True)

@@ -14,13 +14,12 @@ import onnx.numpy_helper
 import pytest
 import torch
 from conftest import run_python
-from torch import nn
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 
 from soli_hf.onnx import spec  # noqa: E402
-from soli_hf.onnx.export import SoliEncoderGraph, StaticGridPool, export_onnx, optimum_exporter_missing  # noqa: E402
+from soli_hf.onnx.export import export_onnx, optimum_exporter_missing  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 from test_onnx import image_sensitive_tiny_model  # noqa: E402
 
@@ -142,20 +141,6 @@ def test_optimum_quantizer_gives_the_weights_of_onnxruntime_quantize_dynamic(rou
             np.testing.assert_array_equal(values, weights[1][name])
     captions = [SoliOnnxCaptioner(folder, num_threads=1).caption(images) for folder in (optimum_int8, tmp_path)]
     assert captions[0] == captions[1]
-
-
-@pytest.mark.parametrize("side", [4, 8, 6])
-def test_static_grid_pool_is_the_adaptive_pool(side) -> None:
-    """Exactly equal where the side is a multiple of the grid (a fixed kernel), the adaptive pool otherwise."""
-    features = torch.randn(3, 5, side, side)
-    np.testing.assert_array_equal(StaticGridPool(4)(features).numpy(), nn.AdaptiveAvgPool2d(4)(features).numpy())
-
-
-def test_encoder_graph_leaves_the_model_as_it_is(tiny_model) -> None:
-    graph = SoliEncoderGraph(tiny_model)
-    assert isinstance(graph.encoder.pool, StaticGridPool)
-    assert isinstance(tiny_model.encoder.pool, nn.AdaptiveAvgPool2d)
-    assert graph.encoder.backbone is tiny_model.encoder.backbone
 
 
 def test_optimum_backend_without_optimum_names_what_is_missing(tiny_model, processor, tmp_path) -> None:

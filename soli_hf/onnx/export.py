@@ -1,7 +1,7 @@
 """Export SOLI to two ONNX graphs (the encoder, one decoder step) plus `soli_onnx.json` for the runtime.
 
-Two routes write the same folder from the same graph modules (`SoliEncoderGraph`, `SoliDecoderStepGraph`) and the
-same input/output specs (`spec.py`):
+Two routes write the same folder from the same graph modules (`graphs.py`: `SoliEncoderGraph`,
+`SoliDecoderStepGraph`) and the same input/output specs (`spec.py`):
 
 - "torch": `torch.onnx.export(..., dynamo=True)`, the `torch.export`-based exporter (needs `onnxscript`; the
   default one on torch 2.14). Its graphs take one symbolic batch dimension (`torch.export.Dim`) shared by all
@@ -9,10 +9,8 @@ same input/output specs (`spec.py`):
 - "optimum": Optimum's `main_export` with SOLI's `OnnxConfig`s (`optimum_export.py`), where Optimum's ONNX exporter
   (optimum-onnx, on transformers 4.57) is installed. It runs the TorchScript exporter (`dynamo=False`).
 
-The image side stays fixed at the model's `image_size`, as `SoliImageProcessor` always makes it, so the encoder
-graph pools the backbone's features to the grid with a fixed kernel (`StaticGridPool`): the TorchScript exporter
-loses the feature map's spatial size after MobileNetV2's TF-style padding once the batch axis is dynamic, and then
-fails on `AdaptiveAvgPool2d` ("input size not accessible").
+The image side stays fixed at the model's `image_size`, as `SoliImageProcessor` always makes it; `graphs.py` says
+which layers the encoder graph computes in other (equal) ways, and why.
 
 `soli_onnx.json` (see `spec.py`, written by `write_manifest`) carries everything the torch-free runtime needs
 besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's
@@ -21,7 +19,6 @@ besides the graphs: the inputs and outputs, the special token ids, the generatio
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -30,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..image_processing_soli import SoliImageProcessor
-from ..modeling_soli import SoliForConditionalGeneration, SoliSiameseEncoder
+from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
 from .spec import (
     DECODER_STEP,
     DEFAULT_OPSET,
@@ -63,69 +60,6 @@ _INERT_GENERATION_SETTINGS = {
     "exponential_decay_length_penalty": (None,),
     "encoder_no_repeat_ngram_size": (None, 0),
 }
-
-
-class StaticGridPool(nn.Module):
-    """`nn.AdaptiveAvgPool2d(grid_size)` as an average pool with kernel = stride = side // grid_size: the same
-    numbers, for feature maps whose sides are multiples of `grid_size` (SOLI's are).
-
-    The sides are read as Python ints, so both exporters write a plain `AveragePool` with a constant kernel, which
-    the TorchScript exporter can export with a dynamic batch. A side that is not a multiple of `grid_size` (bins of
-    unequal widths, no fixed-kernel equivalent) keeps the adaptive pool, which only the dynamo exporter exports.
-    """
-
-    def __init__(self, grid_size: int) -> None:
-        super().__init__()
-        self.grid_size = grid_size
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        height, width = (int(side) for side in features.shape[-2:])
-        if height % self.grid_size or width % self.grid_size:
-            return F.adaptive_avg_pool2d(features, self.grid_size)
-        return F.avg_pool2d(features, kernel_size=(height // self.grid_size, width // self.grid_size))
-
-
-def with_static_grid_pool(encoder: SoliSiameseEncoder) -> SoliSiameseEncoder:
-    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool`; the
-    model itself is left as it is."""
-    exported = copy.copy(encoder)
-    exported._modules = {**encoder._modules, "pool": StaticGridPool(encoder.config.grid_size)}
-    return exported
-
-
-class SoliEncoderGraph(nn.Module):
-    """LR pixels -> attention memory, attention keys and the decoder's initial (h, c): the model's encoder (with
-    `StaticGridPool`) and `decoder.initial_state`, with the SR branch when `config.inference_branches == "both"`."""
-
-    def __init__(self, model: SoliForConditionalGeneration) -> None:
-        super().__init__()
-        self.encoder = with_static_grid_pool(model.get_encoder())
-        self.decoder = model.decoder
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        encoded = self.encoder(pixel_values)
-        hidden, cell = self.decoder.initial_state(encoded.last_hidden_state)
-        return encoded.last_hidden_state, encoded.attention_keys, hidden, cell
-
-
-class SoliDecoderStepGraph(nn.Module):
-    """One decoding step: the last token of every row and the LSTM state -> log-probabilities of the next token
-    (what beam search scores) and the new state."""
-
-    def __init__(self, model: SoliForConditionalGeneration) -> None:
-        super().__init__()
-        self.decoder = model.decoder
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        memory: torch.Tensor,
-        attention_keys: torch.Tensor,
-        hidden: torch.Tensor,
-        cell: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        logits, (next_hidden, next_cell), _ = self.decoder(input_ids[:, None], memory, attention_keys, (hidden, cell))
-        return logits[:, -1].log_softmax(dim=-1), next_hidden, next_cell
 
 
 def export_onnx(

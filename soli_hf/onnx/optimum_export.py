@@ -29,7 +29,8 @@ from optimum.utils import DEFAULT_DUMMY_SHAPES, DummyInputGenerator, NormalizedC
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
-from .export import SoliDecoderStepGraph, SoliEncoderGraph, generation_defaults, load_for_export, write_manifest
+from .export import generation_defaults, load_for_export, write_manifest
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
 from .spec import BATCH, DECODER_STEP, DEFAULT_OPSET, ENCODER, GRAPHS, GraphSpec, TensorSpec, model_sizes
 
 #: The task `main_export` loads the model for: `AutoModelForImageTextToText`, in a saved SOLI folder's `auto_map`.

@@ -1,0 +1,147 @@
+"""The two modules both export routes turn into ONNX graphs, and the export-friendly layers they swap in.
+
+`SoliEncoderGraph` runs the model's own encoder with two of its weightless layers replaced by ones that compute the
+same numbers in operators ONNX runtimes handle well:
+
+- `StaticGridPool` for `nn.AdaptiveAvgPool2d`: the TorchScript exporter loses the feature map's spatial size after
+  MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on `AdaptiveAvgPool2d` ("input
+  size not accessible"); a pool with a fixed kernel exports with a dynamic batch.
+- `ConvBicubicUpsample` for the SR module's `F.interpolate(..., mode="bicubic")`: onnxruntime's cubic `Resize`
+  took 5 of the 15 ms of the one-thread encoder with both branches; a fixed depthwise convolution + depth-to-space
+  does the same in a fraction of it.
+
+The model itself is left as it is: the graphs hold shallow copies that share its parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling_soli import SoliForConditionalGeneration, SoliSiameseEncoder
+
+#: PyTorch's bicubic convolution constant (`A` in Keys' kernel), as `F.interpolate` uses it.
+_CUBIC_A = -0.75
+#: Taps of the one-dimensional kernel, offsets -2..2 around the source pixel: enough for every integer scale.
+_TAPS = 5
+
+
+class StaticGridPool(nn.Module):
+    """`nn.AdaptiveAvgPool2d(grid_size)` as an average pool with kernel = stride = side // grid_size: the same
+    numbers, for feature maps whose sides are multiples of `grid_size` (SOLI's are).
+
+    The sides are read as Python ints, so both exporters write a plain `AveragePool` with a constant kernel, which
+    the TorchScript exporter can export with a dynamic batch. A side that is not a multiple of `grid_size` (bins of
+    unequal widths, no fixed-kernel equivalent) keeps the adaptive pool, which only the dynamo exporter exports.
+    """
+
+    def __init__(self, grid_size: int) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        height, width = (int(side) for side in features.shape[-2:])
+        if height % self.grid_size or width % self.grid_size:
+            return F.adaptive_avg_pool2d(features, self.grid_size)
+        return F.avg_pool2d(features, kernel_size=(height // self.grid_size, width // self.grid_size))
+
+
+def _cubic_weights(fraction: float) -> list[float]:
+    """Keys' cubic weights of the 4 source pixels around a point `fraction` past the second one."""
+
+    def near(x: float) -> float:  # |x| <= 1
+        return ((_CUBIC_A + 2) * x - (_CUBIC_A + 3)) * x * x + 1
+
+    def far(x: float) -> float:  # 1 < |x| < 2
+        return ((_CUBIC_A * x - 5 * _CUBIC_A) * x + 8 * _CUBIC_A) * x - 4 * _CUBIC_A
+
+    return [far(fraction + 1), near(fraction), near(1 - fraction), far(2 - fraction)]
+
+
+def bicubic_phase_kernels(scale: int) -> torch.Tensor:
+    """(scale, 5) weights: row p interpolates output pixel `scale * i + p` from source pixels i-2..i+2.
+
+    With `align_corners=False` that pixel sits at source coordinate `i + (p + 0.5) / scale - 0.5`, the same
+    offset for every i, so each output phase is a fixed 1-D filter (and each 2-D phase the outer product of two).
+    """
+    kernels = torch.zeros(scale, _TAPS, dtype=torch.float64)
+    for phase in range(scale):
+        offset = (phase + 0.5) / scale - 0.5
+        first = math.floor(offset) - 1  # the leftmost of the 4 source pixels, relative to i
+        for tap, weight in enumerate(_cubic_weights(offset - math.floor(offset))):
+            kernels[phase, first + tap + _TAPS // 2] = weight
+    return kernels
+
+
+class ConvBicubicUpsample(nn.Module):
+    """`F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)` for an integer `scale` as an edge
+    pad, one depthwise 5x5 convolution with a kernel per output phase, and a pixel shuffle (depth-to-space).
+
+    Edge padding repeats the border pixels, as PyTorch clamps the source index; the result equals
+    `F.interpolate`'s to float32 rounding.
+    """
+
+    def __init__(self, scale: int, channels: int = 3) -> None:
+        super().__init__()
+        self.scale, self.channels = scale, channels
+        phases = bicubic_phase_kernels(scale)
+        kernel = torch.einsum("yi,xj->yxij", phases, phases).reshape(scale * scale, 1, _TAPS, _TAPS)
+        self.register_buffer("weight", kernel.repeat(channels, 1, 1, 1).float(), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(pixel_values, [_TAPS // 2] * 4, mode="replicate")
+        phases = F.conv2d(padded, self.weight, groups=self.channels)
+        return F.pixel_shuffle(phases, self.scale)
+
+
+def exportable_encoder(encoder: SoliSiameseEncoder) -> SoliSiameseEncoder:
+    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool` and, when
+    it has the SR module, upsamples with `ConvBicubicUpsample`; the model itself is left as it is."""
+    exported = copy.copy(encoder)
+    exported._modules = {**encoder._modules, "pool": StaticGridPool(encoder.config.grid_size)}
+    if encoder.super_resolution is not None:
+        super_resolution = copy.copy(encoder.super_resolution)
+        upsample = ConvBicubicUpsample(super_resolution.scale).to(next(encoder.parameters()).device)
+        super_resolution._modules = {**super_resolution._modules, "upsample": upsample}
+        exported._modules["super_resolution"] = super_resolution
+    return exported
+
+
+class SoliEncoderGraph(nn.Module):
+    """LR pixels -> attention memory, attention keys and the decoder's initial (h, c): the model's encoder (made
+    exportable by `exportable_encoder`) and `decoder.initial_state`, with the SR branch when
+    `config.inference_branches == "both"`."""
+
+    def __init__(self, model: SoliForConditionalGeneration) -> None:
+        super().__init__()
+        self.encoder = exportable_encoder(model.get_encoder())
+        self.decoder = model.decoder
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        encoded = self.encoder(pixel_values)
+        hidden, cell = self.decoder.initial_state(encoded.last_hidden_state)
+        return encoded.last_hidden_state, encoded.attention_keys, hidden, cell
+
+
+class SoliDecoderStepGraph(nn.Module):
+    """One decoding step: the last token of every row and the LSTM state -> log-probabilities of the next token
+    (what beam search scores) and the new state."""
+
+    def __init__(self, model: SoliForConditionalGeneration) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_keys: torch.Tensor,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        logits, (next_hidden, next_cell), _ = self.decoder(input_ids[:, None], memory, attention_keys, (hidden, cell))
+        return logits[:, -1].log_softmax(dim=-1), next_hidden, next_cell

@@ -1,0 +1,62 @@
+"""The layers the ONNX encoder graph swaps in compute what the model's own layers compute, and the graph leaves the
+model as it is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soli_hf.modeling_soli import BicubicUpsample
+from soli_hf.onnx.graphs import ConvBicubicUpsample, SoliEncoderGraph, StaticGridPool, bicubic_phase_kernels
+
+
+@pytest.mark.parametrize("side", [4, 8, 6])
+def test_static_grid_pool_is_the_adaptive_pool(side) -> None:
+    """Exactly equal where the side is a multiple of the grid (a fixed kernel), the adaptive pool otherwise."""
+    features = torch.randn(3, 5, side, side)
+    np.testing.assert_array_equal(StaticGridPool(4)(features).numpy(), nn.AdaptiveAvgPool2d(4)(features).numpy())
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_phase_kernels_interpolate(scale) -> None:
+    """Every phase's weights sum to one, and phases mirror each other about the source pixel's centre."""
+    kernels = bicubic_phase_kernels(scale)
+    torch.testing.assert_close(kernels.sum(dim=1), torch.ones(scale, dtype=torch.float64))
+    torch.testing.assert_close(kernels, kernels.flip(0, 1))
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("height, width", [(64, 64), (7, 5), (1, 3)])
+def test_conv_bicubic_upsample_equals_interpolate(scale, height, width) -> None:
+    """Edges included (PyTorch clamps the source index; the graph pads by repeating the border). The reference is
+    computed in float64: in float32, PyTorch's source coordinates for scale 3 carry the rounding of 1/3."""
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, height, width) * 2
+    expected = F.interpolate(pixels.double(), scale_factor=scale, mode="bicubic", align_corners=False).float()
+    torch.testing.assert_close(ConvBicubicUpsample(scale)(pixels), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("inference_branches", ["both", "lr"])
+def test_encoder_graph_equals_the_encoder_and_leaves_the_model_as_it_is(tiny_model, inference_branches) -> None:
+    tiny_model.config.inference_branches = inference_branches
+    graph = SoliEncoderGraph(tiny_model)
+    assert isinstance(graph.encoder.pool, StaticGridPool)
+    assert isinstance(graph.encoder.super_resolution.upsample, ConvBicubicUpsample)
+    assert isinstance(tiny_model.encoder.pool, nn.AdaptiveAvgPool2d)
+    assert isinstance(tiny_model.encoder.super_resolution.upsample, BicubicUpsample)
+    assert graph.encoder.backbone is tiny_model.encoder.backbone
+    assert graph.encoder.super_resolution.body is tiny_model.encoder.super_resolution.body
+    assert graph.state_dict().keys() == {f"encoder.{key}" for key in tiny_model.encoder.state_dict()} | {
+        f"decoder.{key}" for key in tiny_model.decoder.state_dict()
+    }
+    pixel_values = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        memory, keys, hidden, cell = graph(pixel_values)
+        encoded = tiny_model.get_encoder()(pixel_values)
+        expected_state = tiny_model.decoder.initial_state(encoded.last_hidden_state)
+    torch.testing.assert_close(memory, encoded.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keys, encoded.attention_keys, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((hidden, cell), expected_state, atol=1e-5, rtol=1e-5)
