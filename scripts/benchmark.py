@@ -26,6 +26,12 @@ with ``inference_branches`` both and lr, with 1 thread and all threads; then the
 configuration runs in its own subprocess (its peak RSS is its own; onnxruntime ones without torch). Writes the JSON
 (``--out``, default benchmarks/latency_cpu.json) and, next to it, a Markdown report (.md) and a bar chart (.png).
 Run: ``python scripts/benchmark.py latency [--model DIR] [--out PATH] [--repeats 20] [--tokens 12] [--no-peers]``.
+
+Profile: where an onnxruntime caption's time goes (``soli_hf.onnx.profiling``): the stages (preprocessing, encoder,
+one decoder step, the numpy search loop) and onnxruntime's kernel time per operator type of each graph, for the
+given exported folders or, by default, the shipped model's int8 exports (both and lr). Writes the JSON (default
+benchmarks/onnx_profile.json) and a Markdown report next to it.
+Run: ``python scripts/benchmark.py profile [--onnx DIR ...] [--threads 1] [--repeats 30] [--tokens 12]``.
 """
 
 from __future__ import annotations
@@ -367,6 +373,28 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in ("torch", "transformers", "onnxruntime", "numpy", "pillow")}
 
 
+def benchmark_profile(
+    model_dir: Path, onnx_dirs: Sequence[Path], tokens: int, threads: int, repeats: int
+) -> dict[str, Any]:
+    """`soli_hf.onnx.profiling` of the given ONNX folders, or of `model_dir`'s int8 exports (both and lr), on the
+    sample photos."""
+    from soli_hf import SoliConfig
+    from soli_hf.onnx.profiling import profile_onnx
+    from soli_hf.sample_photos import load_sample_photos
+
+    photos = [photo.convert("RGB") for photo in load_sample_photos().values()]
+    with tempfile.TemporaryDirectory(prefix="soli_profile_") as scratch:
+        if not onnx_dirs:
+            modes = ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
+            artifacts = export_soli(model_dir, modes, Path(scratch))
+            onnx_dirs = [artifacts[ORT_INT8, mode] for mode in modes]
+        profiles = [profile_onnx(folder, photos, tokens, threads, repeats) for folder in onnx_dirs]
+    for profile in profiles:  # the temporary folder is gone: name the export by what it was
+        if profile["onnx_dir"].startswith(tempfile.gettempdir()):
+            profile["onnx_dir"] = f"{model_dir.name} exported ({Path(profile['onnx_dir']).name})"
+    return {"machine": machine(), "profiles": profiles}
+
+
 def write_latency_outputs(results: dict[str, Any], out: Path) -> None:
     """The Markdown report and the bar chart next to the JSON (same stem, .md and .png)."""
     title = f"# SOLI caption latency ({results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs)"
@@ -389,8 +417,24 @@ def main() -> None:
     latency.add_argument("--repeats", type=int, default=20, help="timed passes of SOLI over the 5 sample photos")
     latency.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
     latency.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True, help="time the peers too")
+    profile = benchmarks.add_parser(
+        "profile", help="where an onnxruntime caption's time goes: stages and per-operator kernel times"
+    )
+    profile.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported (int8) when no --onnx")
+    profile.add_argument("--onnx", type=Path, action="append", default=[], help="an exported folder (repeatable)")
+    profile.add_argument("--out", type=Path, default=Path("benchmarks/onnx_profile.json"), help="JSON output path")
+    profile.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    profile.add_argument("--repeats", type=int, default=30, help="timed runs of each stage per photo")
+    profile.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
     args = parser.parse_args()
-    if args.benchmark == "latency":
+    if args.benchmark == "profile":
+        from soli_hf.onnx.profiling import profile_markdown
+
+        results = benchmark_profile(args.model, args.onnx, args.tokens, args.threads, args.repeats)
+        report = "\n\n".join(profile_markdown(profile) for profile in results["profiles"])
+        print(report)
+        args.out.with_suffix(".md").write_text(f"# Where SOLI's onnxruntime caption time goes\n\n{report}\n")
+    elif args.benchmark == "latency":
         results = benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
         print(latency_markdown(results))
     else:

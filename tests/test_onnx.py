@@ -26,6 +26,7 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 
 from soli_hf.onnx import runtime, spec  # noqa: E402
 from soli_hf.onnx.export import export_onnx, generation_defaults, preprocessing_settings  # noqa: E402
+from soli_hf.onnx.profiling import profile_markdown, profile_onnx  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,3 +282,17 @@ def test_shipped_model_on_flickr8k_dev_photos(tmp_path, inference_branches) -> N
             expected = model.generate(pixel_values=pixel_values, num_beams=num_beams)
         np.testing.assert_array_equal(captioner.generate(pixel_values.numpy(), num_beams=num_beams), expected.numpy())
     assert captioner.caption(files) == processor.batch_decode(expected, skip_special_tokens=True)
+
+
+def test_profile_splits_a_caption_into_stages_and_operators(exported, images) -> None:
+    result = profile_onnx(exported.folder, [Image.fromarray(image) for image in images[:2]], tokens=4, repeats=2)
+    stages = result["stages_ms"]
+    assert list(stages) == ["preprocess", "encoder", "decoder graph (4 runs)", "search loop (numpy)", "caption"]
+    assert all(ms > 0 for ms in stages.values())
+    assert stages["caption"] >= stages["encoder"] + stages["decoder graph (4 runs)"]
+    assert result["inference_branches"] == exported.model.config.inference_branches
+    assert "Conv" in result["operators_ms_per_run"]["encoder"]
+    assert "Resize" not in result["operators_ms_per_run"]["encoder"]  # the SR branch's upsampling is a convolution
+    assert result["operators_ms_per_run"]["decoder_step"]
+    report = profile_markdown(result)
+    assert "| stage | ms |" in report and "decoder_step: onnxruntime kernel time" in report

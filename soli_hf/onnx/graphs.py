@@ -7,8 +7,8 @@ same numbers in operators ONNX runtimes handle well:
   MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on `AdaptiveAvgPool2d` ("input
   size not accessible"); a pool with a fixed kernel exports with a dynamic batch.
 - `ConvBicubicUpsample` for the SR module's `F.interpolate(..., mode="bicubic")`: onnxruntime's cubic `Resize`
-  took 5 of the 15 ms of the one-thread encoder with both branches; a fixed depthwise convolution + depth-to-space
-  does the same in a fraction of it.
+  took 5.0 of the 14.4 ms of the one-thread encoder with both branches; a fixed depthwise convolution +
+  depth-to-space does the same in about 0.3 ms (`python scripts/benchmark.py profile` shows the operators).
 
 The model itself is left as it is: the graphs hold shallow copies that share its parameters.
 """

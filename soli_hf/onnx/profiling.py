@@ -1,0 +1,148 @@
+"""Where the time of a torch-free caption goes: `SoliOnnxCaptioner`'s stages and onnxruntime's operators.
+
+Batch 1, greedy, exactly `tokens` new tokens, as `scripts/benchmark.py latency` measures it:
+
+- stages (median ms), timed inside real captions: reducing the decoded photo to the model's input (`preprocess`),
+  the encoder graph, the decoder-step graph's runs, and the rest of the search (the loop in numpy);
+- operators: onnxruntime's own profile of each graph, its kernel time per operator type, ms per run.
+
+numpy, pillow and onnxruntime only, so it also runs on the device (`python scripts/benchmark.py profile --onnx DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from ..markdown import markdown_table
+from .runtime import SoliOnnxCaptioner, greedy_search
+
+
+class _TimedSession:
+    """An onnxruntime session whose `run` calls add up their wall time in `seconds`."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.seconds = session, 0.0
+
+    def run(self, *args: Any) -> list[np.ndarray]:
+        start = time.perf_counter()
+        outputs = self.session.run(*args)
+        self.seconds += time.perf_counter() - start
+        return outputs
+
+
+def _timed_caption(captioner: SoliOnnxCaptioner, image: Image.Image, tokens: int) -> dict[str, float]:
+    """Milliseconds of each stage of one greedy caption of `image`, as `generate` runs them."""
+    settings = captioner.settings(num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
+    start = time.perf_counter()
+    pixel_values = captioner.preprocess(image)
+    preprocessed = time.perf_counter()
+    encoded = captioner.encode(pixel_values)
+    encoded_at = time.perf_counter()
+    decoder = captioner.decoder_session(encoded)
+    decoder.session = session = _TimedSession(decoder.session)
+    greedy_search(decoder, 1, settings)
+    end = time.perf_counter()
+    stages = {
+        "preprocess": preprocessed - start,
+        "encoder": encoded_at - preprocessed,
+        f"decoder graph ({tokens} runs)": session.seconds,
+        "search loop (numpy)": end - encoded_at - session.seconds,
+        "caption": end - start,
+    }
+    return {name: 1e3 * seconds for name, seconds in stages.items()}
+
+
+def stage_times(
+    captioner: SoliOnnxCaptioner, image: Image.Image, tokens: int, repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms of each stage of a greedy caption of `image` over `repeats` captions (see the module docstring)."""
+    for _ in range(warmup):
+        _timed_caption(captioner, image, tokens)
+    runs = [_timed_caption(captioner, image, tokens) for _ in range(repeats)]
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+def operator_times(
+    graph_path: str | os.PathLike, feeds: dict[str, np.ndarray], threads: int, runs: int
+) -> dict[str, float]:
+    """onnxruntime's kernel time per operator type of `graph_path` on `feeds`, ms per run, largest first."""
+    with tempfile.TemporaryDirectory(prefix="soli_ort_profile_") as scratch:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "profile")
+        session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: Counter[str] = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    return {op: microseconds / runs / 1e3 for op, microseconds in totals.most_common()}
+
+
+def profile_onnx(
+    onnx_dir: str | os.PathLike, images: Sequence[Image.Image], tokens: int = 12, threads: int = 1, repeats: int = 30
+) -> dict[str, Any]:
+    """Stage times (each photo's median over `repeats` runs, then the median over the photos) and the per-operator
+    times of the encoder and decoder-step graphs (on the first photo) of an exported SOLI folder."""
+    captioner = SoliOnnxCaptioner(onnx_dir, num_threads=threads)
+    per_image = [stage_times(captioner, image, tokens, repeats) for image in images]
+    stages = {name: statistics.median(times[name] for times in per_image) for name in per_image[0]}
+    pixel_values = captioner.preprocess(images[0])
+    encoded = captioner.encode(pixel_values)
+    names = {key: [spec["name"] for spec in graph["inputs"]] for key, graph in captioner.manifest["graphs"].items()}
+    step_inputs = [np.full(1, captioner.generation.decoder_start_token_id, dtype=np.int64), *encoded]
+    feeds = {"encoder": [pixel_values], "decoder_step": step_inputs}
+    graphs = captioner.manifest["graphs"]
+    operators = {
+        key: operator_times(Path(onnx_dir) / graph["file"], dict(zip(names[key], feeds[key])), threads, repeats)
+        for key, graph in graphs.items()
+    }
+    manifest = captioner.manifest
+    return {
+        "onnx_dir": str(onnx_dir),
+        "inference_branches": manifest.get("inference_branches"),
+        "quantization": manifest.get("quantization", {}).get("name", "none (float32)"),
+        "threads": threads,
+        "tokens": tokens,
+        "images": [list(image.size) for image in images],
+        "repeats": repeats,
+        "stages_ms": stages,
+        "operators_ms_per_run": operators,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def profile_markdown(result: dict[str, Any], top: int = 8) -> str:
+    """The stage table and, per graph, its `top` operator types."""
+    stages = result["stages_ms"]
+    lines = [
+        (
+            f"`{result['onnx_dir']}` (inference_branches={result['inference_branches']}, int8: "
+            f"{result['quantization']}), {result['threads']} thread(s), batch 1, greedy, {result['tokens']} new "
+            f"tokens, median over {len(result['images'])} photos of each photo's median of {result['repeats']} runs; "
+            f"onnxruntime {result['onnxruntime']}."
+        ),
+        "",
+        markdown_table(["stage", "ms"], [[name, f"{ms:.2f}"] for name, ms in stages.items()]),
+    ]
+    for graph, operators in result["operators_ms_per_run"].items():
+        total = sum(operators.values())
+        rows = [[op, f"{ms:.3f}", f"{100 * ms / total:.0f}%"] for op, ms in list(operators.items())[:top]]
+        title = f"{graph}: onnxruntime kernel time {total:.3f} ms per run"
+        lines += ["", title, "", markdown_table(["operator", "ms", "share"], rows)]
+    return "\n".join(lines)
