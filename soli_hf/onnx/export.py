@@ -20,6 +20,7 @@ besides the graphs: the inputs and outputs, the special token ids, the generatio
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -182,21 +183,28 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: Grap
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = {spec.name: {axis: batch for axis in spec.dynamic_axes()} for spec in graph.inputs}
     path = out / graph.file_name
-    with warnings.catch_warnings():
-        # Every input shares the one batch dimension; the exporter warns that it names it only once.
-        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
-        torch.onnx.export(
-            module,
-            args,
-            path,
-            dynamo=True,
-            verbose=False,
-            external_data=False,
-            opset_version=opset,
-            input_names=[spec.name for spec in graph.inputs],
-            output_names=[spec.name for spec in graph.outputs],
-            dynamic_shapes=dynamic_shapes,
-        )
+    # The exporter's registry logs one warning per torchvision operator when torchvision is absent; SOLI uses none.
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry_level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # Every input shares the one batch dimension; the exporter warns that it names it only once.
+            warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
+            torch.onnx.export(
+                module,
+                args,
+                path,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+                opset_version=opset,
+                input_names=[spec.name for spec in graph.inputs],
+                output_names=[spec.name for spec in graph.outputs],
+                dynamic_shapes=dynamic_shapes,
+            )
+    finally:
+        registry_logger.setLevel(registry_level)
     return path
 
 

@@ -19,18 +19,22 @@ embedding table and the encoder's projections. Measured on the shipped model (x8
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.onnx_model import ONNXModel
+
+import onnx
 
 from .runtime import read_manifest
 from .spec import GRAPHS, MANIFEST_NAME
@@ -90,7 +94,7 @@ def quantize_onnx(
     written = []
     quantize = _quantize_with_optimum if backend == "optimum" else _quantize_with_onnxruntime
     excluded = {}
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _without_preprocessing_hint():
         for graph in GRAPHS:
             prepared, excluded[graph.key] = _prepare(source / graph.file_name, Path(scratch))
             quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
@@ -114,6 +118,25 @@ def _optimum_available() -> bool:
         return find_spec("optimum.onnxruntime") is not None
     except ImportError:  # `optimum` itself is missing
         return False
+
+
+class _PreprocessingHintFilter(logging.Filter):
+    """Drops onnxruntime's "Please consider to run pre-processing before quantization" warning: it judges by the
+    missing shape hints, which `_prepare` removes on purpose (shape inference recomputes them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_hint() -> Iterator[None]:
+    """While quantizing, without that warning (onnxruntime logs it on the root logger)."""
+    hint_filter = _PreprocessingHintFilter()
+    logging.getLogger().addFilter(hint_filter)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(hint_filter)
 
 
 def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
