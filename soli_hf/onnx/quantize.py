@@ -31,10 +31,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.onnx_model import ONNXModel
-
-import onnx
 
 from .runtime import read_manifest
 from .spec import GRAPHS, MANIFEST_NAME
