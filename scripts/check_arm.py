@@ -15,7 +15,8 @@ with the model's default beam size, and compares caption by caption. It writes `
 Both sides caption with the same code (`caption_modes`: preprocess and encode once per batch, then each search,
 as `SoliOnnxCaptioner.generate()` does), and on x86 that is checked to equal `SoliOnnxCaptioner.caption()`.
 By default the folders are `.cache/arm64/onnx/int8-arm64` (`quantize_onnx(..., target="arm64")`) and
-`.cache/arm64/onnx/fp32`, exported from models/soli-flickr8k-lr64 when missing (that needs torch on x86).
+`.cache/arm64/onnx/fp32`, exported afresh from models/soli-flickr8k-lr64 on every run, so that the check covers
+the current export code (that needs torch on x86).
 `--cpu` takes qemu CPU models, "trixie:MODEL" for Debian trixie's qemu 10.0 (default: cortex-a76, cortex-a72,
 trixie:max); the CPUs after the first caption only the first `--extra-cpu-images` images of the first folder.
 Before that, two probes: `import onnxruntime` under qemu 7.2 with the host's /proc/cpuinfo (it crashes), and the
@@ -43,8 +44,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("ARM64_CACHE", ROOT / ".cache" / "arm64")).resolve()  # as in setup_arm64.sh
 ROOTFS = CACHE / "rootfs"
-DEV_LIST = Path("/work/shared/data/flickr8k/Flickr8k_text/Flickr_8k.devImages.txt")
-DEV_IMAGES = Path("/work/shared/data/flickr8k/Flicker8k_Dataset")
+FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"  # ../shared beside the repository
+DEV_LIST = FLICKR8K / "Flickr8k_text" / "Flickr_8k.devImages.txt"
+DEV_IMAGES = FLICKR8K / "Flicker8k_Dataset"
 SHIPPED_MODEL = ROOT / "models" / "soli-flickr8k-lr64"
 # N chosen so that a default run takes < 15 min on this 2-core machine shared with other jobs (~3 s per image
 # under qemu when loaded): a first run with 200 int8 + 40 fp32 images took 16.9 min.
@@ -69,8 +71,6 @@ def caption_modes(captioner: Any, images: list[str], beam_sizes: list[int]) -> t
 
     Returns (captions by beam size, seconds by step, the encoder outputs).
     """
-    from soli_hf.onnx.runtime import beam_search, greedy_search
-
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     pixel_values = captioner.preprocess(images)
@@ -81,10 +81,7 @@ def caption_modes(captioner: Any, images: list[str], beam_sizes: list[int]) -> t
     captions = {}
     for num_beams in beam_sizes:
         start = time.perf_counter()
-        settings = captioner.settings(num_beams=num_beams)
-        decoder = captioner.decoder_session(encoded, settings.num_beams)
-        search = greedy_search if settings.num_beams == 1 else beam_search
-        captions[num_beams] = captioner.decode(search(decoder, len(images), settings))
+        captions[num_beams] = captioner.decode(captioner.search(encoded, num_beams=num_beams))
         seconds[f"decode_beams{num_beams}"] = time.perf_counter() - start
     return captions, seconds, encoded
 
@@ -256,11 +253,10 @@ def probe_sme(onnx_dir: Path, specs: list[str]) -> list[dict[str, Any]]:
 
 
 def build_default_folders(folders: list[Path]) -> None:
-    """Export models/soli-flickr8k-lr64 (fp32) and quantize it (int8, arm64 target) where the default folders are
-    missing (a subprocess, so this process stays torch-free)."""
+    """Export models/soli-flickr8k-lr64 (fp32) and quantize it (int8, arm64 target) into the default folders when
+    any of them is checked (a subprocess, so this process stays torch-free)."""
     fp32, int8 = CACHE / "onnx" / "fp32", CACHE / "onnx" / "int8-arm64"
-    wanted = {fp32, int8} & {folder.resolve() for folder in folders}
-    if not any(not (folder / "soli_onnx.json").is_file() for folder in wanted):
+    if not {fp32, int8} & {folder.resolve() for folder in folders}:
         return
     print(f"check_arm.py: exporting {SHIPPED_MODEL.name} to {fp32} and quantizing it (arm64) to {int8}", flush=True)
     code = (
@@ -268,8 +264,8 @@ def build_default_folders(folders: list[Path]) -> None:
         "from soli_hf.onnx.export import export_onnx\n"
         "from soli_hf.onnx.quantize import quantize_onnx\n"
         "model, fp32, int8 = map(Path, sys.argv[1:])\n"
-        "if not (fp32 / 'soli_onnx.json').is_file(): export_onnx(model, fp32)\n"
-        "if not (int8 / 'soli_onnx.json').is_file(): quantize_onnx(fp32, int8, target='arm64')\n"
+        "export_onnx(model, fp32)\n"
+        "quantize_onnx(fp32, int8, target='arm64')\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "SOLI_HF_NO_TORCH"}  # export needs torch
     command = [sys.executable, "-c", code, str(SHIPPED_MODEL), str(fp32), str(int8)]

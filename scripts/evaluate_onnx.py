@@ -29,7 +29,9 @@ from soli_hf.onnx import SoliOnnxCaptioner
 REPORTED_METRICS = {"Bleu_4": "BLEU-4", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr-D"}
 
 
-def caption_all(captioner: SoliOnnxCaptioner, paths: list[str], num_beams: int, batch_size: int, name: str) -> list[str]:
+def caption_all(
+    captioner: SoliOnnxCaptioner, paths: list[str], num_beams: int, batch_size: int, name: str
+) -> list[str]:
     """Captions of every image, in order, in batches."""
     captions: list[str] = []
     for start in tqdm(range(0, len(paths), batch_size), desc=f"{name} beams={num_beams}", unit="batch"):
@@ -80,7 +82,7 @@ def markdown(report: dict[str, Any]) -> str:
         [
             str(result["num_beams"]),
             f"{result['identical']}/{result['compared']} ({100 * result['identical'] / result['compared']:.1f}%)",
-            *(f"{result['metrics']['fp32'][key]:.3f} / {result['metrics']['int8'][key]:.3f}" for key in REPORTED_METRICS),
+            *(f"{result['metrics']['fp32'][k]:.3f} / {result['metrics']['int8'][k]:.3f}" for k in REPORTED_METRICS),
             f"{result['cider_d_drop']:+.4f}",
         ]
         for result in report["results"]

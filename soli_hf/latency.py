@@ -155,15 +155,16 @@ def soli_onnx_captioner(
     manifest = captioner.manifest
     if (manifest["inference_branches"], "quantization" in manifest) != (inference_branches, quantized):
         raise ValueError(
-            f"{onnx_dir}: inference_branches={manifest['inference_branches']!r}, quantized={'quantization' in manifest}"
-            f"; expected {inference_branches!r}, {quantized}"
+            f"{onnx_dir}: inference_branches={manifest['inference_branches']!r}, "
+            f"quantized={'quantization' in manifest}; expected {inference_branches!r}, {quantized}"
         )
 
     def caption(image: Image.Image) -> int:
-        ids = captioner.generate(captioner.preprocess(image), num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
+        pixel_values = captioner.preprocess(image)
+        ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
         return ids.shape[1] - 1
 
-    files = [graph["file"] for graph in captioner.manifest["graphs"].values()]
+    files = [graph["file"] for graph in manifest["graphs"].values()]
     size = sum((Path(onnx_dir) / name).stat().st_size for name in files)
     return caption, Footprint(size / 2**20, None, " + ".join(files))
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from ..markdown import markdown_table
-from .runtime import SoliOnnxCaptioner, greedy_search
+from .runtime import SoliOnnxCaptioner, greedy_search, session_options
 
 
 class _TimedSession:
@@ -79,8 +79,7 @@ def operator_times(
 ) -> dict[str, float]:
     """onnxruntime's kernel time per operator type of `graph_path` on `feeds`, ms per run, largest first."""
     with tempfile.TemporaryDirectory(prefix="soli_ort_profile_") as scratch:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "profile")
         session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
@@ -103,16 +102,15 @@ def profile_onnx(
     per_image = [stage_times(captioner, image, tokens, repeats) for image in images]
     stages = {name: statistics.median(times[name] for times in per_image) for name in per_image[0]}
     pixel_values = captioner.preprocess(images[0])
-    encoded = captioner.encode(pixel_values)
-    names = {key: [spec["name"] for spec in graph["inputs"]] for key, graph in captioner.manifest["graphs"].items()}
-    step_inputs = [np.full(1, captioner.generation.decoder_start_token_id, dtype=np.int64), *encoded]
-    feeds = {"encoder": [pixel_values], "decoder_step": step_inputs}
-    graphs = captioner.manifest["graphs"]
-    operators = {
-        key: operator_times(Path(onnx_dir) / graph["file"], dict(zip(names[key], feeds[key])), threads, repeats)
-        for key, graph in graphs.items()
-    }
+    start_token = np.full(1, captioner.generation.decoder_start_token_id, dtype=np.int64)
+    inputs = {"encoder": [pixel_values], "decoder_step": [start_token, *captioner.encode(pixel_values)]}
     manifest = captioner.manifest
+    operators = {
+        key: operator_times(
+            Path(onnx_dir) / graph["file"], dict(zip(captioner.input_names[key], inputs[key])), threads, repeats
+        )
+        for key, graph in manifest["graphs"].items()
+    }
     return {
         "onnx_dir": str(onnx_dir),
         "inference_branches": manifest.get("inference_branches"),

@@ -28,7 +28,6 @@ import numpy as np
 import onnxruntime as ort
 
 from ..image_transforms_soli import make_image_list, make_low_resolution, normalize_pixels, to_rgb_image
-
 from .spec import MANIFEST_NAME, MANIFEST_VERSION
 
 _NEG = np.float32(-1.0e9)  # the "impossible" score of transformers' beam search, in its float32 arithmetic
@@ -250,6 +249,16 @@ def read_manifest(onnx_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def session_options(num_threads: int | None = None) -> ort.SessionOptions:
+    """onnxruntime session options with `num_threads` intra-op threads (and one inter-op thread); onnxruntime's
+    defaults when None."""
+    options = ort.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 class SoliOnnxCaptioner:
     """SOLI on onnxruntime (CPU): images in, captions out, as `generate()` + `batch_decode` give them.
 
@@ -268,16 +277,14 @@ class SoliOnnxCaptioner:
     def __init__(self, onnx_dir: str | os.PathLike, num_threads: int | None = None) -> None:
         folder = Path(onnx_dir)
         self.manifest = read_manifest(folder)
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
-            options.inter_op_num_threads = 1
+        options = session_options(num_threads)
         graphs = self.manifest["graphs"]
         self.sessions = {
             key: ort.InferenceSession(str(folder / graph["file"]), options, providers=["CPUExecutionProvider"])
             for key, graph in graphs.items()
         }
-        self._input_names = {key: [spec["name"] for spec in graph["inputs"]] for key, graph in graphs.items()}
+        #: Each graph's input names, in call order.
+        self.input_names = {key: [spec["name"] for spec in graph["inputs"]] for key, graph in graphs.items()}
         self.generation = GenerationSettings.from_manifest(self.manifest["generation"]).validated()
         self.vocabulary: list[str] = self.manifest["vocabulary"]
         self._skip = set(self.manifest["skip_token_ids"])
@@ -289,18 +296,22 @@ class SoliOnnxCaptioner:
     def encode(self, pixel_values: np.ndarray) -> list[np.ndarray]:
         """Memory, attention keys and the decoder's initial hidden and cell state for `pixel_values`."""
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        return self.sessions["encoder"].run(None, dict(zip(self._input_names["encoder"], [pixel_values])))
+        return self.sessions["encoder"].run(None, dict(zip(self.input_names["encoder"], [pixel_values])))
 
     def decoder_session(self, encoded: list[np.ndarray], num_beams: int = 1) -> DecoderSession:
         """A decoder over `encode()`'s outputs, each image's row repeated `num_beams` times (image-major)."""
         rows = [np.repeat(array, num_beams, axis=0) for array in encoded]
-        return DecoderSession(self.sessions["decoder_step"], self._input_names["decoder_step"], rows)
+        return DecoderSession(self.sessions["decoder_step"], self.input_names["decoder_step"], rows)
 
     def generate(self, pixel_values: np.ndarray, **overrides: int | None) -> np.ndarray:
         """Token ids (B, length) starting with the start token, like `model.generate(pixel_values=...)`;
         `overrides` (`num_beams`, `max_new_tokens`, `min_new_tokens`) replace the model's defaults."""
+        return self.search(self.encode(pixel_values), **overrides)
+
+    def search(self, encoded: list[np.ndarray], **overrides: int | None) -> np.ndarray:
+        """`generate` from `encode()`'s outputs: greedy or beam search as the settings say, so that one encoding can
+        serve several searches."""
         settings = self.settings(**overrides)
-        encoded = self.encode(pixel_values)
         decoder = self.decoder_session(encoded, settings.num_beams)
         search = greedy_search if settings.num_beams == 1 else beam_search
         return search(decoder, encoded[0].shape[0], settings)
@@ -317,8 +328,10 @@ class SoliOnnxCaptioner:
         non-special ids joined by single spaces."""
         return [" ".join(self.vocabulary[i] for i in map(int, ids) if i not in self._skip) for ids in sequences]
 
-    def caption(self, images: Any, num_beams: int | None = None, max_new_tokens: int | None = None, **overrides: int | None) -> list[str]:
+    def caption(
+        self, images: Any, num_beams: int | None = None, max_new_tokens: int | None = None, **overrides: int | None
+    ) -> list[str]:
         """One caption per image (paths, PIL images, numpy arrays, lists of them or a 4-D batch array);
         `num_beams`, `max_new_tokens` and `min_new_tokens` override the model's generation defaults."""
-        pixel_values = self.preprocess(images)
-        return self.decode(self.generate(pixel_values, num_beams=num_beams, max_new_tokens=max_new_tokens, **overrides))
+        ids = self.generate(self.preprocess(images), num_beams=num_beams, max_new_tokens=max_new_tokens, **overrides)
+        return self.decode(ids)

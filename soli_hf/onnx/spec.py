@@ -1,7 +1,8 @@
 """The ONNX interface of SOLI in one place: graph files, input/output names, dtypes and shapes.
 
 `export.py` exports with these names and writes them (sizes resolved) into `soli_onnx.json`, which the runtime
-reads; a later Optimum `OnnxConfig` can build its `inputs`/`outputs` from the same lists. Shapes name their
+reads; the Optimum route's `OnnxConfig`s (`optimum_export.py`) build their `inputs`/`outputs` from the same
+lists. Shapes name their
 dimensions: `BATCH` is the dynamic axis, the other names are filled in from the model's config by `model_sizes`.
 This module imports nothing beyond the standard library, so the command line can list the choices on a device
 that has only onnxruntime.
