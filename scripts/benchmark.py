@@ -257,9 +257,11 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
+    """The Python version, processor architecture, CPU model and CPU count of this machine."""
     return {
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
     }
 
@@ -271,6 +273,13 @@ TOKENS_NOTE = (
     "end token"
 )
 SOLI_WARMUP, PEER_PHOTOS, PEER_WARMUP, PEER_REPEATS = 3, 3, 1, 1
+
+
+def inference_modes(model_dir: Path) -> tuple[str, ...]:
+    """The `inference_branches` a saved SOLI has: "both" and "lr", or "lr" alone without the SR branch."""
+    from soli_hf import SoliConfig
+
+    return ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
 
 
 def export_soli(model_dir: Path, modes: Sequence[str], folder: Path) -> dict[tuple[str, str], Path]:
@@ -316,11 +325,10 @@ def latency_setups(
 
 def benchmark_latency(model_dir: Path, tokens: int, repeats: int, peers: bool) -> dict[str, Any]:
     """Latency of every configuration, each in its own subprocess, on scikit-image's sample photos."""
-    from soli_hf import SoliConfig
     from soli_hf.peers import PEERS
     from soli_hf.sample_photos import load_sample_photos
 
-    modes = ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
+    modes = inference_modes(model_dir)
     with tempfile.TemporaryDirectory(prefix="soli_latency_") as scratch:
         folder = Path(scratch)
         photos = []
@@ -342,7 +350,7 @@ def benchmark_latency(model_dir: Path, tokens: int, repeats: int, peers: bool) -
     ]
     return {
         "model": str(model_dir),
-        "machine": machine() | {"cpu_model": cpu_model()},
+        "machine": machine(),
         "versions": library_versions(),
         "photos": [Path(p).stem for p in photos],
         "tokens": tokens,
@@ -378,20 +386,21 @@ def benchmark_profile(
 ) -> dict[str, Any]:
     """`soli_hf.onnx.profiling` of the given ONNX folders, or of `model_dir`'s int8 exports (both and lr), on the
     sample photos."""
-    from soli_hf import SoliConfig
     from soli_hf.onnx.profiling import profile_onnx
     from soli_hf.sample_photos import load_sample_photos
 
     photos = [photo.convert("RGB") for photo in load_sample_photos().values()]
     with tempfile.TemporaryDirectory(prefix="soli_profile_") as scratch:
-        if not onnx_dirs:
-            modes = ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
+        if onnx_dirs:
+            folders = {str(folder): folder for folder in onnx_dirs}
+        else:  # named by what they were: the temporary folder is gone afterwards
+            modes = inference_modes(model_dir)
             artifacts = export_soli(model_dir, modes, Path(scratch))
-            onnx_dirs = [artifacts[ORT_INT8, mode] for mode in modes]
-        profiles = [profile_onnx(folder, photos, tokens, threads, repeats) for folder in onnx_dirs]
-    for profile in profiles:  # the temporary folder is gone: name the export by what it was
-        if profile["onnx_dir"].startswith(tempfile.gettempdir()):
-            profile["onnx_dir"] = f"{model_dir.name} exported ({Path(profile['onnx_dir']).name})"
+            folders = {f"{model_dir.name} exported ({ORT_INT8}-{mode})": artifacts[ORT_INT8, mode] for mode in modes}
+        profiles = [
+            profile_onnx(folder, photos, tokens, threads, repeats) | {"onnx_dir": name}
+            for name, folder in folders.items()
+        ]
     return {"machine": machine(), "profiles": profiles}
 
 
@@ -433,7 +442,6 @@ def main() -> None:
         results = benchmark_profile(args.model, args.onnx, args.tokens, args.threads, args.repeats)
         report = "\n\n".join(profile_markdown(profile) for profile in results["profiles"])
         print(report)
-        args.out.with_suffix(".md").write_text(f"# Where SOLI's onnxruntime caption time goes\n\n{report}\n")
     elif args.benchmark == "latency":
         results = benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
         print(latency_markdown(results))
@@ -444,6 +452,9 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.benchmark == "latency":
         write_latency_outputs(results, args.out)
+    elif args.benchmark == "profile":
+        text = f"# Where SOLI's onnxruntime caption time goes\n\n{report}\n"
+        args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
 
 
