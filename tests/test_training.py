@@ -22,7 +22,7 @@ from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliProcessor
 from soli_hf.data import load_caption_dataset
 from soli_hf.metrics import CiderD
 from soli_hf.training import TrainingConfig, parse_training_config, train
-from soli_hf.training.checkpointing import write_folder_atomically
+from soli_hf.storage import write_folder_atomically
 from soli_hf.training.curriculum import curriculum_alpha
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, sample_rng
 from soli_hf.training.reporting import write_run_comparison

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+
+from ..storage import fsync_tree
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -43,35 +43,6 @@ class TrainerState:
         return cls(**json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8")))
 
 
-def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a fresh temporary folder beside `final`, then move it to `final`, replacing any old
-    folder; a crash leaves either the old complete folder or the new one (plus a stray temporary folder)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of `folder` to disk before it is renamed into place."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def checkpoint_folders(checkpoint_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not checkpoint_dir.is_dir():
@@ -92,7 +63,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, state: Train
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.save(tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)  # a checkpoint of the same step from an earlier, resumed run
         os.replace(tmp, final)
         for old in checkpoint_folders(checkpoint_dir)[:-keep]:

@@ -27,7 +27,8 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data import iter_captions, load_caption_dataset_with_report
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
-from .checkpointing import TrainerState, latest_checkpoint, save_checkpoint, write_folder_atomically
+from ..storage import write_folder_atomically
+from .checkpointing import TrainerState, latest_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
 from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
