@@ -12,7 +12,8 @@ from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
 from soli_hf.cli import main as soli_main
-from soli_hf.evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation
+from soli_hf.data import load_caption_dataset_with_report
+from soli_hf.evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation, runner
 from soli_hf.image_transforms_soli import make_low_resolution
 from soli_hf.metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 
@@ -122,3 +123,33 @@ def test_cli_names_the_bad_model_folder(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         soli_main(["evaluate", "--model", "m", "--data", str(data), "--out", "r", "--sizes", "16,big"])
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_report_counts_the_samples_skipped_while_loading_and_captioning(
+    tmp_path: Path, saved_tiny_model: Path, monkeypatch
+) -> None:
+    data = write_caption_folder(tmp_path / "data", {"dev": 4})
+    (data / "dev" / "dev1.png").unlink()  # skipped while loading: missing_image
+    with (data / "dev" / "metadata.jsonl").open("a", encoding="utf-8") as metadata:
+        metadata.write("{not json\n")  # skipped while loading: malformed_entry
+
+    def load_then_lose_dev2(*args, **kwargs):
+        """The loader's result, after which dev2.png disappears: skipped while captioning."""
+        loaded = load_caption_dataset_with_report(*args, **kwargs)
+        (data / "dev" / "dev2.png").unlink()
+        return loaded
+
+    monkeypatch.setattr(runner, "load_caption_dataset_with_report", load_then_lose_dev2)
+    out = tmp_path / "report"
+    (result,) = run_evaluation([saved_tiny_model], data, "dev", out, max_new_tokens=4, meteor=False)
+    assert sorted(result.predictions) == ["dev0", "dev3"] and result.skipped_images == 1
+
+    summary = json.loads((out / "metrics.json").read_text())
+    skipped = summary["skipped_while_loading"]
+    assert skipped["bad_samples"] == 2 and skipped["by_kind"] == {"malformed_entry": 1, "missing_image": 1}
+    assert any("dev1.png" in message for message in skipped["first"])
+    assert any("metadata.jsonl line 5" in message for message in skipped["first"])
+    assert summary["results"][0]["skipped_images"] == 1
+    report = (out / "report.md").read_text()
+    assert "- while loading: 2 bad sample(s) (malformed_entry=1, missing_image=1); the first 2:" in report
+    assert "dev1.png" in report and f"{result.model} bicubic@input: 1 unreadable image(s)" in report

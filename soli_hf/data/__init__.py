@@ -23,7 +23,7 @@ from .loaders import DEFAULT_KARPATHY_SPLITS
 from .loading import load_caption_dataset, load_caption_dataset_with_report
 from .records import CAPTION_FEATURES, iter_captions
 from .safe_image import safe_load_image
-from .validation import BadSample, BadSampleKind, BadSampleReport, OnBadSample
+from .validation import BadSample, BadSampleKind, BadSampleReport, OnBadSample, VerifyImages
 
 __all__ = [
     "CAPTION_FEATURES",
@@ -34,6 +34,7 @@ __all__ = [
     "BadSampleReport",
     "DataFormat",
     "OnBadSample",
+    "VerifyImages",
     "detect_format",
     "iter_captions",
     "load_caption_dataset",

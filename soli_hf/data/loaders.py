@@ -4,15 +4,23 @@ Each reader turns annotation files into :class:`~soli_hf.data.records.CaptionRec
 objects (raw captions, absolute image paths, the row each came from) and passes
 malformed entries to the bad-sample handler. Image files are not opened here: the
 shared validation in :mod:`soli_hf.data.validation` does that for every format.
+
+Text files are read as UTF-8, a leading byte order mark (BOM) ignored. In the
+line-based files (Flickr8k's token and split files, ``metadata.jsonl``) a line that is
+not UTF-8 is an ``undecodable_line`` bad sample naming the file and line; a JSON file
+that is not UTF-8 or not valid JSON raises ``ValueError`` naming the file (and the line
+and column of a syntax error).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from ..storage import read_json
 from .records import CaptionRecord, RecordBuilder
 from .validation import BadSample, BadSampleKind, Handle
 
@@ -35,6 +43,9 @@ DEFAULT_KARPATHY_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 IMAGEFOLDER_METADATA = "metadata.jsonl"
+
+#: The characters that ``errors="surrogateescape"`` decodes bytes that are not UTF-8 to (U+DC80..U+DCFF).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def resolve_split(split: str, available: Mapping[str, T], what: str) -> T:
@@ -65,11 +76,11 @@ def read_flickr8k(root: Path, split: str, handle: Handle, image_root: Path | Non
     split_file = resolve_split(split, _flickr8k_split_files(text_dir), split_pattern)
     image_dir = image_root or root / FLICKR8K_IMAGE_DIR
     builder = RecordBuilder()
-    for line_no, line in _numbered_lines(split_file):
+    for line_no, line in _numbered_lines(split_file, handle):
         name = line.strip()
         builder.add_image(PurePosixPath(name).stem, str(image_dir / name), f"{split_file} line {line_no}")
     token_file = text_dir / FLICKR8K_TOKEN_FILE
-    for line_no, line in _numbered_lines(token_file):
+    for line_no, line in _numbered_lines(token_file, handle):
         row = f"{token_file} line {line_no}"
         name, caption = _parse_token_line(line)
         if name is None:
@@ -86,7 +97,8 @@ def read_coco(
     """Read a COCO captions JSON (``images[].id/file_name``, ``annotations[].image_id/caption``).
 
     One COCO file is one split. Images are looked up in ``image_root`` (default: the
-    JSON file's folder); ``image_id`` is ``str(images[].id)``.
+    JSON file's folder); ``image_id`` is ``str(images[].id)``. An image entry repeating
+    an earlier id is a malformed entry (the first one is kept).
     """
     image_root = image_root or json_path.parent
     builder = RecordBuilder()
@@ -95,7 +107,7 @@ def read_coco(
         if not _has_keys(entry, id=(int, str), file_name=str):
             handle(BadSample(BadSampleKind.MALFORMED_ENTRY, str(json_path), row, "expected 'id' and 'file_name'"))
             continue
-        builder.add_image(str(entry["id"]), str(image_root / entry["file_name"]), row)
+        _add_unique_image(builder, str(entry["id"]), str(image_root / entry["file_name"]), json_path, row, handle)
     for index, entry in enumerate(_json_list(data, "annotations", json_path)):
         row = f"{json_path} annotations[{index}]"
         if not _has_keys(entry, image_id=(int, str), caption=str):
@@ -120,8 +132,9 @@ def read_karpathy(
     ``karpathy_splits[split]`` (merged over :data:`DEFAULT_KARPATHY_SPLITS`; e.g.
     ``{"train": ("train", "restval")}``). Image paths are
     ``image_root/[filepath/]filename`` (default root: the JSON file's folder);
-    ``image_id`` is ``str(cocoid)`` when present, else the file name without extension.
-    Captions are ``sentences[].raw``.
+    ``image_id`` is ``str(cocoid)`` when present, else the file name without extension;
+    an image entry repeating an earlier id is a malformed entry (the first one is kept,
+    with its sentences only). Captions are ``sentences[].raw``.
     """
     mapping = {**DEFAULT_KARPATHY_SPLITS, **(karpathy_splits or {})}
     names = resolve_split(split, mapping, "the Karpathy split mapping")
@@ -138,7 +151,8 @@ def read_karpathy(
             continue
         image_id = str(entry.get("cocoid", PurePosixPath(entry["filename"]).stem))
         image_path = image_root / (entry.get("filepath") or "") / entry["filename"]
-        builder.add_image(image_id, str(image_path), row)
+        if not _add_unique_image(builder, image_id, str(image_path), json_path, row, handle):
+            continue
         for sentence_index, sentence in enumerate(entry["sentences"]):
             sentence_row = f"{row}.sentences[{sentence_index}]"
             if not _has_keys(sentence, raw=str):
@@ -161,7 +175,7 @@ def read_imagefolder(root: Path, split: str, handle: Handle, image_root: Path | 
     metadata = resolve_split(split, imagefolder_metadata_files(root), metadata_pattern)
     image_root = image_root or metadata.parent
     builder = RecordBuilder()
-    for line_no, line in _numbered_lines(metadata):
+    for line_no, line in _numbered_lines(metadata, handle):
         row = f"{metadata} line {line_no}"
         entry = _parse_json_line(line)
         captions = _metadata_captions(entry)
@@ -189,9 +203,8 @@ def imagefolder_metadata_files(root: Path) -> dict[str, Path]:
 
 
 def load_json(path: Path) -> Any:
-    """Parse a JSON annotation file."""
-    with path.open(encoding="utf-8") as file:
-        return json.load(file)
+    """Parse a JSON annotation file (a BOM is ignored); ``ValueError`` names the file when it is not UTF-8 JSON."""
+    return read_json(path)
 
 
 def _flickr8k_split_files(text_dir: Path) -> dict[str, Path]:
@@ -200,12 +213,31 @@ def _flickr8k_split_files(text_dir: Path) -> dict[str, Path]:
     return {path.name[len(prefix) : -len(suffix)]: path for path in sorted(text_dir.glob(f"{prefix}*{suffix}"))}
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(1-based line number, line without its line ending)`` for non-blank lines."""
-    with path.open(encoding="utf-8") as file:
+def _numbered_lines(path: Path, handle: Handle) -> Iterator[tuple[int, str]]:
+    """Yield ``(1-based line number, line without its line ending)`` for the non-blank lines of a UTF-8 text file.
+
+    A leading BOM is dropped; a line that is not UTF-8 goes to ``handle`` as an ``undecodable_line`` instead.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as file:
         for line_no, line in enumerate(file, start=1):
-            if line.strip():
+            if escaped := _ESCAPED_BYTE.search(line):
+                byte = ord(escaped.group()) - 0xDC00
+                detail = f"not UTF-8 text (byte 0x{byte:02x} at column {escaped.start() + 1})"
+                handle(BadSample(BadSampleKind.UNDECODABLE_LINE, str(path), f"{path} line {line_no}", detail))
+            elif line.strip():
                 yield line_no, line.rstrip("\r\n")
+
+
+def _add_unique_image(
+    builder: RecordBuilder, image_id: str, image_path: str, json_path: Path, row: str, handle: Handle
+) -> bool:
+    """Declare an image of a JSON file; an id declared before is a malformed entry naming both rows (False)."""
+    first_row = builder.add_image(image_id, image_path, row)
+    if first_row is None:
+        return True
+    detail = f"duplicate image id {image_id!r}, first declared at {first_row}"
+    handle(BadSample(BadSampleKind.MALFORMED_ENTRY, str(json_path), row, detail))
+    return False
 
 
 def _parse_token_line(line: str) -> tuple[str | None, str]:

@@ -12,7 +12,15 @@ from datasets import Dataset
 from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
 from .loaders import load_json, read_coco, read_flickr8k, read_imagefolder, read_karpathy
 from .records import CaptionRecord, records_to_dataset
-from .validation import BadSampleHandler, BadSampleReport, OnBadSample, check_policy, validate_records
+from .validation import (
+    BadSampleHandler,
+    BadSampleReport,
+    OnBadSample,
+    VerifyImages,
+    check_policy,
+    check_verify_images,
+    validate_records,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +32,7 @@ def load_caption_dataset(
     on_bad_sample: OnBadSample = "skip",
     image_root: str | Path | None = None,
     karpathy_splits: Mapping[str, Sequence[str]] | None = None,
-    verify_images: bool = True,
+    verify_images: VerifyImages = True,
     num_workers: int | None = None,
 ) -> Dataset:
     """Load an image-captioning dataset: one row per image, with all its reference captions.
@@ -45,8 +53,15 @@ def load_caption_dataset(
         karpathy_splits: For Karpathy files, the Karpathy split names each requested split
             includes, e.g. ``{"train": ("train", "restval")}`` (merged over the default
             identity mapping).
-        verify_images: Decode every image once (cheaply) to catch truncated or corrupt
-            files; False only checks that the files exist.
+        verify_images: How each image file is checked. True (cheap): the header is
+            parsed, a PNG's chunk checksums are verified, a JPEG that ends with its
+            end-of-image marker passes without decoding, other files are decoded (JPEGs
+            at 1/8 scale); this catches truncated files and broken headers. "full": every
+            image is decoded, which also catches a JPEG broken in the middle whose end is
+            intact (slower: one decode per JPEG). False: only that the files exist. No
+            check catches a JPEG whose middle was overwritten with bytes the decoder
+            accepts (zeros, say): JPEG has no checksum, and it decodes into a partly
+            grey picture (see :mod:`soli_hf.data.validation`).
         num_workers: Threads used to check images (default: 2 x CPU count, at most 16).
 
     Returns:
@@ -58,8 +73,9 @@ def load_caption_dataset(
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an unknown format or split, a bad sample under "error", or when
-            no usable sample is left.
+        ValueError: for an unknown format or split, a JSON annotation file that is not
+            UTF-8 JSON (naming the file, and the line and column of a syntax error), a
+            bad sample under "error", or when no usable sample is left.
     """
     dataset, _ = load_caption_dataset_with_report(
         path,
@@ -81,11 +97,12 @@ def load_caption_dataset_with_report(
     on_bad_sample: OnBadSample = "skip",
     image_root: str | Path | None = None,
     karpathy_splits: Mapping[str, Sequence[str]] | None = None,
-    verify_images: bool = True,
+    verify_images: VerifyImages = True,
     num_workers: int | None = None,
 ) -> tuple[Dataset, BadSampleReport]:
     """Like :func:`load_caption_dataset`, also returning the report of skipped bad samples."""
     check_policy(on_bad_sample)
+    check_verify_images(verify_images)
     if data_format is not None and data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS} or None, got {data_format!r}")
     path = Path(path).absolute()

@@ -54,9 +54,17 @@ class RecordBuilder:
     def __init__(self) -> None:
         self._records: dict[str, CaptionRecord] = {}
 
-    def add_image(self, image_id: str, image_path: str, row: str) -> None:
-        """Declare an image; a repeated ``image_id`` keeps its first path and row."""
-        self._records.setdefault(image_id, CaptionRecord(image_id, image_path, row))
+    def add_image(self, image_id: str, image_path: str, row: str) -> str | None:
+        """Declare an image; a repeated ``image_id`` keeps its first path and row.
+
+        Returns:
+            None for a new ``image_id``; for a repeated one, the row that first declared it.
+        """
+        first = self._records.get(image_id)
+        if first is not None:
+            return first.row
+        self._records[image_id] = CaptionRecord(image_id, image_path, row)
+        return None
 
     def add_caption(self, image_id: str, text: str, row: str) -> bool:
         """Attach a caption to a declared image; return False if the image is unknown."""

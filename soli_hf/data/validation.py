@@ -1,10 +1,28 @@
 """Bad-sample detection, reporting and the skip/error policy.
 
 A *bad sample* is a problem found while loading: a missing or unreadable image, an
-empty caption, an image without captions, or a malformed annotation entry. Readers and
-the validator pass each one to a :class:`BadSampleHandler`, which either raises
-``ValueError`` at once (``on_bad_sample="error"``) or records it in a
-:class:`BadSampleReport` (``on_bad_sample="skip"``) while the sample is dropped.
+empty caption, an image without captions, a malformed annotation entry, or a line of
+an annotation file that is not UTF-8. Readers and the validator pass each one to a
+:class:`BadSampleHandler`, which either raises ``ValueError`` at once
+(``on_bad_sample="error"``) or records it in a :class:`BadSampleReport`
+(``on_bad_sample="skip"``) while the sample is dropped.
+
+What the image check (``verify_images``) catches:
+
+- ``False``: only that the file exists.
+- ``True`` (the default, cheap): PIL parses the header (a file that is not an image,
+  or has a broken header, fails); a PNG is verified chunk by chunk (each chunk's CRC,
+  up to IEND), which catches truncation and flipped bytes; a JPEG that ends with its
+  end-of-image marker (FF D9) passes without decoding; a JPEG without it and every
+  other format are decoded (JPEGs at 1/8 scale, which still reads every byte), which
+  catches truncation.
+- ``"full"``: every image is decoded as above, the JPEGs that end with FF D9 too; this
+  also catches a JPEG whose middle is broken (bytes the decoder rejects) but whose end
+  is intact, at the cost of decoding every JPEG once.
+
+Neither check can tell a JPEG whose middle was overwritten with data the decoder
+accepts (a run of zero bytes, say) from a real photo: it decodes without an error,
+into a partly grey or smeared picture. JPEG has no checksum to catch that.
 """
 
 from __future__ import annotations
@@ -25,6 +43,10 @@ from .records import CaptionEntry, CaptionRecord
 OnBadSample = Literal["skip", "error"]
 ON_BAD_SAMPLE_CHOICES: tuple[str, ...] = ("skip", "error")
 
+#: How images are checked while loading (see the module docstring): existence only, cheap, or a full decode.
+VerifyImages = bool | Literal["full"]
+VERIFY_IMAGES_CHOICES: tuple[VerifyImages, ...] = (True, False, "full")
+
 #: Exceptions PIL raises for files it cannot open or decode (``UnidentifiedImageError``,
 #: ``FileNotFoundError`` and truncation errors are ``OSError``s).
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
@@ -38,6 +60,7 @@ class BadSampleKind(StrEnum):
     EMPTY_CAPTION = "empty_caption"
     NO_CAPTIONS = "no_captions"
     MALFORMED_ENTRY = "malformed_entry"
+    UNDECODABLE_LINE = "undecodable_line"
 
 
 @dataclass(frozen=True)
@@ -122,35 +145,42 @@ def image_error_sample(path: str, row: str, error: BaseException) -> BadSample:
     return BadSample(BadSampleKind.UNREADABLE_IMAGE, path, row, f"{type(error).__name__}: {error}")
 
 
-def check_image(path: str, row: str, verify: bool = True) -> BadSample | None:
+def check_verify_images(verify_images: object) -> None:
+    """Raise ``ValueError`` unless ``verify_images`` is True, False or "full"."""
+    if not (isinstance(verify_images, bool) or verify_images == "full"):
+        raise ValueError(f"verify_images must be one of {VERIFY_IMAGES_CHOICES}, got {verify_images!r}")
+
+
+def check_image(path: str, row: str, verify: VerifyImages = True) -> BadSample | None:
     """Return the problem with the image at ``path``, or None if it is usable.
 
-    With ``verify`` the file is checked for corruption and truncation as cheaply as the
-    format allows (see :func:`_verify_image_file`); without it only its existence is.
+    ``verify`` says how closely the file is checked (see the module docstring): False
+    checks only that it exists, True checks it as cheaply as the format allows, "full"
+    decodes it.
     """
     if not os.path.isfile(path):
         return BadSample(BadSampleKind.MISSING_IMAGE, path, row, "file not found")
     if not verify:
         return None
     try:
-        _verify_image_file(path)
+        _verify_image_file(path, full=verify == "full")
     except IMAGE_ERRORS as error:
         return image_error_sample(path, row, error)
     return None
 
 
-def _verify_image_file(path: str) -> None:
+def _verify_image_file(path: str, full: bool = False) -> None:
     """Raise one of :data:`IMAGE_ERRORS` if the image file is corrupt or truncated.
 
     PIL parses the header on open. A PNG is verified chunk by chunk (CRCs, up to IEND);
-    a JPEG that ends with its end-of-image marker passes on that evidence; any other
-    file (a JPEG without that marker, other formats) is decoded, JPEGs at 1/8 scale
-    (PIL's ``draft``), which still reads every byte.
+    unless ``full``, a JPEG that ends with its end-of-image marker passes on that
+    evidence; any other file is decoded, JPEGs at 1/8 scale (PIL's ``draft``), which
+    still reads every byte.
     """
     with PIL.Image.open(path) as image:
         if image.format == "PNG":
             image.verify()
-        elif image.format != "JPEG" or not _ends_with_jpeg_eoi(path):
+        elif full or image.format != "JPEG" or not _ends_with_jpeg_eoi(path):
             image.draft(image.mode, (1, 1))
             image.load()
 
@@ -170,7 +200,7 @@ def default_num_workers() -> int:
 def validate_records(
     records: list[CaptionRecord],
     handle: Handle,
-    verify_images: bool = True,
+    verify_images: VerifyImages = True,
     num_workers: int | None = None,
 ) -> list[CaptionRecord]:
     """Return the usable records: non-empty captions kept, bad images and empty rows dropped.

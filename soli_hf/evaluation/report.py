@@ -1,4 +1,8 @@
-"""The files of an evaluation: metrics.json, captions.jsonl, report.md, samples.html and the resolution plots."""
+"""The files of an evaluation: metrics.json, captions.jsonl, report.md, samples.html and the resolution plots.
+
+Both metrics.json and report.md say what was not scored: the bad samples the loader skipped (missing or unreadable
+images, empty captions, malformed or undecodable annotation lines, by kind, with the first few named) and, per model
+and condition, the images that could not be read while captioning."""
 
 from __future__ import annotations
 
@@ -16,19 +20,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ..data import BadSampleReport  # noqa: E402
 from ..html_gallery import GalleryCard, write_gallery  # noqa: E402
 from ..markdown import markdown_table, metric_cells  # noqa: E402
 from .conditions import LowResCondition  # noqa: E402
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 PLOT_METRICS = ("CIDEr", "Bleu_4")
+#: How many of the skipped bad samples the report names (metrics.json and report.md).
+SKIPPED_EXAMPLES = 10
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 @dataclass
 class ConditionResult:
-    """One model under one LR condition: its captions, its metrics against all references, and against the
-    leave-one-out folds (comparable with the human score)."""
+    """One model under one LR condition: its captions, its metrics against all references, against the
+    leave-one-out folds (comparable with the human score), and the number of images of the loaded split that
+    could not be read while captioning (`skipped_images`)."""
 
     model: str
     condition: LowResCondition
@@ -53,10 +61,15 @@ def write_report(
     references: dict[str, list[str]],
     human: dict[str, float],
     settings: dict[str, Any],
+    bad_samples: BadSampleReport | None = None,
 ) -> None:
-    """Write every file of the report into `out` (created)."""
+    """Write every file of the report into `out` (created); `bad_samples`: what the loader skipped."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"settings": settings, "human_leave_one_out": human, "results": [r.to_dict() for r in results]}
+    bad_samples = bad_samples or BadSampleReport()
+    summary = {
+        "settings": settings, "human_leave_one_out": human, "skipped_while_loading": skipped_while_loading(bad_samples),
+        "results": [r.to_dict() for r in results],
+    }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     with (out / "captions.jsonl").open("w", encoding="utf-8") as handle:
         for result in results:
@@ -65,15 +78,30 @@ def write_report(
                 handle.write(json.dumps(record | {"caption": caption}) + "\n")
     plots = write_resolution_plots(out, results)
     write_samples_page(out / "samples.html", results, references)
-    (out / "report.md").write_text(markdown_report(results, human, settings, plots), encoding="utf-8")
+    report = markdown_report(results, human, settings, plots, bad_samples)
+    (out / "report.md").write_text(report, encoding="utf-8")
+
+
+def skipped_while_loading(bad_samples: BadSampleReport) -> dict[str, Any]:
+    """metrics.json's record of the loader's skips: the total, the count per kind and the first few, named."""
+    return {
+        "bad_samples": len(bad_samples),
+        "by_kind": bad_samples.counts,
+        "first": [sample.message for sample in bad_samples.samples[:SKIPPED_EXAMPLES]],
+    }
 
 
 def markdown_report(
-    results: Sequence[ConditionResult], human: dict[str, float], settings: dict[str, Any], plots: list[str]
+    results: Sequence[ConditionResult],
+    human: dict[str, float],
+    settings: dict[str, Any],
+    plots: list[str],
+    bad_samples: BadSampleReport | None = None,
 ) -> str:
-    """Tables of every (model, condition), the human score, and links to the pictures."""
+    """Tables of every (model, condition), the human score, what was skipped, and links to the pictures."""
     lines = [f"# Caption evaluation: {settings['data']} ({settings['split']})", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += _skipped_lines(bad_samples or BadSampleReport(), results)
     header = ["model", "LR input", *REPORT_METRICS]
     lines += ["", "## All references", ""]
     lines += [markdown_table(header, [_metric_row(r.model, r.condition.name, r.metrics) for r in results])]
@@ -86,6 +114,26 @@ def markdown_report(
     lines += ["Samples (LR input as the model saw it, captions, references): [samples.html](samples.html)", ""]
     lines += [f"![{plot}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
+
+
+def _skipped_lines(bad_samples: BadSampleReport, results: Sequence[ConditionResult]) -> list[str]:
+    """The report's "Skipped" section: the loader's bad samples (by kind, the first few named) and the images
+    unreadable while captioning, per model and condition."""
+    lines = ["", "## Skipped", ""]
+    if bad_samples:
+        counts = ", ".join(f"{kind}={count}" for kind, count in bad_samples.counts.items())
+        shown = bad_samples.samples[:SKIPPED_EXAMPLES]
+        lines.append(f"- while loading: {len(bad_samples)} bad sample(s) ({counts}); the first {len(shown)}:")
+        lines += [f"  - `{sample.message}`" for sample in shown]
+    else:
+        lines.append("- while loading: none")
+    unreadable = [r for r in results if r.skipped_images]
+    for result in unreadable:
+        where = f"{result.model} {result.condition.name}"
+        lines.append(f"- while captioning, {where}: {result.skipped_images} unreadable image(s)")
+    if not unreadable:
+        lines.append("- while captioning: none")
+    return lines
 
 
 def _metric_row(name: str, condition: str, metrics: dict[str, float]) -> list[str]:

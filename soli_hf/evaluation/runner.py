@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data import load_caption_dataset
+from ..data import load_caption_dataset_with_report
 from ..metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 from ..metrics.meteor import meteor_unavailable_reason
 from ..caption_files import load_captioner
@@ -50,10 +50,12 @@ def run_evaluation(
 ) -> list[ConditionResult]:
     """Caption `split` of `data` with every model under every condition and write the report into `out`:
     metrics.json, captions.jsonl, report.md, samples.html (24 samples of the first condition) and, for sweeps,
-    sweep_paper.png / sweep_sizes.png. Returns the per-(model, condition) results."""
+    sweep_paper.png / sweep_sizes.png. Bad samples of the split are skipped (`load_caption_dataset`'s "skip"), and
+    the report counts them, with the images that could not be read while captioning. Returns the per-(model,
+    condition) results."""
     if not model_dirs:
         raise ValueError("give at least one --model folder")
-    rows = load_caption_dataset(data, split, data_format)
+    rows, bad_samples = load_caption_dataset_with_report(data, split, data_format)
     if max_images is not None:
         rows = rows.select(range(min(max_images, len(rows))))
     references = dict(zip(rows["image_id"], rows["captions"]))
@@ -85,5 +87,5 @@ def run_evaluation(
         "max_new_tokens": max_new_tokens, "inference_branches": inference_branches or "as saved",
         "models": [str(d) for d in model_dirs],
     }  # fmt: skip
-    write_report(Path(out), results, references, human, settings)
+    write_report(Path(out), results, references, human, settings, bad_samples)
     return results
