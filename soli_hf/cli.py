@@ -1,21 +1,58 @@
 """The `soli` command line.
 
-    soli caption IMAGE... [--model DIR|HUB_ID | --onnx DIR] [--num-beams N] [--json] [--html OUT.html]
+    soli caption IMAGE... [--model DIR|HUB_ID | --onnx DIR] [--num-beams N] [--json] [--output FILE] [--html PAGE]
     soli export --model DIR --out DIR [--quantize arm64|avx2|avx512] [--inference-branches lr] [--backend ...]
     soli evaluate --model DIR [DIR ...] --data PATH --split S --out DIR [--protocol paper] [--sizes ...]
     soli push FOLDER USER/NAME [--private] [--revision BRANCH] [--commit-message TEXT] [--dry-run]
     soli info --model DIR
+
+`soli caption` writes one line per image as soon as its batch is captioned: `path<TAB>caption`, or with `--json`
+JSON Lines (one `{"path": ..., "caption": ...}` object per line). With `--output FILE` the lines are appended to
+FILE instead of stdout, flushed one by one; running the same command again after a crash or a kill leaves out the
+images FILE already holds (and drops a last line cut off by the kill). A file that cannot be read (missing, not a
+regular file, not an image, corrupt, too many pixels, NaN values) is skipped with `soli caption: PATH: REASON,
+skipped` on stderr, and the exit code is then 1. `--html` writes its page when the run ends, from what was made.
+Integer flags are checked when parsed: a value below 1 is a usage error (exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
+
+from .caption_files import (
+    DEFAULT_MODEL_DIR,
+    FileCaptioner,
+    ResultsFile,
+    SkippedImage,
+    caption_files,
+    find_images,
+    format_result,
+    load_captioner,
+    onnx_captioner,
+    pytorch_captioner,
+)
+from .html_gallery import GalleryCard, GalleryWriter
+
+
+def positive_int(text: str) -> int:
+    """The argparse type of integer flags that must be at least 1: a one-line usage error naming the flag else."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
+    return value
 
 
 def _format_count(value: int) -> str:
@@ -56,10 +93,8 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_captioner(args: argparse.Namespace) -> tuple[Any, str]:
+def _batch_captioner(args: argparse.Namespace) -> tuple[FileCaptioner, str]:
     """The captioner `soli caption` asked for (ONNX folder, model folder or the shipped model) and its name."""
-    from .caption_files import DEFAULT_MODEL_DIR, load_captioner, onnx_captioner, pytorch_captioner
-
     decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
     if args.onnx is not None:
         from .onnx import SoliOnnxCaptioner
@@ -71,40 +106,73 @@ def _batch_captioner(args: argparse.Namespace) -> tuple[Any, str]:
     return pytorch_captioner(*load_captioner(model_name), **decoding), Path(model_name).name
 
 
+def _open_results(args: argparse.Namespace, paths: list[Path]) -> tuple[ResultsFile | None, list[Path]]:
+    """The --output file (None: stdout) and the paths it does not hold yet, saying on stderr what it held."""
+    if args.output is None:
+        return None, paths
+    results = ResultsFile.open(args.output, args.json)
+    if results.dropped_cut_line:
+        print(f"soli caption: {args.output}: dropped its last line, cut off when a run was killed", file=sys.stderr)
+    todo = [path for path in paths if str(path) not in results.done]
+    if len(todo) < len(paths):
+        print(
+            f"soli caption: {args.output} already holds {len(paths) - len(todo)} of the {len(paths)} images, "
+            f"skipping them; {len(todo)} left to caption",
+            file=sys.stderr,
+        )
+    return results, todo
+
+
+def _show_caption_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Show a warning of `soli caption` (e.g. an image's values outside its pixel range) as one line on stderr."""
+    tqdm.write(f"soli caption: warning: {message}", file=sys.stderr)
+
+
+def _caption_and_write(
+    args: argparse.Namespace, captioner: FileCaptioner, paths: list[Path], results: ResultsFile | None, title: str
+) -> int:
+    """Caption `paths`, writing each result as it comes (to `results` or stdout, and to the --html page); naming
+    each skipped file on stderr. Returns how many were skipped."""
+    skipped = 0
+    with contextlib.ExitStack() as stack:
+        page = stack.enter_context(GalleryWriter(args.html, title)) if args.html is not None else None
+        stack.enter_context(warnings.catch_warnings())
+        warnings.showwarning = _show_caption_warning
+        for result in caption_files(captioner, paths, batch_size=args.batch_size):
+            if isinstance(result, SkippedImage):
+                skipped += 1
+                tqdm.write(f"soli caption: {result.path}: {result.reason}, skipped", file=sys.stderr)
+                continue
+            if results is not None:
+                results.write(result.path, result.caption)
+            else:  # above the progress bar, at once
+                tqdm.write(format_result(result.path, result.caption, args.json), file=sys.stdout)
+                sys.stdout.flush()
+            if page is not None:
+                page.add(GalleryCard(result.lr_image, str(result.path), [("", result.caption)]))
+    return skipped
+
+
 def run_caption(args: argparse.Namespace) -> int:
-    """Print `path<TAB>caption` for every image (or JSON), optionally write an HTML page of LR inputs + captions."""
-    import logging
-
-    from .caption_files import caption_files, find_images
-    from .html_gallery import GalleryCard, write_gallery
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    """Caption images, writing each result as soon as it is made (see the module docstring). Returns 2 for a usage
+    error (nothing captioned), 1 when a file was skipped, else 0."""
     if args.onnx is not None and args.model is not None:
         print("soli caption: error: give --model or --onnx, not both", file=sys.stderr)
         return 2
     try:
         paths = find_images(args.images)
-        caption_batch, model_name = _batch_captioner(args)
+        captioner, model_name = _batch_captioner(args)
+        results, todo = _open_results(args, paths)
     except (ValueError, OSError) as error:
         print(f"soli caption: error: {error}", file=sys.stderr)
         return 2
-    captioned, unreadable = caption_files(caption_batch, paths, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps([{"path": str(item.path), "caption": item.caption} for item in captioned], indent=2))
-    else:
-        for item in captioned:
-            print(f"{item.path}\t{item.caption}")
-    if args.html is not None:
-        cards = [GalleryCard(item.lr_image, str(item.path), [("", item.caption)]) for item in captioned]
-        write_gallery(args.html, f"SOLI captions ({model_name})", cards)
-    for path in unreadable:
-        print(f"soli caption: {path}: cannot read the image, skipped", file=sys.stderr)
-    return 1 if unreadable else 0
+    with results if results is not None else contextlib.nullcontext():
+        skipped = _caption_and_write(args, captioner, todo, results, f"SOLI captions ({model_name})")
+    return 1 if skipped else 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Export a saved SOLI folder to ONNX (and optionally quantize it to int8); print the files written."""
-    from .caption_files import load_captioner
     from .onnx.export import export_onnx
     from .onnx.quantize import quantize_onnx
 
@@ -136,7 +204,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="write dynamic int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",
     )  # fmt: skip
     parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
     parser.add_argument(
         "--inference-branches", choices=["both", "lr"], default=None,
         help="export this inference mode instead of the saved one (lr: no SR branch, a smaller, faster encoder)",
@@ -210,10 +278,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", required=True, type=Path, help="report folder (created)")
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--max-images", type=int, default=None, help="only the first N images of the split")
+    parser.add_argument("--num-beams", type=positive_int, default=1)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20)
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--max-images", type=positive_int, default=None, help="only the first N images of the split")
     parser.add_argument(
         "--degradation", choices=DEGRADATIONS, default="bicubic", help="of the main condition and of --sizes"
     )
@@ -233,12 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--model", default=None, help="a saved SOLI folder or Hub id (default: the shipped model)")
     caption.add_argument("--onnx", type=Path, default=None, help="caption with an exported ONNX folder instead")
-    caption.add_argument("--num-threads", type=int, default=None, help="onnxruntime threads (with --onnx)")
-    caption.add_argument("--num-beams", type=int, default=3)
-    caption.add_argument("--max-new-tokens", type=int, default=20)
-    caption.add_argument("--batch-size", type=int, default=16)
-    caption.add_argument("--json", action="store_true", help="print a JSON list instead of path<TAB>caption lines")
-    caption.add_argument("--html", type=Path, default=None, help="also write a page of the LR inputs and captions")
+    caption.add_argument("--num-threads", type=positive_int, default=None, help="onnxruntime threads (with --onnx)")
+    caption.add_argument("--num-beams", type=positive_int, default=3)
+    caption.add_argument("--max-new-tokens", type=positive_int, default=20)
+    caption.add_argument("--batch-size", type=positive_int, default=16)
+    caption.add_argument(
+        "--json", action="store_true",
+        help='write JSON Lines, one {"path": ..., "caption": ...} object per image, instead of path<TAB>caption lines',
+    )  # fmt: skip
+    caption.add_argument(
+        "--output", type=Path, default=None,
+        help="append the result lines to this file (flushed per image) instead of printing them; run the same "
+        "command again to continue a run that was stopped: the images it holds are left out",
+    )  # fmt: skip
+    caption.add_argument(
+        "--html", type=Path, default=None, help="also write a page of the LR inputs and captions (when the run ends)"
+    )
     caption.set_defaults(handler=run_caption)
     export = commands.add_parser("export", help="export a saved SOLI folder to ONNX (float32 or int8)")
     add_export_arguments(export)

@@ -22,8 +22,9 @@ class SoliImageTextToTextPipeline(ImageTextToTextPipeline):
     """Caption images with SOLI: `pipe(image)` -> `[{"generated_text": "a dog runs on the grass"}]`.
 
     Accepts what `SoliImageProcessor` accepts (paths, PIL images, arrays, tensors) plus URLs, one image or a
-    list; `generate_kwargs` (e.g. `{"num_beams": 3}`) and `max_new_tokens` go to `model.generate`. With
-    `num_return_sequences=n` each image gets n captions.
+    list, read by its rules (files with their EXIF orientation applied, pixel ranges by dtype); `generate_kwargs`
+    (e.g. `{"num_beams": 3}`) and `max_new_tokens` go to `model.generate`. With `num_return_sequences=n` each
+    image gets n captions. A bad image raises a `ValueError` naming it.
     """
 
     def _is_soli(self) -> bool:
@@ -34,6 +35,8 @@ class SoliImageTextToTextPipeline(ImageTextToTextPipeline):
             return super().__call__(images, text=text, **kwargs)
         if images is None:
             raise ValueError("SOLI captions images: pass one image or a list of images")
+        if isinstance(images, (list, tuple)) and not images:
+            raise ValueError("images: got an empty list; pass one image or a list of images")
         if text is None:
             return Pipeline.__call__(self, images, **kwargs)
         if isinstance(images, (list, tuple)):

@@ -62,7 +62,7 @@ def test_caption_prints_path_and_caption_lines(saved_tiny_model, photo_folder, c
     assert page.count("data:image/png;base64,") == 3 and "c.PNG" in page
 
     assert main([*args, "--json", "--num-beams", "1"]) == 0
-    records = json.loads(capsys.readouterr().out)
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
     assert [Path(r["path"]).name for r in records] == ["a.png", "b.jpg", "c.PNG"]
 
 
@@ -72,7 +72,7 @@ def test_caption_skips_unreadable_files_and_names_them(saved_tiny_model, photo_f
     captured = capsys.readouterr()
     assert code == 1
     assert len(captured.out.strip().splitlines()) == 3
-    assert "broken.jpg: cannot read the image" in captured.err
+    assert f"soli caption: {photo_folder / 'broken.jpg'}: not an image file PIL can read, skipped" in captured.err
 
 
 def test_caption_errors_name_the_problem(photo_folder, tmp_path: Path, capsys) -> None:

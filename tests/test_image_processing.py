@@ -22,7 +22,10 @@ def rgb(width: int = 90, height: int = 70) -> Image.Image:
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "YCbCr"])
 def test_any_pil_mode_becomes_a_normalised_rgb_tensor(mode):
-    image = rgb().convert(mode) if mode not in ("I;16", "I", "F") else rgb().convert("L").convert(mode)
+    if mode == "F":  # a float image holds 0..1 (Pillow's convert("F") would keep the 0..255 levels of L)
+        image = Image.fromarray(np.asarray(rgb().convert("L"), dtype=np.float32) / 255)
+    else:
+        image = rgb().convert(mode) if mode not in ("I;16", "I") else rgb().convert("L").convert(mode)
     pixel_values = PROCESSOR(image, return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 3, 64, 64)
     assert pixel_values.dtype == torch.float32
@@ -48,18 +51,19 @@ def test_transparent_pixels_are_composited_on_white():
         np.zeros((30, 40, 3), dtype=np.uint8),
         np.zeros((30, 40, 4), dtype=np.uint8),
         np.zeros((30, 40, 3), dtype=np.float32),
-        np.full((30, 40, 3), 200.0),
+        np.full((30, 40, 3), 0.8),
         np.zeros((3, 30, 40), dtype=np.float32),
     ],
-    ids=["HxW", "HxWx1", "HxWx3", "HxWx4", "float01", "float255", "CxHxW"],
+    ids=["HxW", "HxWx1", "HxWx3", "HxWx4", "float32", "float64", "CxHxW"],
 )
 def test_numpy_layouts_and_dtypes(array):
     assert PROCESSOR(array, return_tensors="pt")["pixel_values"].shape == (1, 3, 64, 64)
 
 
-def test_float_arrays_in_0_1_and_0_255_agree():
+def test_float_arrays_in_0_1_and_in_0_255_with_input_range_agree():
     unit = np.full((8, 8, 3), 0.5, dtype=np.float32)
-    assert np.allclose(PROCESSOR(unit)["pixel_values"], PROCESSOR(unit * 255)["pixel_values"], atol=1e-2)
+    levels = PROCESSOR(unit * 255, input_range=(0, 255))["pixel_values"]
+    assert np.array_equal(PROCESSOR(unit)["pixel_values"], levels)
 
 
 def test_torch_chw_and_batches():
