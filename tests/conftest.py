@@ -118,6 +118,43 @@ def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
     return folder
 
 
+@pytest.fixture
+def tiny_model_config(tmp_path: Path) -> Path:
+    """A tiny SoliConfig JSON for training runs (the vocabulary size is set from the tokenizer at training time)."""
+    path = tmp_path / "tiny_config.json"
+    tiny_config(10).to_json_file(path)
+    return path
+
+
+def tiny_recipe(data: Path, model_config: Path, output_dir: Path, **overrides: object) -> Any:
+    """A `TrainingConfig` that trains the tiny SOLI in seconds (batches of 4, a checkpoint every 2 steps)."""
+    from soli_hf.training import TrainingConfig
+
+    values = dict(
+        data=str(data), model_config=str(model_config), output_dir=str(output_dir), vocab_min_frequency=1,
+        num_epochs=2, batch_size=4, captions_per_image=2, eval_batch_size=8, warmup_steps=2, save_every_steps=2,
+        learning_rate=3e-3, report_to="none", max_caption_tokens=8, log_every_steps=1,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def recipe_flags(config: Any) -> list[str]:
+    """`config` as command-line flags of scripts/train.py (only the fields that differ from the defaults)."""
+    from soli_hf.training import TrainingConfig
+
+    defaults, flags = TrainingConfig().to_dict(), []
+    for name, value in config.to_dict().items():
+        if value != defaults[name]:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a training subprocess: one thread, offline, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def run_python(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
     """Run a Python script in a subprocess (offline) and return the JSON it printed on its last line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(extra_env or {})}

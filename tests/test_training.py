@@ -1,10 +1,10 @@
 """Training: recipe parsing, data batches, curriculum, SCST reward, checkpoints, bad samples, and real runs
-(`accelerate launch` end to end; SIGKILL mid-epoch then --resume gives the same losses step for step)."""
+(`accelerate launch` end to end; SIGKILL mid-epoch then --resume gives the same losses step for step, each step
+logged once)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FLICKR8K, tiny_config, write_caption_folder
+from conftest import FLICKR8K, recipe_flags, subprocess_env, tiny_config, tiny_recipe, write_caption_folder
 from PIL import Image
 from transformers import AutoModel, pipeline
 
@@ -32,39 +32,11 @@ from soli_hf.training.scst import caption_words, decode, scst_loss, self_critica
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_model_config(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny_config.json"
-    tiny_config(10).to_json_file(path)  # the vocabulary size is set from the tokenizer at training time
-    return path
-
-
-def tiny_recipe(data: Path, model_config: Path, output_dir: Path, **overrides: object) -> TrainingConfig:
-    values = dict(
-        data=str(data), model_config=str(model_config), output_dir=str(output_dir), vocab_min_frequency=1,
-        num_epochs=2, batch_size=4, captions_per_image=2, eval_batch_size=8, warmup_steps=2, save_every_steps=2,
-        learning_rate=3e-3, report_to="none", max_caption_tokens=8, log_every_steps=1,
-    )  # fmt: skip
-    values.update(overrides)
-    return TrainingConfig(**values)
-
-
-def recipe_flags(config: TrainingConfig) -> list[str]:
-    """`config` as command-line flags of scripts/train.py (only the fields that differ from the defaults)."""
-    defaults, flags = TrainingConfig().to_dict(), []
-    for name, value in config.to_dict().items():
-        if value != defaults[name]:
-            flags += [f"--{name}", str(value)]
-    return flags
-
-
-def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def step_losses(output_dir: Path) -> dict[int, dict[str, float]]:
-    """The last logged record of each step (a resumed run logs the steps after its checkpoint again)."""
+    """The logged record of each step, checking that each step is logged once, in order (resumed runs included)."""
     records = [json.loads(line) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records]
+    assert steps == sorted(set(steps)), f"steps logged twice or out of order: {steps}"
     return {record["step"]: record for record in records}
 
 
@@ -293,8 +265,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path: Path, tin
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
-    got = step_losses(tmp_path / "killed")
-    assert sorted(got) == sorted(expected)
+    got = step_losses(tmp_path / "killed")  # each step once: the steps logged after the checkpoint were dropped
+    assert list(got) == list(expected) == list(range(12))
     for step, record in expected.items():
         for key in ("loss", "caption_loss", "contrastive_loss", "sr_loss", "curriculum_alpha"):
             assert got[step][key] == pytest.approx(record[key], abs=1e-6), (step, key)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# how libraries word a full disk: the OS's own text, and safetensors' `IoError(Os { .. kind: StorageFull .. })`
+_DISK_FULL_WORDS = ("no space left", "storagefull", "quota exceeded")
+# torch.save's words for a failed write, which do not say why (`basic_ios::clear: iostream error`, `file write failed`)
+_WRITE_FAILED_WORDS = ("iostream error", "write failed")
+OLD_FOLDER_MARK = ".old-"  # `.<name>.old-<pid>`: a replaced folder, until its successor is in place
+LOW_DISK_SPACE = 64 * 2**20  # bytes; a failed write with less free space than this is put down to a full disk
 
 
 def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
@@ -18,16 +28,22 @@ def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        move_folder_into_place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def move_folder_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder `tmp` to `final`. An old `final` is first renamed to `.<name>.old-<pid>` beside it
+    and deleted once the new one is in place, so a crash in between leaves it there, complete."""
+    if final.exists():
+        old = final.with_name(f".{final.name}{OLD_FOLDER_MARK}{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -36,3 +52,56 @@ def fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace the file `path` with `text` (UTF-8) in one step: written beside it, flushed, renamed over it; a crash
+    leaves the old file or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def free_disk_space(path: Path) -> tuple[int, Path]:
+    """Bytes this user may still write on the file system holding `path` (or its nearest existing parent), and
+    that file system's mount point."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    mount = existing
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    return shutil.disk_usage(existing).free, mount
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """Whether `error`, raised while writing under `path`, comes from a full disk or an exhausted quota, however the
+    writing library words it. torch.save only says that its stream failed: that counts as a full disk when the
+    file system has less than `LOW_DISK_SPACE` left."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return True
+    message = str(error).lower()
+    if any(words in message for words in _DISK_FULL_WORDS):
+        return True
+    return any(words in message for words in _WRITE_FAILED_WORDS) and free_disk_space(path)[0] < LOW_DISK_SPACE
+
+
+@contextmanager
+def disk_full_as_oserror(what: str, path: Path, advice: str) -> Iterator[None]:
+    """Raise a full disk met inside the block as `OSError(ENOSPC)` that says what was being written, where, how much
+    space is left on which file system, and `advice` (what to do); any other error passes unchanged."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error, path):
+            raise
+        free, mount = free_disk_space(path)
+        message = f"disk full while writing {what} {path} ({free / 2**30:.1f} GiB free on {mount}): {advice}"
+        raise OSError(errno.ENOSPC, message) from error

@@ -1,25 +1,53 @@
-"""Checkpoints that survive a kill at any moment: written to a temporary folder, then renamed into place.
+"""The run folder (`output_dir`) and its checkpoints: every run in its own folder, checkpoints that survive a kill
+or a full disk at any moment, and a resume that only continues an intact checkpoint of the same recipe.
 
-A checkpoint folder `step-XXXXXXXX` holds `accelerator.save_state` (model, optimizer, scheduler, RNG states) and
-`trainer_state.json` (where in training it was taken). Only complete folders ever carry that name, so the
-latest one is always loadable.
+A checkpoint folder `checkpoints/step-XXXXXXXX` holds `accelerator.save_state` (model, optimizer, scheduler, RNG
+states), `trainer_state.json` (where in training it was taken) and `checkpoint.json` (the recipe that wrote it and
+the size of every file). It is written under a temporary name, flushed, then renamed, so only complete folders
+carry that name; a resume still verifies that every file loads, in case the disk damaged one since.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as load_torch_file
+from safetensors.torch import load_file as load_safetensors_file
 
-from ..storage import fsync_tree
+from ..storage import disk_full_as_oserror, fsync_tree, read_json
+from ..storage.atomic import OLD_FOLDER_MARK, move_folder_into_place
+from .config import TrainingConfig, recipe_differences
 
+logger = logging.getLogger(__name__)
+
+# ---- the run folder
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"  # the best epoch's `save_pretrained` folder
+STEP_LOG_FILE = "losses.jsonl"
+LOG_DIR = "logs"  # the trackers' (tensorboard)
+RECIPE_FILE = "training_config.json"
+RUN_FILES = (CHECKPOINT_DIR, MODEL_DIR, STEP_LOG_FILE, LOG_DIR, RECIPE_FILE)  # what --overwrite_output_dir deletes
+
+# ---- a checkpoint
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE_FILE = "trainer_state.json"
+CHECKPOINT_INFO_FILE = "checkpoint.json"
+TEMPORARY_SUFFIX = ".tmp"
+CORRUPT_PREFIX = "corrupt-"  # a checkpoint that failed verification, kept aside: no longer a `step-` folder
+_CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
+_TORCH_FILE_SUFFIXES = (".bin", ".pkl", ".pt")
+
+
+class ResumeError(ValueError):
+    """`--resume true` cannot continue the run in `output_dir` (no intact checkpoint, or another recipe's)."""
 
 
 @dataclass
@@ -40,39 +68,248 @@ class TrainerState:
 
     @classmethod
     def load(cls, folder: Path) -> TrainerState:
-        return cls(**json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8")))
+        """Read `trainer_state.json`; `ValueError` naming the file when it is not a trainer state."""
+        path = folder / TRAINER_STATE_FILE
+        values = read_json(path)
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(f"{path}: not a trainer state ({error})") from error
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The global step of the checkpoint `folder` (`step-00000200` -> 200)."""
+    return int(folder.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 def checkpoint_folders(checkpoint_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first (temporary, replaced and corrupt folders are not among them)."""
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+    folders = [p for p in checkpoint_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(folders, key=checkpoint_step)
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, state: TrainerState, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, checkpoint_dir: Path, state: TrainerState, keep: int, recipe: dict[str, Any]
+) -> Path:
     """Write `step-<global_step>` atomically (every process takes part in `save_state`; the main process renames)
-    and delete all but the newest `keep` checkpoints."""
+    with `recipe` stored in it, and delete all but the newest `keep` checkpoints.
+
+    A write that fails removes its temporary folder and leaves the earlier checkpoints as they were; a full disk
+    is raised as `OSError` naming the checkpoint, the free space and the checkpoint to resume from.
+    """
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.global_step:08d}"
-    tmp = checkpoint_dir / f".{final.name}.tmp"
+    tmp = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        with disk_full_as_oserror("checkpoint", final, _advice_after_a_full_disk(checkpoint_dir)):
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                state.save(tmp)
+                _write_checkpoint_info(tmp, recipe)
+                fsync_tree(tmp)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        state.save(tmp)
-        fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # a checkpoint of the same step from an earlier, resumed run
-        os.replace(tmp, final)
+        move_folder_into_place(tmp, final)  # an end-of-epoch checkpoint replaces the periodic one of its step
         for old in checkpoint_folders(checkpoint_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
+def _advice_after_a_full_disk(checkpoint_dir: Path) -> str:
     folders = checkpoint_folders(checkpoint_dir)
-    return folders[-1] if folders else None
+    if not folders:
+        return "free space, then start the run again (it has no checkpoint yet)"
+    return f"free space, then resume with --resume true from {folders[-1].name} (complete)"
+
+
+def _write_checkpoint_info(folder: Path, recipe: dict[str, Any]) -> None:
+    """`checkpoint.json`: the recipe, and the size of every file written so far (a resume checks them)."""
+    files = {path.name: path.stat().st_size for path in sorted(folder.iterdir()) if path.is_file()}
+    info = {"recipe": recipe, "files": files}
+    (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint `folder` cannot be resumed from, or None when it can: `trainer_state.json` and
+    `checkpoint.json` parse, every file `checkpoint.json` lists is there with its size, and every safetensors and
+    torch file in the folder loads."""
+    try:
+        TrainerState.load(folder)
+        files = _checkpoint_info(folder).get("files", {})
+    except (OSError, ValueError) as error:
+        return str(error)
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    for path in sorted(folder.iterdir()):
+        problem = _load_problem(path)
+        if problem is not None:
+            return f"{path.name} does not load: {problem}"
+    return None
+
+
+def _checkpoint_info(folder: Path) -> dict[str, Any]:
+    """`checkpoint.json` ({} for a checkpoint written before checkpoints stored one)."""
+    path = folder / CHECKPOINT_INFO_FILE
+    if not path.exists():
+        return {}
+    info = read_json(path)
+    if not (isinstance(info, dict) and isinstance(info.get("recipe"), dict) and isinstance(info.get("files"), dict)):
+        raise ValueError(f"{path}: expected an object with a recipe and files")
+    return info
+
+
+def _load_problem(path: Path) -> str | None:
+    """Load a file the way accelerate's `load_state` will; what went wrong, or None."""
+    try:
+        if path.suffix == ".safetensors":
+            load_safetensors_file(path)
+        elif path.suffix in _TORCH_FILE_SUFFIXES:
+            load_torch_file(path, map_location="cpu")
+    except Exception as error:  # whatever the loader raises (SafetensorError, PytorchStreamReader, unpickling...)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ the run folder
+
+
+def prepare_run_folder(accelerator: Accelerator, config: TrainingConfig) -> Path | None:
+    """Make `config.output_dir` ready for `config`'s run; returns the checkpoint to resume from (None: start anew).
+
+    With `resume`: the newest intact checkpoint of the same recipe (see `resume_checkpoint`); None, with a warning,
+    when there is no checkpoint at all. Otherwise `output_dir` must be absent or empty, unless
+    `overwrite_output_dir` is set: then the run in it (`RUN_FILES`: checkpoints, model, losses, logs, recipe) is
+    deleted first, and other files stay.
+
+    Raises:
+        FileExistsError: `output_dir` holds files and neither `resume` nor `overwrite_output_dir` is set.
+        NotADirectoryError: `output_dir` is a file.
+        ResumeError: from `resume_checkpoint`.
+    """
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {output_dir} is a file, not a folder")
+    if config.resume:
+        checkpoint = resume_checkpoint(accelerator, output_dir / CHECKPOINT_DIR, config)
+        if checkpoint is None:
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir / CHECKPOINT_DIR)
+        return checkpoint
+    existing = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if existing and not config.overwrite_output_dir:
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise FileExistsError(
+            f"output_dir {output_dir} is not empty ({shown}): continue its run with --resume true, or delete that "
+            "run and start again with --overwrite_output_dir true (or choose another --output_dir)"
+        )
+    accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+    if accelerator.is_main_process:
+        for name in existing:
+            if name in RUN_FILES or name.startswith(tuple(f".{run_file}" for run_file in RUN_FILES)):
+                _remove(output_dir / name)
+        if existing:
+            logger.info("--overwrite_output_dir: deleted the run in %s", output_dir)
+    accelerator.wait_for_everyone()
+    return None
+
+
+def resume_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, config: TrainingConfig) -> Path | None:
+    """The checkpoint `--resume true` continues: the newest one of `checkpoint_dir` whose files all load.
+
+    Newer ones that do not load are named in a warning and kept aside as `corrupt-step-...`; the leftovers of a
+    checkpoint write that was killed are removed. A checkpoint written before checkpoints stored their recipe is
+    resumed with a warning.
+
+    Raises:
+        ResumeError: no checkpoint loads (each one named, with why), or the checkpoint was written by a recipe whose
+            run-defining fields differ from `config` (each field named, with both values).
+    """
+    if accelerator.is_main_process:
+        _clean_interrupted_writes(checkpoint_dir)
+    accelerator.wait_for_everyone()
+    candidates = checkpoint_folders(checkpoint_dir)
+    if not candidates:
+        return None
+    corrupt: dict[Path, str] = {}
+    for folder in reversed(candidates):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            break
+        corrupt[folder] = problem
+        logger.warning("checkpoint %s is corrupt (%s); trying the one before it", folder, problem)
+    else:
+        reasons = "; ".join(f"{folder.name}: {problem}" for folder, problem in corrupt.items())
+        raise ResumeError(
+            f"cannot resume: no intact checkpoint in {checkpoint_dir} ({reasons}). Start the run again with "
+            "--overwrite_output_dir true (or another --output_dir)"
+        )
+    _check_recipe(folder, config)
+    accelerator.wait_for_everyone()  # every process has chosen before the main one moves folders
+    if accelerator.is_main_process:
+        for bad in corrupt:
+            aside = bad.with_name(f"{CORRUPT_PREFIX}{bad.name}")
+            os.replace(bad, aside)
+            logger.warning("kept the corrupt checkpoint aside as %s (delete it when done)", aside)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _check_recipe(checkpoint: Path, config: TrainingConfig) -> None:
+    recipe = _checkpoint_info(checkpoint).get("recipe")
+    if recipe is None:
+        logger.warning(
+            "%s was written before checkpoints stored their recipe: resuming it without checking that it was "
+            "trained with this one", checkpoint,
+        )  # fmt: skip
+        return
+    differences = recipe_differences(recipe, config)
+    if differences:
+        listed = ", ".join(f"{name} {saved!r} there, {now!r} now" for name, (saved, now) in differences.items())
+        raise ResumeError(
+            f"cannot resume from {checkpoint}: it was written by another recipe ({listed}). Resume with its values, "
+            "or start a new run with --overwrite_output_dir true or another --output_dir"
+        )
+
+
+def _clean_interrupted_writes(checkpoint_dir: Path) -> None:
+    """After a kill during `save_checkpoint`: delete a half-written temporary folder; put back a replaced checkpoint
+    whose successor never got its name (else delete it)."""
+    if not checkpoint_dir.is_dir():
+        return
+    for path in checkpoint_dir.iterdir():
+        name = path.name
+        if name.startswith(f".{CHECKPOINT_PREFIX}") and name.endswith(TEMPORARY_SUFFIX):
+            logger.info("removing %s, the remains of a checkpoint write that was interrupted", path)
+            _remove(path)
+        elif name.startswith(f".{CHECKPOINT_PREFIX}") and OLD_FOLDER_MARK in name:
+            replaced = checkpoint_dir / name[1:].split(OLD_FOLDER_MARK)[0]
+            if replaced.exists():
+                _remove(path)
+            else:
+                os.replace(path, replaced)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

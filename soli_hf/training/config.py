@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate.utils import LoggerType
 from transformers import HfArgumentParser
+
+from ..data import DATA_FORMATS
+from ..image_transforms_soli import DEGRADATIONS
 
 PHASES = ("xe", "scst")
 MODEL_VARIANTS = ("soli", "baseline")
 SCHEDULES = ("cosine", "plateau")
 SCST_BASELINES = ("greedy", "mean")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", *(tracker.value for tracker in LoggerType))
+
+# The fields that may change when a run is resumed: they decide how the run is carried out, watched or kept, not
+# which model comes out of it. Every other field defines the run, and `--resume true` refuses a checkpoint whose
+# recipe differs in one of them (a checkpoint stores the recipe that wrote it).
+CHANGEABLE_ON_RESUME = frozenset(
+    {
+        "resume", "overwrite_output_dir",
+        "output_dir",  # the run folder may be moved
+        "num_workers",  # data loading processes; the batches are the same
+        "on_bad_sample",  # a run stopped by a bad image may go on skipping it
+        "report_to", "log_every_steps",  # trackers
+        "eval_batch_size",  # evaluation batches; the captions are the same
+        "save_every_steps", "keep_checkpoints",  # checkpoints
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -85,32 +108,135 @@ class TrainingConfig:
     save_every_steps: int = 200
     keep_checkpoints: int = 2
     output_dir: str = "runs/soli"
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest intact checkpoint in output_dir"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "delete the run already in output_dir (checkpoints, model, logs) first"}
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "an accelerate tracker, or none"})
     seed: int = 0
     log_every_steps: int = 10
 
     def __post_init__(self) -> None:
-        for name, value, choices in (
-            ("phase", self.phase, PHASES),
-            ("model_variant", self.model_variant, MODEL_VARIANTS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("scst_baseline", self.scst_baseline, SCST_BASELINES),
-            ("mixed_precision", self.mixed_precision, MIXED_PRECISION),
-            ("on_bad_sample", self.on_bad_sample, ("skip", "error")),
-        ):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        if self.phase == "scst" and self.init_from is None:
-            raise ValueError("phase scst fine-tunes a cross-entropy model: give --init_from MODEL_DIR")
-        if self.captions_per_image < 1 or self.batch_size < 1 or self.num_epochs < 1:
-            raise ValueError("captions_per_image, batch_size and num_epochs must be positive")
-        if self.phase == "scst" and self.scst_baseline == "mean" and self.scst_samples < 2:
-            raise ValueError("the mean-of-samples SCST baseline needs scst_samples >= 2")
+        """Check every field: its type, its range and the fields that must agree, naming the field and value."""
+        hints = typing.get_type_hints(type(self))
+        for name in (f.name for f in dataclasses.fields(self)):
+            value = getattr(self, name)
+            if not _is_of_type(value, hints[name]):
+                raise ValueError(f"{name} must be of type {_type_name(hints[name])}, got {value!r}")
+            if any(isinstance(number, float) and not math.isfinite(number) for number in _numbers(value)):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        for check in (_check_choices, _check_ranges, _check_combinations):
+            check(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data (saved beside the model as `training_config.json`)."""
         return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+_POSITIVE = (
+    "max_train_images", "max_eval_images", "captions_per_image", "vocab_min_frequency", "num_epochs", "batch_size",
+    "gradient_accumulation_steps", "learning_rate", "scst_samples", "max_caption_tokens", "eval_batch_size",
+    "early_stopping_patience", "save_every_steps", "keep_checkpoints", "log_every_steps",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "num_workers", "degradation_ramp_epochs", "contrastive_weight", "sr_loss_weight",
+    "backbone_learning_rate",  # 0 keeps the backbone as it is (configs/flickr8k_cpu_scst.yaml)
+    "weight_decay", "warmup_steps",
+    "max_grad_norm",  # 0: no clipping
+    "freeze_backbone_epochs", "curriculum_start_epoch", "curriculum_epochs", "seed",
+)  # fmt: skip
+_NON_EMPTY = (
+    "data", "train_split", "eval_split", "backbone", "model_config", "init_from", "tokenizer", "output_dir"
+)
+JPEG_QUALITY = (1, 95)  # the range pillow's JPEG encoder documents
+
+
+def _is_of_type(value: Any, hint: Any) -> bool:
+    """Whether `value` has the annotated type (`int` excludes bools; `float` accepts ints)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_is_of_type(value, option) for option in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_of_type(element, item) for element in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _numbers(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if typing.get_origin(hint) is None and isinstance(hint, type) else str(hint)
+
+
+def _check_choices(config: TrainingConfig) -> None:
+    for name, choices in (
+        ("phase", PHASES),
+        ("model_variant", MODEL_VARIANTS),
+        ("schedule", SCHEDULES),
+        ("scst_baseline", SCST_BASELINES),
+        ("mixed_precision", MIXED_PRECISION),
+        ("on_bad_sample", ("skip", "error")),
+        ("report_to", REPORT_TO),
+    ):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
+    if config.data_format is not None and config.data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS} or None (detected), got {config.data_format!r}")
+    if not config.degradations or set(config.degradations) - set(DEGRADATIONS):
+        raise ValueError(f"degradations must be a non-empty list of {DEGRADATIONS}, got {config.degradations!r}")
+
+
+def _check_ranges(config: TrainingConfig) -> None:
+    for names, accepts, bound in ((_POSITIVE, lambda v: v > 0, "> 0"), (_NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and not accepts(value):
+                raise ValueError(f"{name} must be {bound}, got {value!r}")
+    for name in _NON_EMPTY:
+        if getattr(config, name) is not None and not getattr(config, name).strip():
+            raise ValueError(f"{name} must not be empty, got {getattr(config, name)!r}")
+    if config.label_smoothing is not None and not 0 <= config.label_smoothing <= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {config.label_smoothing!r}")
+    if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
+        raise ValueError(f"min_scale_factor must be in (0, 1], got {config.min_scale_factor!r}")
+    _check_range_pair("blur_sigma_range", config.blur_sigma_range, 0, math.inf)
+    if config.jpeg_quality_range is not None:
+        _check_range_pair("jpeg_quality_range", config.jpeg_quality_range, *JPEG_QUALITY)
+
+
+def _check_range_pair(name: str, pair: list[float], lowest: float, highest: float) -> None:
+    """`pair` is [low, high] with lowest <= low <= high <= highest."""
+    if len(pair) != 2 or not lowest <= pair[0] <= pair[1] <= highest:
+        raise ValueError(f"{name} must be [low, high] with {lowest} <= low <= high <= {highest}, got {pair!r}")
+
+
+def _check_combinations(config: TrainingConfig) -> None:
+    if config.phase == "scst" and config.init_from is None:
+        raise ValueError("phase scst fine-tunes a cross-entropy model: give --init_from MODEL_DIR")
+    if config.phase == "scst" and config.scst_baseline == "mean" and config.scst_samples < 2:
+        raise ValueError(f"the mean-of-samples SCST baseline needs scst_samples >= 2, got {config.scst_samples}")
+    if config.resume and config.overwrite_output_dir:
+        raise ValueError("give --resume true (continue the run in output_dir) or --overwrite_output_dir true, not both")
+
+
+def recipe_differences(saved: dict[str, Any], current: TrainingConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields that define the run (all but `CHANGEABLE_ON_RESUME`) whose values differ between a saved recipe
+    and `current`, as {field: (saved value, current value)}; a field the saved recipe lacks (added since) counts as
+    its default."""
+    defaults = TrainingConfig().to_dict()
+    differences = {}
+    for name, value in current.to_dict().items():
+        if name not in CHANGEABLE_ON_RESUME and saved.get(name, defaults[name]) != value:
+            differences[name] = (saved.get(name, defaults[name]), value)
+    return differences
 
 
 def parse_training_config(argv: Sequence[str] | None = None) -> TrainingConfig:
@@ -130,7 +256,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training recipe not found: {path}")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not a valid YAML file: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe is a mapping of TrainingConfig fields, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(TrainingConfig)}

@@ -27,32 +27,38 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data import iter_captions, load_caption_dataset_with_report
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
-from ..storage import write_folder_atomically
-from .checkpointing import TrainerState, latest_checkpoint, save_checkpoint
+from ..storage import disk_full_as_oserror, write_folder_atomically, write_text_atomically
+from .checkpointing import (
+    CHECKPOINT_DIR, LOG_DIR, MODEL_DIR, RECIPE_FILE, STEP_LOG_FILE, TrainerState, prepare_run_folder, save_checkpoint,
+)  # fmt: skip
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
 from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
 from .evaluation import evaluate_captioner
-from .model_setup import build_model, build_processor, trainable_parameter_groups
+from .model_setup import build_model, build_processor, check_model_sources, trainable_parameter_groups
 from .reporting import plot_training_curves
 from .scst import build_reward_scorer, scst_loss
 
 logger = logging.getLogger(__name__)
 
-STEP_LOG_FILE = "losses.jsonl"
-MODEL_DIR = "model"
-
 
 def train(config: TrainingConfig) -> Path:
-    """Run the recipe; returns the folder of the best model (`OUTPUT/model`)."""
+    """Run the recipe; returns the folder of the best model (`OUTPUT/model`).
+
+    Before reading any data it checks the model sources and the run folder: a new run refuses a non-empty
+    `output_dir` (unless `overwrite_output_dir`), `resume` continues the newest intact checkpoint of the same recipe
+    (`checkpointing.prepare_run_folder`).
+    """
     output_dir = Path(config.output_dir)
+    check_model_sources(config)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOG_DIR)),
     )
     set_seed(config.seed)
+    checkpoint = prepare_run_folder(accelerator, config)
     show_progress = accelerator.is_local_main_process
 
     # ---- data
@@ -97,20 +103,17 @@ def train(config: TrainingConfig) -> Path:
 
     # ---- resume
     state = TrainerState()
-    checkpoint_dir = output_dir / "checkpoints"
-    checkpoint = latest_checkpoint(checkpoint_dir) if config.resume else None
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    recipe = config.to_dict()
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = TrainerState.load(checkpoint)
         logger.info("resumed from %s (epoch %d, step %d)", checkpoint, state.epoch, state.global_step)
-    elif config.resume:
-        logger.warning("--resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-        if checkpoint is None:
-            (output_dir / STEP_LOG_FILE).unlink(missing_ok=True)
-    accelerator.init_trackers("soli", config={k: str(v) for k, v in config.to_dict().items()})
+        write_text_atomically(output_dir / RECIPE_FILE, json.dumps(recipe, indent=2))
+        trim_step_log(output_dir / STEP_LOG_FILE, state.global_step)
+    accelerator.init_trackers("soli", config={k: str(v) for k, v in recipe.items()})
 
     # ---- epochs
     unwrapped = accelerator.unwrap_model(model)
@@ -151,7 +154,7 @@ def train(config: TrainingConfig) -> Path:
             state.global_step += 1
             state.step_in_epoch += 1
             if state.global_step % config.save_every_steps == 0 and accelerator.sync_gradients:
-                save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints)
+                save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints, recipe)
 
         # ---- end of epoch: evaluate, keep the best, stop early
         train_seconds = time.perf_counter() - epoch_start
@@ -185,7 +188,7 @@ def train(config: TrainingConfig) -> Path:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         state.epoch, state.step_in_epoch = epoch + 1, 0
         state.stopped_early = state.epochs_without_improvement >= config.early_stopping_patience
-        save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints)
+        save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints, recipe)
         if state.stopped_early:
             logger.info("early stopping: no CIDEr-D gain for %d epochs", state.epochs_without_improvement)
             break
@@ -200,7 +203,7 @@ def train(config: TrainingConfig) -> Path:
             "skipped_train_samples": skipped,
             "skipped_eval_samples": eval_report.counts,
         }
-        (output_dir / MODEL_DIR / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_text_atomically(output_dir / MODEL_DIR / "metrics.json", json.dumps(summary, indent=2))
         plot_training_curves(output_dir / STEP_LOG_FILE, state.history, output_dir / MODEL_DIR / "training_curves.png")
     if any(skipped.values()):
         logger.warning("skipped training samples: %s", skipped)
@@ -236,6 +239,26 @@ def set_backbone_trainable(model: SoliForConditionalGeneration, trainable: bool)
     """Freeze or unfreeze the backbone's weights (`freeze_backbone_epochs`)."""
     for parameter in model.encoder.backbone.parameters():
         parameter.requires_grad_(trainable)
+
+
+def trim_step_log(path: Path, first_dropped_step: int) -> None:
+    """Keep only the records of the steps before `first_dropped_step` in `losses.jsonl` (rewritten atomically): a
+    run resumed from the checkpoint of that step logs the later steps again, and the file then reads like one
+    unbroken run (a new run starts it empty). A line cut short by a kill is dropped too."""
+    if not path.exists():
+        return
+    kept, unreadable = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            unreadable += 1
+            continue
+        if step < first_dropped_step:
+            kept.append(line)
+    if unreadable:
+        logger.warning("%s: dropped %d unreadable line(s) (a kill while one was written)", path, unreadable)
+    write_text_atomically(path, "".join(f"{line}\n" for line in kept))
 
 
 def log_step(accelerator: Accelerator, output_dir: Path, record: dict[str, Any], every: int) -> None:
@@ -277,4 +300,5 @@ def save_model_folder(
         metrics = {"best_epoch": state.best_epoch, "best": state.history[-1], "history": state.history}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
-    write_folder_atomically(folder, write)
+    with disk_full_as_oserror("the model folder", folder, "free space, then resume with --resume true"):
+        write_folder_atomically(folder, write)

@@ -2,17 +2,77 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError
 from transformers import AutoProcessor
 
 from ..configuration_soli import SoliConfig
 from ..image_processing_soli import SoliImageProcessor
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
+from ..storage import read_json
 from ..tokenization_soli import build_tokenizer
 from .config import TrainingConfig
+
+Loaded = TypeVar("Loaded")
+# what transformers and safetensors raise for a folder or file that is missing, truncated or not what it should be
+_LOAD_ERRORS = (OSError, ValueError, TypeError, SafetensorError)
+
+
+def model_sources(config: TrainingConfig) -> dict[str, str]:
+    """The recipe's fields that the run loads from, {field: folder, file or Hub id}: `init_from` (model and
+    processor) when given; else `tokenizer` when given, `model_config` when given, and `backbone` without a
+    `model_config` (which builds the architecture with freshly initialised weights)."""
+    if config.init_from is not None:
+        return {"init_from": config.init_from}
+    names = ["tokenizer", "model_config"] + (["backbone"] if config.model_config is None else [])
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+
+
+def check_model_sources(config: TrainingConfig) -> None:
+    """Fail before any data is read on a source of `model_sources` that cannot be right: a folder that does not
+    exist and is no Hub id either (a Hub id is loaded when the model is built), a `model_config` that is no file,
+    or a JSON file (config, tokenizer, processor) that does not parse, e.g. one cut short by a failed copy.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: naming the field and the path.
+        ValueError: naming the field and the JSON file, with the line and column of the error.
+    """
+    for name, source in model_sources(config).items():
+        path = Path(source)
+        if name == "model_config" and not path.is_file():
+            raise FileNotFoundError(f"model_config {source}: no such file (a SoliConfig JSON)")
+        if name != "model_config" and path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{name} {source}: a file, not a model folder")
+        if not path.exists() and not _is_hub_id(source):
+            raise FileNotFoundError(f"{name} {source}: the folder does not exist (nor is it a Hub id)")
+        for json_file in [path] if path.is_file() else sorted(path.glob("*.json")):
+            try:
+                read_json(json_file)
+            except ValueError as error:
+                raise ValueError(f"{name} {source}: {error}") from error
+
+
+def _is_hub_id(source: str) -> bool:
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
+
+
+def load_source(name: str, source: str, load: Callable[[str], Loaded]) -> Loaded:
+    """`load(source)`; a source that is missing, truncated or of the wrong kind raises `ValueError` naming the
+    recipe field and the source (the loader's own error follows, and is chained)."""
+    try:
+        return load(source)
+    except _LOAD_ERRORS as error:
+        where = "folder" if Path(source).exists() else "Hub id (no such folder)"
+        raise ValueError(f"{name} {source}: cannot load this {where}: {error}") from error
 
 
 def build_processor(config: TrainingConfig, training_captions: Iterable[str]) -> SoliProcessor:
@@ -20,7 +80,7 @@ def build_processor(config: TrainingConfig, training_captions: Iterable[str]) ->
     captions (words seen at least `vocab_min_frequency` times) and the default image processor."""
     source = config.init_from or config.tokenizer
     if source is not None:
-        loaded = AutoProcessor.from_pretrained(source)
+        loaded = load_source("init_from" if config.init_from else "tokenizer", source, AutoProcessor.from_pretrained)
         if isinstance(loaded, SoliProcessor):
             return loaded
         return SoliProcessor(image_processor=SoliImageProcessor(), tokenizer=loaded)
@@ -38,7 +98,7 @@ def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForCond
     to the tokenizer's vocabulary, and the architecture of `model_config` when given."""
     overrides = _loss_overrides(config)
     if config.init_from is not None:
-        model = SoliForConditionalGeneration.from_pretrained(config.init_from)
+        model = load_source("init_from", config.init_from, SoliForConditionalGeneration.from_pretrained)
         for name, value in overrides.items():
             setattr(model.config, name, value)
         return model
@@ -52,17 +112,23 @@ def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForCond
         **overrides,
     }
     if config.model_config is not None:
-        architecture = SoliConfig.from_json_file(config.model_config).to_dict()
-        for key in ("auto_map", "custom_pipelines", "transformers_version", "model_type", "inference_branches"):
-            architecture.pop(key, None)
-        values = architecture | values
-    if config.backbone is not None and config.model_config is None:
-        model = SoliForConditionalGeneration.from_pretrained_backbone(config.backbone, **values)
+        model = load_source("model_config", config.model_config, lambda path: _new_model(path, values))
+    elif config.backbone is not None:
+        pretrained = SoliForConditionalGeneration.from_pretrained_backbone
+        model = load_source("backbone", config.backbone, lambda source: pretrained(source, **values))
     else:
         model = SoliForConditionalGeneration(SoliConfig(**values))
     # A generated <unk> is dropped when decoding and leaves a broken sentence: generate() never picks it.
     model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
     return model
+
+
+def _new_model(model_config: str, values: dict[str, Any]) -> SoliForConditionalGeneration:
+    """A new SOLI (random weights) with the architecture of the SoliConfig JSON `model_config` and `values` on top."""
+    architecture = SoliConfig.from_json_file(model_config).to_dict()
+    for key in ("auto_map", "custom_pipelines", "transformers_version", "model_type", "inference_branches"):
+        architecture.pop(key, None)
+    return SoliForConditionalGeneration(SoliConfig(**(architecture | values)))
 
 
 def trainable_parameter_groups(model: SoliForConditionalGeneration, config: TrainingConfig) -> list[dict[str, Any]]:
