@@ -174,9 +174,11 @@ def run_caption(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """Export a saved SOLI folder to ONNX (and optionally quantize it to int8); print the files written."""
     from .onnx.export import export_onnx
+    from .onnx.folder import check_output_folder
     from .onnx.quantize import quantize_onnx
 
     try:
+        check_output_folder(args.out)  # refused before the float32 export that --quantize makes first
         model, processor = load_captioner(args.model, args.inference_branches)
         export = {"processor": processor, "opset": args.opset, "backend": args.backend}
         if args.quantize is None:

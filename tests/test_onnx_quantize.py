@@ -119,7 +119,7 @@ def test_soli_export_quantize_and_caption_onnx(saved_model, float32_dir, image_f
         status, out, err = run_cli("caption", *map(str, image_files), "--onnx", str(folder), "--json", "--num-beams", "2")
         assert status == 0, err
         expected = SoliOnnxCaptioner(folder).caption(image_files, num_beams=2, max_new_tokens=20)
-        assert [item["caption"] for item in json.loads(out)] == expected
+        assert [json.loads(line)["caption"] for line in out.splitlines()] == expected  # JSON Lines
     status, _, err = run_cli("caption", str(image_files[0]), "--onnx", str(tmp_path), "--model", str(saved_model))
     assert status == 2 and "not both" in err
     status, _, err = run_cli("caption", str(image_files[0]), "--onnx", str(tmp_path / "missing"))
@@ -142,7 +142,7 @@ with contextlib.redirect_stdout(out):
     status = cli.main(["caption", *sys.argv[2:], "--onnx", sys.argv[1], "--json"])
 loaded = [name for name, module in sys.modules.items() if module is not None and name.split(".")[0] in
           ("torch", "transformers")]
-print(json.dumps({{"status": status, "captions": [item["caption"] for item in json.loads(out.getvalue())],
+print(json.dumps({{"status": status, "captions": [json.loads(line)["caption"] for line in out.getvalue().splitlines()],
                   "loaded": loaded}}))
 """
     result = run_python(script, str(float32_dir), *map(str, image_files), cwd=tmp_path)

@@ -15,6 +15,9 @@ which layers the encoder graph computes in other (equal) ways, and why.
 `soli_onnx.json` (see `spec.py`, written by `write_manifest`) carries everything the torch-free runtime needs
 besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's
 `generation_config`, the image processor's settings, the vocabulary (id order) and the route that exported it.
+
+Both routes write the folder whole or not at all (`folder.py`): into a temporary folder beside `out_dir`, renamed to
+`out_dir` once complete. `out_dir` must be new, empty or a previous export (anything else is refused, not deleted).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import nn
 from ..image_processing_soli import SoliImageProcessor
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
+from .folder import write_export_folder
 from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
 from .spec import (
     DECODER_STEP,
@@ -75,7 +79,9 @@ def export_onnx(
 
     Args:
         model_dir_or_model: a saved SOLI folder (model and processor are loaded from it), or a model.
-        out_dir: created if needed; existing files of the same names are replaced.
+        out_dir: a new folder, an empty one or a previous export, which is replaced whole once the new export is
+            complete (a crash leaves the previous one intact); a folder holding other files is refused
+            (`ValueError`), so that none of them is deleted.
         opset: ONNX opset of both graphs.
         processor: the model's `SoliProcessor`; required when a model object is given, ignored otherwise.
         backend: "torch" (`torch.onnx.export`, dynamo), "optimum" (Optimum's `main_export`; a model object is saved
@@ -83,6 +89,10 @@ def export_onnx(
 
     Returns:
         The paths written.
+
+    Raises:
+        ValueError: for an unknown or unavailable backend, a folder that is not a saved model, generation settings
+            the runtime cannot reproduce, or an `out_dir` that is neither new, empty nor a previous export.
     """
     if backend not in EXPORT_BACKENDS:
         raise ValueError(f"export_onnx: backend must be one of {EXPORT_BACKENDS}, got {backend!r}")
@@ -97,8 +107,13 @@ def export_onnx(
             )
     model, processor = load_for_export(model_dir_or_model, processor)
     generation_defaults(model)  # fails early on settings the runtime cannot reproduce
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return write_export_folder(out_dir, lambda folder: _export_with_torch(model, processor, folder, opset))
+
+
+def _export_with_torch(
+    model: SoliForConditionalGeneration, processor: SoliProcessor, out: Path, opset: int
+) -> list[Path]:
+    """Write both graphs (`torch.onnx.export`, dynamo) and the manifest into the folder `out`."""
     was_training = model.training
     model.eval()
     try:

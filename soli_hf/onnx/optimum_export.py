@@ -30,6 +30,7 @@ from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
 from .export import generation_defaults, load_for_export, write_manifest
+from .folder import write_export_folder
 from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
 from .spec import BATCH, DECODER_STEP, DEFAULT_OPSET, ENCODER, GRAPHS, GraphSpec, TensorSpec, model_sizes
 
@@ -138,15 +139,26 @@ def export_with_optimum(
     and `soli_onnx.json`, the folder of `export_onnx(..., backend="torch")`.
 
     `main_export` writes the graphs (and the model's config and preprocessors, not needed here) into a temporary
-    folder and validates them against PyTorch; the graphs are then moved to `out_dir`.
+    folder and validates them against PyTorch; the graphs are then moved to the new export folder, which replaces
+    `out_dir` whole once complete (see `export_onnx` for what `out_dir` may be).
 
     Returns:
         The paths written.
     """
     model, processor = load_for_export(model_dir)
     generation_defaults(model)  # fails early on settings the runtime cannot reproduce
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+    def write(out: Path) -> list[Path]:
+        written = _main_export_graphs(model_dir, opset, model, out)
+        return [*written, write_manifest(model, processor, out, opset, exporter="optimum")]
+
+    return write_export_folder(out_dir, write)
+
+
+def _main_export_graphs(
+    model_dir: str | os.PathLike, opset: int, model: SoliForConditionalGeneration, out: Path
+) -> list[Path]:
+    """Export both graphs of the saved folder with `main_export` and move them into the folder `out`."""
     with tempfile.TemporaryDirectory() as scratch:
         main_export(
             str(model_dir),
@@ -159,5 +171,4 @@ def export_with_optimum(
             custom_onnx_configs=soli_onnx_configs(model),
             fn_get_submodels=soli_submodels,
         )
-        written = [Path(shutil.move(Path(scratch) / graph.file_name, out / graph.file_name)) for graph in GRAPHS]
-    return [*written, write_manifest(model, processor, out, opset, exporter="optimum")]
+        return [Path(shutil.move(Path(scratch) / graph.file_name, out / graph.file_name)) for graph in GRAPHS]

@@ -1,7 +1,8 @@
 """Dynamic int8 quantization of an exported SOLI folder, for ARM64 (Raspberry Pi) or x86 (AVX2 / AVX512).
 
 `quantize_onnx(onnx_dir, out_dir, target="arm64")` writes a folder of the same layout (`encoder.onnx`,
-`decoder_step.onnx`, `soli_onnx.json` with a `quantization` entry) that `SoliOnnxCaptioner` loads unchanged.
+`decoder_step.onnx`, `soli_onnx.json` with a `quantization` entry) that `SoliOnnxCaptioner` loads unchanged. Like
+the export, it writes that folder whole or not at all (`folder.py`).
 
 The targets are Optimum's `AutoQuantizationConfig.arm64 / avx2 / avx512` dynamic configurations: activations
 uint8 (asymmetric, quantized at run time), weights int8 (uint8 for AVX2) symmetric, per channel, full range.
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.onnx_model import ONNXModel
 
-from .runtime import read_manifest
+from .folder import write_export_folder
+from .manifest import REEXPORT, read_manifest
 from .spec import GRAPHS, MANIFEST_NAME
 
 QUANTIZED_OPERATORS = ("MatMul", "Gather")
@@ -68,7 +71,8 @@ def quantize_onnx(
 
     Args:
         onnx_dir: a float32 folder written by `soli_hf.onnx.export.export_onnx`.
-        out_dir: created if needed (must differ from `onnx_dir`); files of the same names are replaced.
+        out_dir: must differ from `onnx_dir`; a new folder, an empty one or a previous export, replaced whole once
+            the quantized folder is complete (a folder holding other files is refused, see `export_onnx`).
         target: one of `TARGETS` ("arm64", "avx2", "avx512").
         backend: "optimum" (Optimum's `ORTQuantizer`), "onnxruntime" (`quantize_dynamic`) or "auto" (Optimum
             where installed).
@@ -89,16 +93,22 @@ def quantize_onnx(
     if backend == "auto":
         backend = "optimum" if _optimum_available() else "onnxruntime"
     settings = TARGETS[target]
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    return write_export_folder(out, lambda folder: _write_quantized(source, folder, manifest, settings, backend))
+
+
+def _write_quantized(
+    source: Path, out: Path, manifest: dict[str, Any], settings: QuantizationTarget, backend: str
+) -> list[Path]:
+    """Quantize the graphs of the float32 folder `source` into the folder `out`, with `backend` ("optimum" or
+    "onnxruntime"), and write its manifest: `source`'s with a `quantization` entry."""
     quantize = _quantize_with_optimum if backend == "optimum" else _quantize_with_onnxruntime
-    excluded = {}
+    written, excluded = [], {}
     with tempfile.TemporaryDirectory() as scratch, _without_preprocessing_hint():
         for graph in GRAPHS:
             prepared, excluded[graph.key] = _prepare(source / graph.file_name, Path(scratch))
             quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
             written.append(out / graph.file_name)
-    manifest["quantization"] = {
+    quantization = {
         **asdict(settings),
         "mode": "dynamic",
         "activations_dtype": "QUInt8",
@@ -107,7 +117,7 @@ def quantize_onnx(
         "backend": backend,
     }
     manifest_path = out / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    manifest_path.write_text(json.dumps({**manifest, "quantization": quantization}, indent=1) + "\n", encoding="utf-8")
     return [*written, manifest_path]
 
 
@@ -148,7 +158,7 @@ def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
       both backends quantize the same nodes under names known here.
     - Matrix products fed by a `Concat` are returned to exclude (see the module docstring).
     """
-    model = onnx.load(path)
+    model = _load_graph(path)
     del model.graph.value_info[:]
     ONNXModel(model).replace_gemm_with_matmul()
     concatenated = {output for node in model.graph.node if node.op_type == "Concat" for output in node.output}
@@ -156,6 +166,17 @@ def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
     prepared = scratch / path.name
     onnx.save(model, prepared)
     return prepared, keep_float
+
+
+def _load_graph(path: Path) -> onnx.ModelProto:
+    """The ONNX graph at `path`; `ValueError` naming the file when it is damaged (not protobuf, or no graph)."""
+    try:
+        model = onnx.load(path)
+    except DecodeError as error:
+        raise ValueError(f"{path}: damaged or not an ONNX graph ({error}); {REEXPORT}") from error
+    if not model.graph.node:
+        raise ValueError(f"{path}: damaged or not an ONNX graph (it holds no graph); {REEXPORT}")
+    return model
 
 
 def _quantize_with_onnxruntime(

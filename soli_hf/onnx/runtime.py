@@ -10,6 +10,10 @@
   `early_stopping`, its "no better beam possible" stop, and the padding of finished sequences (`pad_token_id`,
   or in beam search `eos_token_id` when the pad id is 0, as `generate()` does).
 
+A damaged graph file or manifest gives a `ValueError` naming the file (and the manifest key) and saying to re-export
+(`manifest.py`). Without `num_threads`, onnxruntime uses one thread per CPU the process may run on when that is
+fewer than the machine has (`cpus.py`: CPU affinity, cgroup quota).
+
 This module needs only numpy, pillow and onnxruntime. Where torch and transformers are not installed (a
 Raspberry Pi: `pip install --no-deps soli-hf` plus `numpy pillow onnxruntime`), `import soli_hf` skips the
 PyTorch model and this module is all there is; `SOLI_HF_NO_TORCH=1` does the same where they are installed.
@@ -17,20 +21,24 @@ PyTorch model and this module is all there is; `SOLI_HF_NO_TORCH=1` does the sam
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
 from ..image_transforms_soli import make_image_list, make_low_resolution, normalize_pixels, to_rgb_image
-from .spec import MANIFEST_NAME, MANIFEST_VERSION
+from .cpus import available_cpus
+from .manifest import REEXPORT, read_manifest
+from .spec import MANIFEST_NAME
 
 _NEG = np.float32(-1.0e9)  # the "impossible" score of transformers' beam search, in its float32 arithmetic
+#: What onnxruntime raises for a graph file it cannot load (not protobuf, truncated, empty, an invalid graph).
+_GRAPH_LOAD_ERRORS = (InvalidProtobuf, InvalidArgument, InvalidGraph, Fail)
 
 
 def preprocess(images: Any, settings: dict[str, Any]) -> np.ndarray:
@@ -73,7 +81,11 @@ class GenerationSettings:
 
     @classmethod
     def from_manifest(cls, values: dict[str, Any]) -> GenerationSettings:
-        """Read the manifest's `generation` entry."""
+        """Read the manifest's `generation` entry; `ValueError` for a setting this runtime does not know."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown generation settings {unknown}; this runtime reproduces {sorted(known)}")
         return cls(**{**values, "suppress_tokens": tuple(values["suppress_tokens"])})
 
     def validated(self) -> GenerationSettings:
@@ -234,29 +246,28 @@ def beam_search(decoder: DecoderSession, batch_size: int, settings: GenerationSe
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_manifest(onnx_dir: str | os.PathLike) -> dict[str, Any]:
-    """`soli_onnx.json` of an export folder, checked to name graph files that exist."""
-    folder = Path(onnx_dir)
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise ValueError(f"onnx_dir {folder}: no {MANIFEST_NAME} (write the folder with export_onnx)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, expected {MANIFEST_VERSION}")
-    for graph in manifest["graphs"].values():
-        if not (folder / graph["file"]).is_file():
-            raise ValueError(f"onnx_dir {folder}: missing {graph['file']} named in {MANIFEST_NAME}")
-    return manifest
-
-
 def session_options(num_threads: int | None = None) -> ort.SessionOptions:
-    """onnxruntime session options with `num_threads` intra-op threads (and one inter-op thread); onnxruntime's
-    defaults when None."""
+    """onnxruntime session options with `num_threads` intra-op threads (and one inter-op thread).
+
+    When None: one thread per CPU the process may run on (`cpus.available_cpus`: its CPU affinity, a cgroup CPU
+    quota) where that is fewer than the machine's CPUs, else onnxruntime's default (one per physical core).
+    """
     options = ort.SessionOptions()
+    if num_threads is None and available_cpus() < (os.cpu_count() or 1):
+        num_threads = available_cpus()
     if num_threads is not None:
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
     return options
+
+
+def load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime CPU session of the graph at `path`; `ValueError` naming the file when it cannot be loaded."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except _GRAPH_LOAD_ERRORS as error:
+        message = f"{path}: damaged or not an ONNX graph, onnxruntime cannot load it ({error}); {REEXPORT}"
+        raise ValueError(message) from error
 
 
 class SoliOnnxCaptioner:
@@ -264,7 +275,12 @@ class SoliOnnxCaptioner:
 
     Args:
         onnx_dir: a folder written by `soli_hf.onnx.export.export_onnx`.
-        num_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        num_threads: onnxruntime intra-op threads (default: see `session_options`: never more than the CPUs the
+            process may run on).
+
+    Raises:
+        ValueError: for a folder that is not a complete export, naming the damaged or missing file (and the
+            manifest key).
 
     Example:
 
@@ -279,13 +295,13 @@ class SoliOnnxCaptioner:
         self.manifest = read_manifest(folder)
         options = session_options(num_threads)
         graphs = self.manifest["graphs"]
-        self.sessions = {
-            key: ort.InferenceSession(str(folder / graph["file"]), options, providers=["CPUExecutionProvider"])
-            for key, graph in graphs.items()
-        }
+        self.sessions = {key: load_session(folder / graph["file"], options) for key, graph in graphs.items()}
         #: Each graph's input names, in call order.
         self.input_names = {key: [spec["name"] for spec in graph["inputs"]] for key, graph in graphs.items()}
-        self.generation = GenerationSettings.from_manifest(self.manifest["generation"]).validated()
+        try:
+            self.generation = GenerationSettings.from_manifest(self.manifest["generation"]).validated()
+        except ValueError as error:
+            raise ValueError(f"{folder / MANIFEST_NAME}: generation: {error}; {REEXPORT}") from error
         self.vocabulary: list[str] = self.manifest["vocabulary"]
         self._skip = set(self.manifest["skip_token_ids"])
 
