@@ -3,6 +3,10 @@
     python scripts/export_onnx.py --model models/soli-flickr8k-lr64 --out onnx/soli-flickr8k-lr64
         [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch] [--opset 18] [--verify IMAGE ... [--num-threads N]]
 
+`--out` is written whole or not at all: the export goes to a temporary folder beside it, renamed to `--out` once
+complete, so an interrupted run leaves the previous export there intact. `--out` must therefore be a new folder, an
+empty one or a previous export; a folder holding other files is refused (exit status 2), never emptied.
+
 `--verify` captions the given images with PyTorch `generate()` and with the exported graphs
 (`SoliOnnxCaptioner`), greedy and with the model's default beam size, and prints how many captions agree.
 """
