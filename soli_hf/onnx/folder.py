@@ -3,8 +3,9 @@
 `export_onnx` (both routes) and `quantize_onnx` write `encoder.onnx`, `decoder_step.onnx` and `soli_onnx.json` into
 a temporary folder beside `out_dir` (`.<name>.tmp-*`) and then rename it to `out_dir`
 (`soli_hf.storage.write_folder_atomically`, as the checkpoints are written). A crash, a kill or a full disk
-therefore leaves the previous export in `out_dir` complete and loadable (plus the hidden temporary folder, which can
-be deleted), never a mix of new and old graphs.
+therefore leaves the previous export in `out_dir` complete and loadable (after a kill, also the hidden temporary
+folder, which can be deleted), never a mix of new and old graphs. A full disk is an `OSError` saying so, where, and
+how much space is left.
 
 Since the whole folder is replaced, `out_dir` must be new, empty, or a previous SOLI export holding only the files
 an export writes. A folder with anything else in it is refused (`ValueError` naming the folder and the other files)
@@ -18,7 +19,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from ..storage import write_folder_atomically
+from ..storage import disk_full_as_oserror, write_folder_atomically
 from .spec import GRAPHS, MANIFEST_NAME
 
 #: The files of an export folder (float32 or quantized): the only ones an existing `out_dir` may hold.
@@ -65,7 +66,8 @@ def write_export_folder(out_dir: str | os.PathLike, write: Callable[[Path], list
         folder.chmod(mode)
         names.extend(path.relative_to(folder) for path in write(folder))
 
-    write_folder_atomically(out.resolve(), write_and_name)
+    with disk_full_as_oserror("the ONNX export", out, f"free some space and export again; {out} is unchanged"):
+        write_folder_atomically(out.resolve(), write_and_name)
     return [out / name for name in names]
 
 
