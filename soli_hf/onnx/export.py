@@ -282,4 +282,5 @@ def preprocessing_settings(image_processor: SoliImageProcessor) -> dict[str, Any
         "scale_factor": image_processor.scale_factor,
         "image_mean": list(image_processor.image_mean),
         "image_std": list(image_processor.image_std),
+        "input_range": image_processor.input_range,
     }

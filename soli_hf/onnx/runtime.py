@@ -31,7 +31,13 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
-from ..image_transforms_soli import make_image_list, make_low_resolution, normalize_pixels, to_rgb_image
+from ..image_transforms_soli import (
+    make_image_list,
+    make_low_resolution,
+    min_decoded_side,
+    normalize_pixels,
+    to_rgb_image,
+)
 from .cpus import available_cpus
 from .manifest import REEXPORT, read_manifest
 from .spec import MANIFEST_NAME
@@ -47,9 +53,10 @@ def preprocess(images: Any, settings: dict[str, Any]) -> np.ndarray:
     if images is None:
         raise ValueError("images: got None")
     rows = []
+    min_side = min_decoded_side(settings["image_size"], settings["degradation"], settings["scale_factor"])
     for image in make_image_list(images):
         low = make_low_resolution(
-            to_rgb_image(image),
+            to_rgb_image(image, min_side=min_side, input_range=settings.get("input_range")),
             settings["image_size"],
             settings["degradation"],
             settings["scale_factor"],
