@@ -1,10 +1,11 @@
 # `make demo` sets up .venv (pinned versions, offline-capable) and captions sample photos with the shipped model;
-# `make test` sets up .venv and runs the test suite.
+# `make test` sets up .venv and runs the fast tests (a few minutes); `make test-all` runs every test (CI).
+# `make test-kernels` runs the fast tests under each of torch's CPU kernel sets and 1 or 2 threads (portability).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-all test-kernels clean
 
 $(BIN)/soli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,18 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
 	$(BIN)/python -m pytest -q
+
+# No test may depend on one CPU's float path: the same fast tests pass with torch's portable, AVX2 and AVX-512
+# kernels (ATEN_CPU_CAPABILITY) and with one or two threads.
+test-kernels: install
+	for kernels in default avx2 avx512; do for threads in 1 2; do \
+	  echo "== ATEN_CPU_CAPABILITY=$$kernels OMP_NUM_THREADS=$$threads"; \
+	  ATEN_CPU_CAPABILITY=$$kernels OMP_NUM_THREADS=$$threads $(BIN)/python -m pytest -q -m "not slow" || exit 1; \
+	done; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

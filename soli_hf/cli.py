@@ -200,7 +200,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from .onnx.spec import DEFAULT_OPSET, EXPORT_BACKENDS, QUANTIZATION_TARGETS
 
     parser.add_argument("--model", type=Path, required=True, help="a saved SOLI folder (model + processor)")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (created if needed)")
+    parser.add_argument(
+        "--out", type=Path, required=True,
+        help="the folder to write: new, empty or an earlier export (replaced whole, never half-written)",
+    )  # fmt: skip
     parser.add_argument(
         "--quantize", choices=QUANTIZATION_TARGETS, default=None,
         help="write dynamic int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+
+# The tests never reach the Hub: a path that does not exist must fail at once, not after network retries.
+# (Set before huggingface_hub is imported, which reads it once.)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import subprocess
 import sys
 from pathlib import Path

@@ -98,6 +98,7 @@ print(json.dumps(outputs))
 """
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_soli_hf(saved_tiny_model, images, tmp_path):
     image_file = tmp_path / "images.npy"
     np.save(image_file, np.stack(images[:2]))

@@ -54,6 +54,7 @@ def test_soli_caption_defaults_to_the_shipped_model(tmp_path: Path, capsys) -> N
     assert path == str(tmp_path / "coffee.png") and len(caption.split()) >= 3
 
 
+@pytest.mark.slow
 def test_demo_captions_the_sample_photos(tmp_path: Path) -> None:
     pytest.importorskip("skimage.data")
     result = subprocess.run(

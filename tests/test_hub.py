@@ -60,6 +60,7 @@ def publishable(tmp_path: Path, saved_tiny_model: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_push_sends_exactly_the_model_files(publishable: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     monkeypatch.setattr("soli_hf.hub.HfApi", RecordingHfApi)

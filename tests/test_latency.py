@@ -31,6 +31,7 @@ def photos(tmp_path_factory) -> tuple[str, ...]:
     return tuple(paths)
 
 
+@pytest.mark.slow
 def test_pytorch_configuration_in_its_own_process(saved_tiny_model, photos) -> None:
     setup = LatencySetup(SOLI, PYTORCH, 1, 5, photos, str(saved_tiny_model), "lr", repeats=2, warmup=1)
     row = measure_in_subprocess(setup).to_dict()
@@ -42,6 +43,7 @@ def test_pytorch_configuration_in_its_own_process(saved_tiny_model, photos) -> N
     assert row["parameters"] > 0 and row["peak_rss_mib"] > 50 and row["torch_loaded"]
 
 
+@pytest.mark.slow
 def test_onnx_configuration_runs_without_torch_and_checks_its_export(saved_tiny_model, photos, tmp_path) -> None:
     export_onnx(saved_tiny_model, tmp_path)  # the tiny model's default inference mode: "both"
     setup = LatencySetup(SOLI, ORT_FP32, 1, 3, photos[:1], str(tmp_path), "both", repeats=1, warmup=0)

@@ -155,11 +155,13 @@ def awkward_results():
     return compute_caption_metrics(predictions, references), coco_scores(predictions, references)[0]
 
 
+@pytest.mark.slow
 def test_flickr8k_dev_leave_one_out_matches_coco(flickr8k_leave_one_out):
     _, _, ours, theirs, _ = flickr8k_leave_one_out
     assert_same_scores(ours, theirs)
 
 
+@pytest.mark.slow
 def test_cider_d_reward_matches_coco_per_image(flickr8k_leave_one_out):
     """The batch reward, with the corpus' own document frequencies, is coco-caption's per-image CIDEr."""
     predictions, references, _, _, coco_per_image = flickr8k_leave_one_out
@@ -169,6 +171,7 @@ def test_cider_d_reward_matches_coco_per_image(flickr8k_leave_one_out):
     np.testing.assert_allclose(rewards, coco_per_image, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_awkward_predictions_match_coco(awkward_results):
     ours, theirs = awkward_results
     assert_same_scores(ours, theirs)

@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import run_python
 
+pytestmark = pytest.mark.slow  # a second transformers stack in subprocesses: half a minute and more
+
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 

@@ -34,6 +34,7 @@ print(json.dumps({
 
 
 @pytest.mark.skipif(not COMPAT_PATH.exists(), reason=f"{COMPAT_PATH} not installed (`make install` creates it)")
+@pytest.mark.slow
 def test_saved_folder_loads_under_transformers_4_57(saved_tiny_model, images, tmp_path):
     image_file = tmp_path / "images.npy"
     np.save(image_file, np.stack(images[:3]))

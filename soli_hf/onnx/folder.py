@@ -15,7 +15,6 @@ rather than deleted with the old export. Standard library only, like the runtime
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,23 +58,12 @@ def write_export_folder(out_dir: str | os.PathLike, write: Callable[[Path], list
     """
     check_output_folder(out_dir)
     out = Path(out_dir)
-    mode = folder_mode(out)
     names: list[Path] = []
 
     def write_and_name(folder: Path) -> None:
-        folder.chmod(mode)
         names.extend(path.relative_to(folder) for path in write(folder))
 
     with disk_full_as_oserror("the ONNX export", out, f"free some space and export again; {out} is unchanged"):
         write_folder_atomically(out.resolve(), write_and_name)
     return [out / name for name in names]
 
-
-def folder_mode(out: Path) -> int:
-    """The permissions of the export folder: those of the previous export, else those `mkdir` gives under the
-    process's umask (the temporary folder is created private, 0700, which would keep other users out)."""
-    if out.is_dir():
-        return stat.S_IMODE(out.stat().st_mode)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o777 & ~umask

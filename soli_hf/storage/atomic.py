@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,17 +22,29 @@ LOW_DISK_SPACE = 64 * 2**20  # bytes; a failed write with less free space than t
 
 def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a fresh temporary folder beside `final`, then move it to `final`, replacing any old
-    folder; a crash leaves either the old complete folder or the new one (plus a stray temporary folder)."""
+    folder; a crash leaves either the old complete folder or the new one (plus a stray temporary folder). The folder
+    keeps the old one's permissions, or gets those `mkdir` gives under the umask (not `mkdtemp`'s private 0700)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    mode = _folder_mode(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        tmp.chmod(mode)
         write(tmp)
         fsync_tree(tmp)
         move_folder_into_place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _folder_mode(folder: Path) -> int:
+    """The permissions of `folder` if it exists, else those `mkdir` would give it under the process's umask."""
+    if folder.is_dir():
+        return stat.S_IMODE(folder.stat().st_mode)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def move_folder_into_place(tmp: Path, final: Path) -> None:
