@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -166,8 +167,14 @@ def run_caption(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"soli caption: error: {error}", file=sys.stderr)
         return 2
-    with results if results is not None else contextlib.nullcontext():
-        skipped = _caption_and_write(args, captioner, todo, results, f"SOLI captions ({model_name})")
+    try:
+        with results if results is not None else contextlib.nullcontext():
+            skipped = _caption_and_write(args, captioner, todo, results, f"SOLI captions ({model_name})")
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`soli caption ... | head`): stop quietly, as the shell's tools do; what
+        # `--output` holds is complete. stdout is pointed at /dev/null so that Python's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 1 if skipped else 0
 
 

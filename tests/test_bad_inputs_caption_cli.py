@@ -233,6 +233,22 @@ def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes_it(
     assert {r["path"]: r["caption"] for r in records} == {r["path"]: r["caption"] for r in expected}
 
 
+@pytest.mark.slow
+def test_a_reader_that_stops_early_ends_the_run_quietly(saved_tiny_model: Path, tmp_path: Path) -> None:
+    """`soli caption ... | head -n 2`: no BrokenPipeError traceback once head has its lines."""
+    write_photos(tmp_path / "photos", 40)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    command = [sys.executable, "-m", "soli_hf.cli", "caption", str(tmp_path / "photos"), "--model",
+               str(saved_tiny_model), "--batch-size", "1", "--max-new-tokens", "4"]  # fmt: skip
+    caption = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    first_lines = [caption.stdout.readline() for _ in range(2)]
+    caption.stdout.close()  # the reader leaves, as `head` does
+    stderr = caption.stderr.read().decode()
+    assert caption.wait(timeout=120) == 1
+    assert all(line.count(b"\t") == 1 for line in first_lines)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+
+
 # --- arguments and the model folder ----------------------------------------------------------------------------
 
 
