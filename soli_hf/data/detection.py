@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from .loaders import FLICKR8K_TEXT_DIR, IMAGEFOLDER_METADATA, imagefolder_metadata_files, load_json
+from ..storage import read_json
+from .loaders import FLICKR8K_TEXT_DIR, IMAGEFOLDER_METADATA, imagefolder_metadata_files
 
 DataFormat = Literal["flickr8k", "coco", "karpathy", "imagefolder"]
 DATA_FORMATS: tuple[str, ...] = ("flickr8k", "coco", "karpathy", "imagefolder")
@@ -36,7 +37,7 @@ def detect_format(path: str | Path) -> DataFormat:
             f"pass data_format= explicitly"
         )
     if path.suffix == ".json":
-        return detect_json_format(load_json(path), path)
+        return detect_json_format(read_json(path), path)
     raise ValueError(
         f"cannot detect the caption format of {path}: expected a folder (flickr8k, imagefolder) "
         f"or a .json file (coco, karpathy); pass data_format= explicitly"

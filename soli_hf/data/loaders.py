@@ -20,7 +20,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from ..storage import read_json
 from .records import CaptionRecord, RecordBuilder
 from .validation import BadSample, BadSampleKind, Handle
 
@@ -200,11 +199,6 @@ def imagefolder_metadata_files(root: Path) -> dict[str, Path]:
     if (root / IMAGEFOLDER_METADATA).is_file():
         splits.setdefault("train", root / IMAGEFOLDER_METADATA)
     return splits
-
-
-def load_json(path: Path) -> Any:
-    """Parse a JSON annotation file (a BOM is ignored); ``ValueError`` names the file when it is not UTF-8 JSON."""
-    return read_json(path)
 
 
 def _flickr8k_split_files(text_dir: Path) -> dict[str, Path]:

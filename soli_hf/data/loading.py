@@ -9,8 +9,9 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..storage import read_json
 from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
-from .loaders import load_json, read_coco, read_flickr8k, read_imagefolder, read_karpathy
+from .loaders import read_coco, read_flickr8k, read_imagefolder, read_karpathy
 from .records import CaptionRecord, records_to_dataset
 from .validation import (
     BadSampleHandler,
@@ -108,7 +109,7 @@ def load_caption_dataset_with_report(
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"caption data not found: {path}")
-    data = load_json(path) if path.is_file() and path.suffix == ".json" else None
+    data = read_json(path) if path.is_file() and path.suffix == ".json" else None
     data_format = data_format or (detect_json_format(data, path) if data is not None else detect_format(path))
     handle = BadSampleHandler(on_bad_sample)
     root = Path(image_root).absolute() if image_root is not None else None
@@ -138,7 +139,7 @@ def _read_records(
     if data_format == "imagefolder":
         return read_imagefolder(path, split, handle, image_root)
     if data is None:
-        data = load_json(path)
+        data = read_json(path)
     if data_format == "coco":
         return read_coco(data, path, handle, image_root)
     return read_karpathy(data, path, split, handle, image_root, karpathy_splits)
