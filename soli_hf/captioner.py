@@ -1,0 +1,300 @@
+"""One interface for captioning with any SOLI model: `Captioner` (images in -> captions, plus the LR inputs as the
+model saw them), implemented by `PytorchCaptioner` (a saved SOLI folder or Hub id, any device, batched
+`generate`) and `OnnxCaptioner` (an exported ONNX folder on onnxruntime). Everything that captions takes one:
+`soli caption`, `soli evaluate`, the evaluation during training, the latency benchmark, the ARM check.
+
+    >>> captioner = load_captioner()                      # the shipped model
+    >>> captioner.caption(["dog.jpg", "beach.png"])       # decoding as the model's generation config says
+    >>> onnx = load_captioner(onnx="onnx/soli-flickr8k-lr64", num_threads=2)
+    >>> onnx.caption(["dog.jpg"], num_beams=1)
+
+Decoding arguments default to `None`: the model's own generation config (`generation_config.json`, or the ONNX
+manifest's `generation`) decides. Loading sets `inference_branches` through `from_pretrained` (or the ONNX folder's
+manifest), never on a loaded model.
+
+This module imports neither torch nor transformers: `PytorchCaptioner` imports them when built, so that the
+torch-free install (onnxruntime only) loads `OnnxCaptioner` through the same `load_captioner`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from .image_transforms_soli import unnormalize_pixels
+
+if TYPE_CHECKING:
+    from .modeling_soli import SoliForConditionalGeneration
+    from .onnx.runtime import SoliOnnxCaptioner
+    from .processing_soli import SoliProcessor
+
+#: The published default model: resolved and cached by huggingface_hub (`HF_HUB_OFFLINE=1` reads the cache).
+DEFAULT_MODEL_ID = "soli-hf/soli-flickr8k-lr64"
+#: The same model in a source checkout of soli-hf, used before the Hub id when it is there.
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "soli-flickr8k-lr64"
+#: The name of the weights file of a saved SOLI folder.
+WEIGHTS_NAME = "model.safetensors"
+#: The decoding settings a caller may set; `None` keeps the model's own.
+DECODING_SETTINGS = ("num_beams", "max_new_tokens", "min_new_tokens")
+
+
+def default_model() -> str:
+    """The model `soli caption` uses without `--model`: the checkout's `models/soli-flickr8k-lr64` when soli-hf runs
+    from a source checkout, else `DEFAULT_MODEL_ID`."""
+    return str(CHECKOUT_MODEL_DIR) if (CHECKOUT_MODEL_DIR / "config.json").is_file() else DEFAULT_MODEL_ID
+
+
+class Captioner(ABC):
+    """Images in, captions out, for one loaded model.
+
+    `preprocess` turns images into the normalised LR inputs the model takes (`pixel_values`, float32 numpy,
+    (B, 3, S, S)); `generate` decodes token ids from them and `decode` turns those into text; `caption` does all
+    three. `lr_images` gives the LR inputs back as the images the model saw. Decoding arguments left `None` take
+    the model's generation config (`generation_defaults`).
+
+    Attributes:
+        name: a short label for reports (the folder's or Hub id's last part).
+        preprocessing: the settings that make `pixel_values` (`image_size`, `degradation`, `scale_factor`,
+            `blur_sigma`, `image_mean`, `image_std`, `input_range`), as an ONNX manifest stores them.
+        generation_defaults: the model's `num_beams` and `max_new_tokens`.
+    """
+
+    name: str
+    preprocessing: dict[str, Any]
+    generation_defaults: dict[str, int]
+
+    @abstractmethod
+    def preprocess(self, images: Any) -> np.ndarray:
+        """`pixel_values` (B, 3, S, S) float32 for images (paths, PIL images, arrays, or lists of them).
+
+        Raises:
+            ImageInputError: an image that cannot be read or used, naming it and why.
+        """
+
+    @abstractmethod
+    def generate(
+        self,
+        pixel_values: Any,
+        *,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Token ids (B, length), each row starting with the start token, as `model.generate()` gives them."""
+
+    @abstractmethod
+    def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """Captions from token ids, special tokens left out."""
+
+    def caption_pixels(self, pixel_values: Any, **decoding: int | None) -> list[str]:
+        """One caption per row of `pixel_values` (from `preprocess`)."""
+        return self.decode(self.generate(pixel_values, **decoding))
+
+    def caption(self, images: Any, **decoding: int | None) -> list[str]:
+        """One caption per image: `preprocess`, `generate`, `decode`."""
+        return self.caption_pixels(self.preprocess(images), **decoding)
+
+    def lr_images(self, pixel_values: Any) -> list[Image.Image]:
+        """The LR images the model saw: `pixel_values` rows un-normalised to RGB images."""
+        mean, std = self.preprocessing["image_mean"], self.preprocessing["image_std"]
+        return [unnormalize_pixels(np.asarray(row), mean, std) for row in pixel_values]
+
+
+def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
+    """The decoding settings that were set (not None); a `ValueError` for an unknown one."""
+    unknown = sorted(set(decoding) - set(DECODING_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown decoding settings {unknown}; these can be set: {list(DECODING_SETTINGS)}")
+    return {key: value for key, value in decoding.items() if value is not None}
+
+
+class PytorchCaptioner(Captioner):
+    """A SOLI model in PyTorch: its processor and batched `model.generate()`.
+
+    Wraps a model as it is (training mode included: the evaluation during training switches modes itself);
+    `from_pretrained` loads one in eval mode.
+    """
+
+    def __init__(self, model: SoliForConditionalGeneration, processor: SoliProcessor, name: str = "soli") -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name
+        image_processor = processor.image_processor
+        self.preprocessing = {
+            "image_size": image_processor.image_size,
+            "degradation": image_processor.degradation,
+            "blur_sigma": image_processor.blur_sigma,
+            "scale_factor": image_processor.scale_factor,
+            "image_mean": list(image_processor.image_mean),
+            "image_std": list(image_processor.image_std),
+            "input_range": image_processor.input_range,
+        }
+        config = model.generation_config
+        self.generation_defaults = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | os.PathLike, *, inference_branches: str | None = None, device: str | None = None
+    ) -> PytorchCaptioner:
+        """Load a saved SOLI folder or Hub id (in eval mode, on `device`); `inference_branches` ("both" or "lr")
+        replaces the saved mode.
+
+        Raises:
+            ValueError: a folder without config.json, weights that cannot be read (truncated or corrupt), a Hub id
+                that is neither cached nor reachable, a branch setting the model lacks.
+        """
+        from safetensors import SafetensorError
+
+        from .configuration_soli import INFERENCE_BRANCHES
+        from .modeling_soli import SoliForConditionalGeneration
+        from .processing_soli import SoliProcessor
+
+        path = Path(model)
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ValueError(f"{model}: not a saved SOLI folder (no config.json)")
+        if inference_branches not in (None, *INFERENCE_BRANCHES):
+            raise ValueError(f"inference_branches must be one of {INFERENCE_BRANCHES}, got {inference_branches!r}")
+        overrides = {} if inference_branches is None else {"inference_branches": inference_branches}
+        try:
+            loaded = SoliForConditionalGeneration.from_pretrained(model, **overrides)
+        except SafetensorError as error:
+            weights = path / WEIGHTS_NAME if path.is_dir() else f"{model} ({WEIGHTS_NAME})"
+            raise ValueError(f"{weights}: cannot read the weights, the file is truncated or corrupt ({error})") from error
+        except OSError as error:
+            if path.exists():
+                raise
+            raise ValueError(
+                f"{model}: no such folder, and not a model in the Hugging Face cache or on the Hub ({error})"
+            ) from error
+        if loaded.config.inference_branches == "both" and not loaded.config.use_sr_branch:
+            raise ValueError(f"{model} has no SR branch (the baseline variant): use inference_branches='lr'")
+        if device is not None:
+            loaded = loaded.to(device)
+        return cls(loaded.eval(), SoliProcessor.from_pretrained(model), name=path.name)
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """`SoliImageProcessor(images)["pixel_values"]`."""
+        return self.processor.image_processor(images)["pixel_values"]
+
+    def generate(
+        self,
+        pixel_values: Any,
+        *,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+    ) -> np.ndarray:
+        """`model.generate(pixel_values=...)` (greedy or beam search, no sampling) on the model's device."""
+        import torch
+
+        settings = _checked_decoding(
+            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+        )
+        pixels = torch.as_tensor(pixel_values).to(self.model.device)
+        ids = self.model.generate(pixel_values=pixels, do_sample=False, **settings)
+        return ids.cpu().numpy()
+
+    def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """`processor.batch_decode(sequences, skip_special_tokens=True)`."""
+        return self.processor.batch_decode(sequences, skip_special_tokens=True)
+
+
+class OnnxCaptioner(Captioner):
+    """An exported SOLI (`soli export`) on onnxruntime: `SoliOnnxCaptioner` behind the `Captioner` interface.
+
+    numpy, pillow and onnxruntime only; the inference mode and decoding defaults are those of the folder's manifest.
+    """
+
+    def __init__(self, runtime: SoliOnnxCaptioner, name: str = "soli-onnx") -> None:
+        self.runtime = runtime
+        self.name = name
+        self.preprocessing = dict(runtime.manifest["preprocessing"])
+        settings = runtime.generation
+        self.generation_defaults = {"num_beams": settings.num_beams, "max_new_tokens": settings.max_new_tokens}
+
+    @classmethod
+    def from_pretrained(cls, onnx_dir: str | os.PathLike, *, num_threads: int | None = None) -> OnnxCaptioner:
+        """Load an ONNX folder written by `soli export` (`ValueError` naming a missing or damaged file)."""
+        from .onnx.runtime import SoliOnnxCaptioner
+
+        return cls(SoliOnnxCaptioner(onnx_dir, num_threads=num_threads), name=Path(onnx_dir).name)
+
+    @property
+    def inference_branches(self) -> str:
+        """The inference mode the graphs were exported with ("both" or "lr")."""
+        return self.runtime.manifest["inference_branches"]
+
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """The manifest's int8 quantization record (None for float32 graphs)."""
+        return self.runtime.manifest.get("quantization")
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """`pixel_values`, bit-identical to `SoliImageProcessor`'s."""
+        return self.runtime.preprocess(images)
+
+    def generate(
+        self,
+        pixel_values: Any,
+        *,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Greedy or beam search over the exported graphs, as `generate()` does it."""
+        settings = _checked_decoding(
+            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+        )
+        return self.runtime.generate(np.asarray(pixel_values, dtype=np.float32), **settings)
+
+    def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """Captions, as `batch_decode(..., skip_special_tokens=True)` gives them."""
+        return self.runtime.decode(sequences)
+
+
+def load_captioner(
+    model: str | os.PathLike | None = None,
+    *,
+    onnx: str | os.PathLike | None = None,
+    inference_branches: str | None = None,
+    device: str | None = None,
+    num_threads: int | None = None,
+) -> Captioner:
+    """The one way to load a captioner: a saved SOLI folder or Hub id (`model`; default: `default_model()`), or
+    an exported ONNX folder (`onnx`).
+
+    Args:
+        model: a saved SOLI folder or Hub id, for PyTorch.
+        onnx: an ONNX folder of `soli export` instead (its inference mode is fixed at export).
+        inference_branches: "both" or "lr" instead of the saved mode (PyTorch); for an ONNX folder, the mode it
+            must have been exported with.
+        device: PyTorch device ("cpu", "cuda", ...).
+        num_threads: onnxruntime intra-op threads (ONNX).
+
+    Raises:
+        ValueError: both `model` and `onnx`, a setting that does not apply to the backend, or a folder that cannot
+            be loaded (naming the file).
+    """
+    if onnx is None:
+        if num_threads is not None:
+            raise ValueError("num_threads sets onnxruntime's threads: give it with onnx=...")
+        return PytorchCaptioner.from_pretrained(
+            default_model() if model is None else model, inference_branches=inference_branches, device=device
+        )
+    if model is not None:
+        raise ValueError("give a model or an ONNX folder, not both")
+    if device not in (None, "cpu"):
+        raise ValueError(f"the ONNX captioner runs on the CPU (onnxruntime), not on {device!r}")
+    captioner = OnnxCaptioner.from_pretrained(onnx, num_threads=num_threads)
+    if inference_branches is not None and inference_branches != captioner.inference_branches:
+        raise ValueError(
+            f"{onnx} was exported with inference_branches={captioner.inference_branches!r}, not "
+            f"{inference_branches!r}: export it again with --inference-branches {inference_branches}"
+        )
+    return captioner
