@@ -27,7 +27,7 @@ configuration runs in its own subprocess (its peak RSS is its own; onnxruntime o
 (``--out``, default benchmarks/latency_cpu.json) and, next to it, a Markdown report (.md) and a bar chart (.png).
 Run: ``python scripts/benchmark.py latency [--model DIR] [--out PATH] [--repeats 20] [--tokens 12] [--no-peers]``.
 
-Profile: where an onnxruntime caption's time goes (``soli_hf.onnx.profiling``): the stages (preprocessing, encoder,
+Profile: where an onnxruntime caption's time goes (``soli_hf.bench.onnx_profile``): the stages (preprocessing, encoder,
 one decoder step, the numpy search loop) and onnxruntime's kernel time per operator type of each graph, for the
 given exported folders or, by default, the shipped model's int8 exports (both and lr). Writes the JSON (default
 benchmarks/onnx_profile.json) and a Markdown report next to it.
@@ -52,8 +52,8 @@ import numpy as np
 from tqdm import tqdm
 
 from soli_hf.caption_files import DEFAULT_MODEL_DIR
-from soli_hf.latency import BACKENDS, ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
-from soli_hf.latency_report import latency_markdown, plot_latency, soli_over_peer, target_check
+from soli_hf.bench.latency import BACKENDS, ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
+from soli_hf.bench.latency_report import latency_markdown, plot_latency, soli_over_peer, target_check
 from soli_hf.metrics import CiderD, cider_d, tokenize
 
 FLICKR8K_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "Flickr8k_text"
@@ -305,7 +305,7 @@ def latency_setups(
     artifacts: dict[tuple[str, str], Path], photos: list[str], tokens: int, repeats: int, peers: bool
 ) -> list[LatencySetup]:
     """Every configuration: SOLI's backends x inference modes x {1, all} threads, then the peers."""
-    from soli_hf.peers import PEERS
+    from soli_hf.bench.peers import PEERS
 
     thread_counts = sorted({1, os.cpu_count() or 1})
     setups = [
@@ -325,8 +325,8 @@ def latency_setups(
 
 def benchmark_latency(model_dir: Path, tokens: int, repeats: int, peers: bool) -> dict[str, Any]:
     """Latency of every configuration, each in its own subprocess, on scikit-image's sample photos."""
-    from soli_hf.peers import PEERS
-    from soli_hf.sample_photos import load_sample_photos
+    from soli_hf.bench.peers import PEERS
+    from soli_hf.bench.sample_photos import load_sample_photos
 
     modes = inference_modes(model_dir)
     with tempfile.TemporaryDirectory(prefix="soli_latency_") as scratch:
@@ -384,10 +384,10 @@ def library_versions() -> dict[str, str]:
 def benchmark_profile(
     model_dir: Path, onnx_dirs: Sequence[Path], tokens: int, threads: int, repeats: int
 ) -> dict[str, Any]:
-    """`soli_hf.onnx.profiling` of the given ONNX folders, or of `model_dir`'s int8 exports (both and lr), on the
+    """`soli_hf.bench.onnx_profile` of the given ONNX folders, or of `model_dir`'s int8 exports (both and lr), on the
     sample photos."""
-    from soli_hf.onnx.profiling import profile_onnx
-    from soli_hf.sample_photos import load_sample_photos
+    from soli_hf.bench.onnx_profile import profile_onnx
+    from soli_hf.bench.sample_photos import load_sample_photos
 
     photos = [photo.convert("RGB") for photo in load_sample_photos().values()]
     with tempfile.TemporaryDirectory(prefix="soli_profile_") as scratch:
@@ -437,7 +437,7 @@ def main() -> None:
     profile.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
     args = parser.parse_args()
     if args.benchmark == "profile":
-        from soli_hf.onnx.profiling import profile_markdown
+        from soli_hf.bench.onnx_profile import profile_markdown
 
         results = benchmark_profile(args.model, args.onnx, args.tokens, args.threads, args.repeats)
         report = "\n\n".join(profile_markdown(profile) for profile in results["profiles"])

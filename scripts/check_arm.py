@@ -401,7 +401,7 @@ def compare(onnx_dir: Path, cpu: str, images: list[str], x86: dict, arm: dict, b
 
 def markdown(report: dict) -> str:
     """check.md: set-up, one row per (ONNX folder, emulated CPU), the differences, the probes."""
-    from soli_hf.markdown import markdown_table
+    from soli_hf.bench.markdown import markdown_table
 
     host = report["x86"]
     lines = [

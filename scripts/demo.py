@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from soli_hf.cli import main
-from soli_hf.sample_photos import load_sample_photos
+from soli_hf.bench.sample_photos import load_sample_photos
 
 OUTPUT = Path("outputs")
 

@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from soli_hf.data import load_caption_dataset
-from soli_hf.markdown import markdown_table
+from soli_hf.bench.markdown import markdown_table
 from soli_hf.metrics import compute_caption_metrics
 from soli_hf.onnx import SoliOnnxCaptioner
 

@@ -9,7 +9,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from soli_hf.model_card import render_model_card
+from soli_hf.bench.model_card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 

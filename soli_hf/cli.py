@@ -42,7 +42,7 @@ from .caption_files import (
     onnx_captioner,
     pytorch_captioner,
 )
-from .html_gallery import GalleryCard, GalleryWriter
+from .bench.html_gallery import GalleryCard, GalleryWriter
 
 
 def positive_int(text: str) -> int:
@@ -83,7 +83,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def run_info(args: argparse.Namespace) -> int:
     """Print parameter count, FLOPs per image for each inference mode, vocabulary and input size."""
     from .modeling_soli import SoliForConditionalGeneration
-    from .profiling import model_summary
+    from .bench.flops import model_summary
 
     model = SoliForConditionalGeneration.from_pretrained(args.model)
     summary = model_summary(model)

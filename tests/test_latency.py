@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from soli_hf.latency import ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess, time_captions
-from soli_hf.latency_report import TARGET_MS, plot_latency, soli_over_peer, target_check
-from soli_hf.model_card import latency_section
+from soli_hf.bench.latency import ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess, time_captions
+from soli_hf.bench.latency_report import TARGET_MS, plot_latency, soli_over_peer, target_check
+from soli_hf.bench.model_card import latency_section
 from soli_hf.onnx.export import export_onnx
-from soli_hf.peers import PEERS, peer_captioner
+from soli_hf.bench.peers import PEERS, peer_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRANSFORMER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)

@@ -9,7 +9,7 @@ from conftest import write_caption_folder
 from test_latency import sample_report
 
 from soli_hf.evaluation import LowResCondition, run_evaluation
-from soli_hf.model_card import render_model_card
+from soli_hf.bench.model_card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 

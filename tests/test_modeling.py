@@ -9,7 +9,7 @@ from transformers import MobileNetV2Config, MobileNetV2Model
 
 from soli_hf import SoliForConditionalGeneration
 from soli_hf.modeling_soli import SoliDecoderState
-from soli_hf.profiling import count_flops
+from soli_hf.bench.flops import count_flops
 
 
 @pytest.fixture

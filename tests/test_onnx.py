@@ -26,7 +26,7 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 
 from soli_hf.onnx import runtime, spec  # noqa: E402
 from soli_hf.onnx.export import export_onnx, generation_defaults, preprocessing_settings  # noqa: E402
-from soli_hf.onnx.profiling import profile_markdown, profile_onnx  # noqa: E402
+from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..data import BadSampleReport  # noqa: E402
-from ..html_gallery import GalleryCard, write_gallery  # noqa: E402
-from ..markdown import markdown_table, metric_cells  # noqa: E402
+from ..bench.html_gallery import GalleryCard, write_gallery  # noqa: E402
+from ..bench.markdown import markdown_table, metric_cells  # noqa: E402
 from .conditions import LowResCondition  # noqa: E402
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

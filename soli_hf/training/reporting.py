@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..markdown import markdown_table  # noqa: E402
+from ..bench.markdown import markdown_table  # noqa: E402
 
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward")
 EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")

@@ -9,12 +9,12 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from .evaluation.report import REPORT_METRICS
+from ..evaluation.report import REPORT_METRICS
 from .latency_report import latency_markdown
 from .markdown import markdown_table, metric_cells
-from .modeling_soli import SoliForConditionalGeneration
-from .profiling import model_summary
-from .training.reporting import training_figures
+from ..modeling_soli import SoliForConditionalGeneration
+from .flops import model_summary
+from ..training.reporting import training_figures
 MAIN_CONDITION = "bicubic@input"
 
 

@@ -2,7 +2,7 @@
 caption exactly `tokens` new tokens, preprocessing from the decoded photo included (what a user waits for between
 a photo in memory and its caption ids).
 
-Each configuration runs in a fresh subprocess (`measure_in_subprocess`, which runs `python -m soli_hf.latency`),
+Each configuration runs in a fresh subprocess (`measure_in_subprocess`, which runs `python -m soli_hf.bench.latency`),
 so that the peak RSS it reports (`ru_maxrss`) is that configuration's alone. The onnxruntime configurations run
 with `SOLI_HF_NO_TORCH=1`, as a device would, and record that torch was not loaded.
 
@@ -38,7 +38,7 @@ class LatencySetup:
     """One configuration to time.
 
     Args:
-        system: "soli" or a peer name of `soli_hf.peers.PEERS`.
+        system: "soli" or a peer name of `soli_hf.bench.peers.PEERS`.
         backend: one of `BACKENDS` (peers: "pytorch-eager").
         threads: intra-op threads of torch or onnxruntime (and OMP_NUM_THREADS of the subprocess).
         tokens: new tokens of every caption (min_new_tokens = max_new_tokens).
@@ -126,8 +126,8 @@ def soli_pytorch_captioner(
     """SOLI in PyTorch eager: `SoliProcessor` + greedy `generate` (its other saved generation settings kept)."""
     import torch
 
-    from .modeling_soli import SoliForConditionalGeneration
-    from .processing_soli import SoliProcessor
+    from ..modeling_soli import SoliForConditionalGeneration
+    from ..processing_soli import SoliProcessor
 
     torch.set_num_threads(threads)
     model = SoliForConditionalGeneration.from_pretrained(model_dir, inference_branches=inference_branches).eval()
@@ -149,7 +149,7 @@ def soli_onnx_captioner(
 ) -> tuple[Captioner, Footprint]:
     """SOLI on onnxruntime (`SoliOnnxCaptioner`): preprocessing + greedy search over the exported graphs, which
     must have been exported with `inference_branches` and be int8 (`quantize_onnx`) when `quantized`."""
-    from .onnx.runtime import SoliOnnxCaptioner
+    from ..onnx.runtime import SoliOnnxCaptioner
 
     captioner = SoliOnnxCaptioner(onnx_dir, num_threads=threads)
     manifest = captioner.manifest
@@ -237,7 +237,7 @@ def measure_in_subprocess(setup: LatencySetup, timeout: float = 1800) -> Latency
     }
     env["SOLI_HF_NO_TORCH"] = "0" if setup.uses_torch else "1"
     completed = subprocess.run(
-        [sys.executable, "-m", "soli_hf.latency", json.dumps(asdict(setup))],
+        [sys.executable, "-m", "soli_hf.bench.latency", json.dumps(asdict(setup))],
         capture_output=True, text=True, env=env, timeout=timeout,
     )  # fmt: skip
     if completed.returncode != 0:

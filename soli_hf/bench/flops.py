@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .configuration_soli import INFERENCE_BRANCHES
-from .modeling_soli import SoliForConditionalGeneration
+from ..configuration_soli import INFERENCE_BRANCHES
+from ..modeling_soli import SoliForConditionalGeneration
 
 DEFAULT_CAPTION_TOKENS = 12  # about one Flickr8k caption (10.8 words) plus <eos>
 
