@@ -19,7 +19,7 @@ from conftest import FLICKR8K, run_python, tiny_config
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor
-from soli_hf.caption_files import DEFAULT_MODEL_DIR
+from soli_hf.captioner import CHECKOUT_MODEL_DIR as DEFAULT_MODEL_DIR
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from .memory import peak_rss_mib
 
 PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
 BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8)
@@ -208,17 +209,6 @@ def measure(setup: LatencySetup) -> LatencyResult:
         torch_loaded="torch" in sys.modules,
         per_image_ms=milliseconds,
     )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process, MiB: `VmHWM` of /proc/self/status where there is one (Linux's
-    `ru_maxrss` keeps the parent's peak across fork + exec), else `ru_maxrss`."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def _decoded(path: str) -> Image.Image:

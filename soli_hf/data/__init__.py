@@ -11,19 +11,19 @@ Every loader yields one row per image with the columns ``image_id`` (str), ``ima
 
 Modules:
     records     the row layout (:data:`CAPTION_FEATURES`), record building, :func:`iter_captions`
-    loaders     the Flickr8k, COCO, Karpathy and image-folder readers
+    readers     the Flickr8k, COCO, Karpathy and image-folder readers
     detection   :func:`detect_format`
-    validation  bad-sample kinds, report and skip/error policy; cheap image checks
+    bad_samples bad-sample kinds, report and skip/error policy; cheap image checks
     loading     :func:`load_caption_dataset` (+ ``_with_report``)
     safe_image  :func:`safe_load_image`, the training-time guard
 """
 
 from .detection import DATA_FORMATS, DataFormat, detect_format
-from .loaders import DEFAULT_KARPATHY_SPLITS
+from .readers import DEFAULT_KARPATHY_SPLITS
 from .loading import load_caption_dataset, load_caption_dataset_with_report
 from .records import CAPTION_FEATURES, iter_captions
 from .safe_image import safe_load_image
-from .validation import BadSample, BadSampleKind, BadSampleReport, OnBadSample, VerifyImages
+from .bad_samples import BadSample, BadSampleKind, BadSampleReport, OnBadSample, VerifyImages
 
 __all__ = [
     "CAPTION_FEATURES",

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..storage import read_json
-from .loaders import FLICKR8K_TEXT_DIR, IMAGEFOLDER_METADATA, imagefolder_metadata_files
+from .readers import FLICKR8K_TEXT_DIR, IMAGEFOLDER_METADATA, imagefolder_metadata_files
 
 DataFormat = Literal["flickr8k", "coco", "karpathy", "imagefolder"]
 DATA_FORMATS: tuple[str, ...] = ("flickr8k", "coco", "karpathy", "imagefolder")

@@ -11,9 +11,9 @@ from datasets import Dataset
 
 from ..storage import read_json
 from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
-from .loaders import read_coco, read_flickr8k, read_imagefolder, read_karpathy
+from .readers import read_coco, read_flickr8k, read_imagefolder, read_karpathy
 from .records import CaptionRecord, records_to_dataset
-from .validation import (
+from .bad_samples import (
     BadSampleHandler,
     BadSampleReport,
     OnBadSample,
@@ -62,7 +62,7 @@ def load_caption_dataset(
             intact (slower: one decode per JPEG). False: only that the files exist. No
             check catches a JPEG whose middle was overwritten with bytes the decoder
             accepts (zeros, say): JPEG has no checksum, and it decodes into a partly
-            grey picture (see :mod:`soli_hf.data.validation`).
+            grey picture (see :mod:`soli_hf.data.bad_samples`).
         num_workers: Threads used to check images (default: 2 x CPU count, at most 16).
 
     Returns:

@@ -9,7 +9,7 @@ from typing import Any
 import PIL.Image
 from datasets import Image
 
-from .validation import IMAGE_ERRORS, OnBadSample, check_policy, image_error_sample
+from .bad_samples import IMAGE_ERRORS, OnBadSample, check_policy, image_error_sample
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from .meteor import meteor_score, meteor_unavailable_reason
 from .ptb_tokenizer import PUNCTUATIONS, tokenize, tokenize_captions, tokenize_lines
 from .rouge import rouge_l_scores
 from .scoring import METRIC_KEYS, compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
-from .validation import validate_captions, validate_references
+from .input_checks import validate_captions, validate_references
 
 __all__ = [
     "METRIC_KEYS",

@@ -12,7 +12,7 @@ from .cider import cider_d
 from .meteor import meteor_score, meteor_unavailable_reason
 from .ptb_tokenizer import tokenize_captions
 from .rouge import rouge_l_scores
-from .validation import validate_captions, validate_references
+from .input_checks import validate_captions, validate_references
 
 __all__ = ["METRIC_KEYS", "compute_caption_metrics", "leave_one_out_human_scores", "leave_one_out_model_scores"]
 

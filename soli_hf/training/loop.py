@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..bench.memory import peak_rss_mib
 from ..data import iter_captions, load_caption_dataset_with_report
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
@@ -34,7 +34,7 @@ from .checkpointing import (
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
 from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
-from .evaluation import evaluate_captioner
+from .epoch_scores import evaluate_captioner
 from .model_setup import build_model, build_processor, check_model_sources, trainable_parameter_groups
 from .reporting import plot_training_curves
 from .scst import build_reward_scorer, scst_loss
@@ -284,7 +284,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """GPU `max_memory_allocated`, or the process's peak resident memory on CPU, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def save_model_folder(

@@ -3,7 +3,7 @@
 Each reader turns annotation files into :class:`~soli_hf.data.records.CaptionRecord`
 objects (raw captions, absolute image paths, the row each came from) and passes
 malformed entries to the bad-sample handler. Image files are not opened here: the
-shared validation in :mod:`soli_hf.data.validation` does that for every format.
+shared validation in :mod:`soli_hf.data.bad_samples` does that for every format.
 
 Text files are read as UTF-8, a leading byte order mark (BOM) ignored. In the
 line-based files (Flickr8k's token and split files, ``metadata.jsonl``) a line that is
@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from .records import CaptionRecord, RecordBuilder
-from .validation import BadSample, BadSampleKind, Handle
+from .bad_samples import BadSample, BadSampleKind, Handle
 
 T = TypeVar("T")
 
