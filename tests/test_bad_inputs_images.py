@@ -77,7 +77,7 @@ def test_a_pil_image_given_directly_is_taken_as_given(rotated_jpeg: Path) -> Non
 
 def test_onnx_runtime_preprocessing_applies_the_exif_orientation_too(rotated_jpeg: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from soli_hf.onnx.export import preprocessing_settings
+    from soli_hf.onnx.manifest import preprocessing_settings
     from soli_hf.onnx.runtime import preprocess
 
     assert np.array_equal(preprocess(str(rotated_jpeg), preprocessing_settings(PROCESSOR)), pixels(str(rotated_jpeg)))
@@ -217,7 +217,7 @@ def test_input_range_is_saved_with_the_processor(tmp_path: Path) -> None:
     signed = np.random.default_rng(0).uniform(-1, 1, (20, 30, 3)).astype(np.float32)
     assert np.array_equal(reloaded(signed)["pixel_values"], processor(signed)["pixel_values"])
     pytest.importorskip("onnxruntime")
-    from soli_hf.onnx.export import preprocessing_settings
+    from soli_hf.onnx.manifest import preprocessing_settings
     from soli_hf.onnx.runtime import preprocess
 
     assert np.array_equal(preprocess(signed, preprocessing_settings(reloaded)), processor(signed)["pixel_values"])

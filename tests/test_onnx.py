@@ -25,7 +25,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 
 from soli_hf.onnx import runtime, spec  # noqa: E402
-from soli_hf.onnx.export import export_onnx, generation_defaults, preprocessing_settings  # noqa: E402
+from soli_hf.onnx.export import export_onnx  # noqa: E402
+from soli_hf.onnx.manifest import generation_defaults, preprocessing_settings  # noqa: E402
 from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 

@@ -12,7 +12,7 @@ Two routes write the same folder from the same graph modules (`graphs.py`: `Soli
 The image side stays fixed at the model's `image_size`, as `SoliImageProcessor` always makes it; `graphs.py` says
 which layers the encoder graph computes in other (equal) ways, and why.
 
-`soli_onnx.json` (see `spec.py`, written by `write_manifest`) carries everything the torch-free runtime needs
+`soli_onnx.json` (see `spec.py`, written by `manifest.write_manifest`) carries everything the torch-free runtime needs
 besides the graphs: the inputs and outputs, the special token ids, the generation defaults of the model's
 `generation_config`, the image processor's settings, the vocabulary (id order) and the route that exported it.
 
@@ -22,49 +22,23 @@ Both routes write the folder whole or not at all (`folder.py`): into a temporary
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..image_processing_soli import SoliImageProcessor
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
 from .folder import write_export_folder
-from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
-from .spec import (
-    DECODER_STEP,
-    DEFAULT_OPSET,
-    ENCODER,
-    EXPORT_BACKENDS,
-    GRAPHS,
-    MANIFEST_NAME,
-    MANIFEST_VERSION,
-    GraphSpec,
-    model_sizes,
-)
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, load_for_export
+from .manifest import generation_defaults, write_manifest
+from .spec import DECODER_STEP, DEFAULT_OPSET, ENCODER, EXPORT_BACKENDS, GraphSpec, model_sizes
 
 _EXAMPLE_BATCH = 2
-# Generation settings the runtime does not implement, with the values under which they have no effect.
-_INERT_GENERATION_SETTINGS = {
-    "do_sample": (None, False),
-    "num_return_sequences": (None, 1),
-    "repetition_penalty": (None, 1.0),
-    "min_length": (None, 0),
-    "bad_words_ids": (None,),
-    "sequence_bias": (None,),
-    "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
-    "begin_suppress_tokens": (None,),
-    "exponential_decay_length_penalty": (None,),
-    "encoder_no_repeat_ngram_size": (None, 0),
-}
 
 
 def export_onnx(
@@ -159,40 +133,6 @@ def optimum_exporter_missing() -> str | None:
     return None
 
 
-def write_manifest(
-    model: SoliForConditionalGeneration, processor: SoliProcessor, out_dir: Path, opset: int, exporter: str
-) -> Path:
-    """Write `soli_onnx.json` for graphs exported from `model` by `exporter` (an `EXPORT_BACKENDS` route, recorded
-    in the manifest) into `out_dir`; returns its path."""
-    manifest = {
-        "format_version": MANIFEST_VERSION,
-        "opset": opset,
-        "exporter": exporter,
-        "inference_branches": model.config.inference_branches,
-        "graphs": {graph.key: graph.to_manifest(model_sizes(model.config)) for graph in GRAPHS},
-        **_token_settings(processor),
-        "generation": generation_defaults(model),
-        "preprocessing": preprocessing_settings(processor.image_processor),
-    }
-    path = Path(out_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return path
-
-
-def load_for_export(
-    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration, processor: SoliProcessor | None = None
-) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
-    """The model and its processor, from a saved SOLI folder or as given (`processor` is then required)."""
-    if isinstance(model_dir_or_model, SoliForConditionalGeneration):
-        if processor is None:
-            raise ValueError("export_onnx: pass `processor` (the model's SoliProcessor) when exporting a model object")
-        return model_dir_or_model, processor
-    folder = Path(model_dir_or_model)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"export_onnx: {folder} is not a saved SOLI model folder (no config.json)")
-    return SoliForConditionalGeneration.from_pretrained(folder), SoliProcessor.from_pretrained(folder)
-
-
 def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: GraphSpec, out: Path, opset: int) -> Path:
     """Export one graph with the names of its spec and a batch dimension shared by all inputs."""
     batch = torch.export.Dim("batch", min=1)
@@ -221,66 +161,3 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: Grap
     finally:
         registry_logger.setLevel(registry_level)
     return path
-
-
-def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
-    """The decoding settings of `model.generation_config` that the runtime reproduces, resolved as `generate()`
-    resolves them; raises `ValueError` for settings the runtime does not implement."""
-    config = model.generation_config
-    unsupported = {
-        name: getattr(config, name, None)
-        for name, inert in _INERT_GENERATION_SETTINGS.items()
-        if getattr(config, name, None) not in inert
-    }
-    if unsupported:
-        raise ValueError(f"export_onnx: the ONNX runtime cannot reproduce these generation settings: {unsupported}")
-    if not isinstance(config.eos_token_id, int):
-        raise ValueError(f"export_onnx: generation_config.eos_token_id must be one id, got {config.eos_token_id!r}")
-    max_new_tokens = config.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = (config.max_length or 20) - 1  # generate()'s default max_length counts the start token
-    early_stopping = config.early_stopping
-    return {
-        "decoder_start_token_id": config.decoder_start_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
-        "num_beams": config.num_beams or 1,
-        "max_new_tokens": max_new_tokens,
-        "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
-        "suppress_tokens": list(config.suppress_tokens or []),
-        "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
-        "early_stopping": False if early_stopping is None else early_stopping,
-        "min_new_tokens": config.min_new_tokens or 0,
-    }
-
-
-def _token_settings(processor: SoliProcessor) -> dict[str, Any]:
-    """Special token ids, the ids that decoding skips, and the vocabulary in id order."""
-    tokenizer = processor.tokenizer
-    vocab = tokenizer.get_vocab()
-    words = sorted(vocab, key=vocab.__getitem__)
-    if [vocab[word] for word in words] != list(range(len(words))):
-        raise ValueError("export_onnx: the tokenizer's vocabulary ids are not 0..n-1")
-    return {
-        "special_tokens": {
-            "pad": tokenizer.pad_token_id,
-            "bos": tokenizer.bos_token_id,
-            "eos": tokenizer.eos_token_id,
-            "unk": tokenizer.unk_token_id,
-        },
-        "skip_token_ids": sorted(tokenizer.all_special_ids),
-        "vocabulary": words,
-    }
-
-
-def preprocessing_settings(image_processor: SoliImageProcessor) -> dict[str, Any]:
-    """The settings of a `SoliImageProcessor` that make `pixel_values` (the manifest's `preprocessing`)."""
-    return {
-        "image_size": image_processor.image_size,
-        "degradation": image_processor.degradation,
-        "blur_sigma": image_processor.blur_sigma,
-        "scale_factor": image_processor.scale_factor,
-        "image_mean": list(image_processor.image_mean),
-        "image_std": list(image_processor.image_std),
-        "input_range": image_processor.input_range,
-    }

@@ -1,4 +1,5 @@
-"""The two modules both export routes turn into ONNX graphs, and the export-friendly layers they swap in.
+"""The two modules both export routes turn into ONNX graphs, the export-friendly layers they swap in, and
+`load_for_export` (the model and processor an export starts from).
 
 `SoliEncoderGraph` runs the model's own encoder with two of its weightless layers replaced by ones that compute the
 same numbers in operators ONNX runtimes handle well:
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration, SoliSiameseEncoder
+from ..processing_soli import SoliProcessor
 
 #: PyTorch's bicubic convolution constant (`A` in Keys' kernel), as `F.interpolate` uses it.
 _CUBIC_A = -0.75
@@ -145,3 +149,18 @@ class SoliDecoderStepGraph(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         logits, (next_hidden, next_cell), _ = self.decoder(input_ids[:, None], memory, attention_keys, (hidden, cell))
         return logits[:, -1].log_softmax(dim=-1), next_hidden, next_cell
+
+
+def load_for_export(
+    model_dir_or_model: str | os.PathLike | SoliForConditionalGeneration, processor: SoliProcessor | None = None
+) -> tuple[SoliForConditionalGeneration, SoliProcessor]:
+    """The model (whose graphs both routes export) and its processor, from a saved SOLI folder or as given
+    (`processor` is then required)."""
+    if isinstance(model_dir_or_model, SoliForConditionalGeneration):
+        if processor is None:
+            raise ValueError("export_onnx: pass `processor` (the model's SoliProcessor) when exporting a model object")
+        return model_dir_or_model, processor
+    folder = Path(model_dir_or_model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"export_onnx: {folder} is not a saved SOLI model folder (no config.json)")
+    return SoliForConditionalGeneration.from_pretrained(folder), SoliProcessor.from_pretrained(folder)

@@ -1,4 +1,6 @@
-"""Reading `soli_onnx.json`, checked against what the runtime reads from it (standard library only).
+"""`soli_onnx.json`: written from a model and its processor (`write_manifest`, both export routes), read and checked
+against what the runtime reads from it (`read_manifest`). Standard library only: the writer reads the model's
+config, generation config and processor through their attributes, so the torch-free runtime imports this module too.
 
 A manifest that cannot be read, is not JSON, lacks a key the runtime needs, has a value of the wrong JSON type, or
 names a graph file that is missing gives a `ValueError` naming the file (and the key, as a dotted path such as
@@ -7,12 +9,18 @@ names a graph file that is missing gives a `ValueError` naming the file (and the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..storage import read_json
-from .spec import GRAPHS, MANIFEST_NAME, MANIFEST_VERSION
+from .spec import GRAPHS, MANIFEST_NAME, MANIFEST_VERSION, model_sizes
+
+if TYPE_CHECKING:
+    from ..image_processing_soli import SoliImageProcessor
+    from ..modeling_soli import SoliForConditionalGeneration
+    from ..processing_soli import SoliProcessor
 
 REEXPORT = "re-export the folder with `soli export` (or `soli_hf.onnx.export.export_onnx`)"
 
@@ -45,6 +53,20 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "image_std": [_NUMBER],
     },
 }
+# Generation settings the runtime does not implement, with the values under which they have no effect.
+_INERT_GENERATION_SETTINGS = {
+    "do_sample": (None, False),
+    "num_return_sequences": (None, 1),
+    "repetition_penalty": (None, 1.0),
+    "min_length": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "encoder_no_repeat_ngram_size": (None, 0),
+}
 _JSON_NAMES = {
     bool: "true or false",
     int: "an integer",
@@ -54,6 +76,96 @@ _JSON_NAMES = {
     list: "an array",
     dict: "an object",
 }
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def write_manifest(
+    model: SoliForConditionalGeneration, processor: SoliProcessor, out_dir: Path, opset: int, exporter: str
+) -> Path:
+    """Write `soli_onnx.json` for graphs exported from `model` by `exporter` (an `EXPORT_BACKENDS` route, recorded
+    in the manifest) into `out_dir`; returns its path."""
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "opset": opset,
+        "exporter": exporter,
+        "inference_branches": model.config.inference_branches,
+        "graphs": {graph.key: graph.to_manifest(model_sizes(model.config)) for graph in GRAPHS},
+        **_token_settings(processor),
+        "generation": generation_defaults(model),
+        "preprocessing": preprocessing_settings(processor.image_processor),
+    }
+    path = Path(out_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
+    """The decoding settings of `model.generation_config` that the runtime reproduces, resolved as `generate()`
+    resolves them; raises `ValueError` for settings the runtime does not implement."""
+    config = model.generation_config
+    unsupported = {
+        name: getattr(config, name, None)
+        for name, inert in _INERT_GENERATION_SETTINGS.items()
+        if getattr(config, name, None) not in inert
+    }
+    if unsupported:
+        raise ValueError(f"export_onnx: the ONNX runtime cannot reproduce these generation settings: {unsupported}")
+    if not isinstance(config.eos_token_id, int):
+        raise ValueError(f"export_onnx: generation_config.eos_token_id must be one id, got {config.eos_token_id!r}")
+    max_new_tokens = config.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = (config.max_length or 20) - 1  # generate()'s default max_length counts the start token
+    early_stopping = config.early_stopping
+    return {
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "num_beams": config.num_beams or 1,
+        "max_new_tokens": max_new_tokens,
+        "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
+        "suppress_tokens": list(config.suppress_tokens or []),
+        "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
+        "early_stopping": False if early_stopping is None else early_stopping,
+        "min_new_tokens": config.min_new_tokens or 0,
+    }
+
+
+def preprocessing_settings(image_processor: SoliImageProcessor) -> dict[str, Any]:
+    """The settings of a `SoliImageProcessor` that make `pixel_values` (the manifest's `preprocessing`, and
+    `Captioner.preprocessing`)."""
+    return {
+        "image_size": image_processor.image_size,
+        "degradation": image_processor.degradation,
+        "blur_sigma": image_processor.blur_sigma,
+        "scale_factor": image_processor.scale_factor,
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+        "input_range": image_processor.input_range,
+    }
+
+
+def _token_settings(processor: SoliProcessor) -> dict[str, Any]:
+    """Special token ids, the ids that decoding skips, and the vocabulary in id order."""
+    tokenizer = processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    words = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[word] for word in words] != list(range(len(words))):
+        raise ValueError("export_onnx: the tokenizer's vocabulary ids are not 0..n-1")
+    return {
+        "special_tokens": {
+            "pad": tokenizer.pad_token_id,
+            "bos": tokenizer.bos_token_id,
+            "eos": tokenizer.eos_token_id,
+            "unk": tokenizer.unk_token_id,
+        },
+        "skip_token_ids": sorted(tokenizer.all_special_ids),
+        "vocabulary": words,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ reading
 
 
 def read_manifest(onnx_dir: str | os.PathLike) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from optimum.utils import DEFAULT_DUMMY_SHAPES, DummyInputGenerator, NormalizedC
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
-from .export import generation_defaults, load_for_export, write_manifest
 from .folder import write_export_folder
-from .graphs import SoliDecoderStepGraph, SoliEncoderGraph
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, load_for_export
+from .manifest import generation_defaults, write_manifest
 from .spec import BATCH, DECODER_STEP, DEFAULT_OPSET, ENCODER, GRAPHS, GraphSpec, TensorSpec, model_sizes
 
 #: The task `main_export` loads the model for: `AutoModelForImageTextToText`, in a saved SOLI folder's `auto_map`.
