@@ -91,6 +91,7 @@ def names(folder: Path) -> list[str]:
         ({"keep_checkpoints": 0}, "keep_checkpoints must be > 0"),
         ({"log_every_steps": 0}, "log_every_steps must be > 0"),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be > 0"),
+        ({"eval_num_beams": 0}, "eval_num_beams must be > 0, got 0"),
         ({"num_workers": -1}, "num_workers must be >= 0"),
         ({"warmup_steps": -5}, "warmup_steps must be >= 0"),
         ({"seed": -1}, "seed must be >= 0"),
@@ -203,6 +204,19 @@ def test_resume_accepts_changes_that_do_not_define_the_run(tiny_run: TinyRun) ->
         num_workers=2, on_bad_sample="error",
     )  # fmt: skip
     assert tiny_run.resume(**changes) == newest
+
+
+def test_a_recipe_saved_before_a_field_existed_resumes_as_its_default(tiny_run: TinyRun) -> None:
+    """A checkpoint of a soli-hf without `eval_num_beams` was evaluated greedily: it resumes with the default (1),
+    and not with another beam width (the dev numbers and early stopping would change)."""
+    checkpoint = tiny_run.save(2)
+    info_file = checkpoint / CHECKPOINT_INFO_FILE
+    info = json.loads(info_file.read_text())
+    del info["recipe"]["eval_num_beams"]
+    info_file.write_text(json.dumps(info))
+    assert tiny_run.resume() == checkpoint
+    with pytest.raises(ResumeError, match="eval_num_beams 1 there, 3 now"):
+        tiny_run.resume(eval_num_beams=3)
 
 
 def test_checkpoint_written_before_recipes_were_stored_resumes_with_a_warning(tiny_run: TinyRun, caplog) -> None:

@@ -25,6 +25,7 @@ from soli_hf.training import TrainingConfig, parse_training_config, train
 from soli_hf.storage import write_folder_atomically
 from soli_hf.training.curriculum import curriculum_alpha
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, sample_rng
+from soli_hf.training.epoch_scores import evaluate_captioner
 from soli_hf.training.reporting import write_run_comparison
 from soli_hf.training.scst import caption_words, decode, scst_loss, self_critical_advantages
 
@@ -160,6 +161,29 @@ def test_greedy_decode_matches_generate(tiny_model, processor, images) -> None:
     ours = ours.masked_fill(ours == tiny_model.config.eos_token_id, tiny_model.config.pad_token_id)
     generated = generated.masked_fill(generated == tiny_model.config.eos_token_id, tiny_model.config.pad_token_id)
     assert torch.equal(ours[:, : generated.shape[1]], generated)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_epoch_evaluation_captions_as_generate_does_in_eval_mode(tmp_path: Path, tiny_model, processor, num_beams):
+    """The dev captions come from the Captioner; they equal what the evaluation produced before it (one encoding for
+    the loss and `generate(encoder_outputs=...)`), and the model's training mode is restored."""
+    rows = load_caption_dataset(write_caption_folder(tmp_path, {"dev": 4}), split="dev")
+    dataset = CaptionImageDataset(rows, processor, None, False, 3, seed=0, on_bad_sample="skip")
+    batch = CaptionBatchCollator(processor, max_caption_tokens=8)([dataset[i] for i in range(4)])
+    tiny_model.train()  # batch norm on batch statistics: captions made in training mode would differ
+    metrics, predictions = evaluate_captioner(
+        tiny_model, [batch, None], processor, num_beams=num_beams, max_new_tokens=6, show_progress=False
+    )
+    assert tiny_model.training
+    tiny_model.eval()
+    with torch.no_grad():
+        encoded = tiny_model.get_encoder()(batch["pixel_values"])
+        ids = tiny_model.generate(encoder_outputs=encoded, max_new_tokens=6, num_beams=num_beams, do_sample=False)
+        output = tiny_model(encoder_outputs=encoded, labels=batch["labels"], attention_mask=batch["attention_mask"])
+    assert list(predictions) == batch["image_ids"]
+    assert list(predictions.values()) == processor.batch_decode(ids, skip_special_tokens=True)
+    assert metrics["val_loss"] == pytest.approx(float(output.caption_loss))
+    assert {"CIDEr", "Bleu_4"} <= set(metrics)
 
 
 # ------------------------------------------------------------------------------------ checkpoints, runs

@@ -101,8 +101,14 @@ class TrainingConfig:
     # --- SCST
     scst_samples: int = 5
     scst_baseline: str = field(default="mean", metadata={"help": "greedy or mean (of the other samples)"})
-    max_caption_tokens: int = 20
+    max_caption_tokens: int = field(
+        default=20,
+        metadata={"help": "caption length in words: training captions are cut to it, generation stops at it"},
+    )
     # --- evaluation, checkpoints, logging
+    eval_num_beams: int = field(
+        default=1, metadata={"help": "beam width of each epoch's dev captions (CIDEr-D, early stopping); 1: greedy"}
+    )
     eval_batch_size: int = 100
     early_stopping_patience: int = 3
     save_every_steps: int = 200
@@ -137,8 +143,8 @@ class TrainingConfig:
 
 _POSITIVE = (
     "max_train_images", "max_eval_images", "captions_per_image", "vocab_min_frequency", "num_epochs", "batch_size",
-    "gradient_accumulation_steps", "learning_rate", "scst_samples", "max_caption_tokens", "eval_batch_size",
-    "early_stopping_patience", "save_every_steps", "keep_checkpoints", "log_every_steps",
+    "gradient_accumulation_steps", "learning_rate", "scst_samples", "max_caption_tokens", "eval_num_beams",
+    "eval_batch_size", "early_stopping_patience", "save_every_steps", "keep_checkpoints", "log_every_steps",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "num_workers", "degradation_ramp_epochs", "contrastive_weight", "sr_loss_weight",

@@ -4,7 +4,8 @@
 
 Phase `xe` trains with caption cross-entropy + contrastive + SR losses under the low-res -> super-resolved
 curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. Every epoch ends with a
-dev-split evaluation; the best epoch (by CIDEr-D) is kept as a `save_pretrained` folder, `OUTPUT/model`.
+dev-split evaluation (captions by the `Captioner`, `eval_num_beams` wide, up to `max_caption_tokens` words); the best
+epoch (by CIDEr-D) is kept as a `save_pretrained` folder, `OUTPUT/model`.
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def train(config: TrainingConfig) -> Path:
         eval_start = time.perf_counter()
         if accelerator.is_main_process:
             metrics, _ = evaluate_captioner(
-                unwrapped, eval_loader, processor, config.max_caption_tokens, show_progress=show_progress
-            )
+                unwrapped, eval_loader, processor, num_beams=config.eval_num_beams,
+                max_new_tokens=config.max_caption_tokens, show_progress=show_progress,
+            )  # fmt: skip
         metrics = broadcast_metrics(accelerator, metrics)
         metrics.update(
             epoch=epoch + 1,
