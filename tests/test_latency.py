@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from soli_hf.bench.latency import ORT_FP32, ORT_INT8, PYTORCH, SOLI, LatencySetup, measure_in_subprocess, time_captions
-from soli_hf.bench.latency_report import TARGET_MS, plot_latency, soli_over_peer, target_check
+from soli_hf.bench.latency import (
+    ORT_FP32,
+    ORT_INT8,
+    PYTORCH,
+    SOLI,
+    LatencySetup,
+    footprint,
+    measure_in_subprocess,
+    time_captions,
+)
+from soli_hf.bench.latency_report import TARGET_MS, latency_document, plot_latency, soli_over_peer, target_check
+from soli_hf.bench.latency_suite import latency_setups
 from soli_hf.bench.model_card import latency_section
+from soli_hf.bench.peers import PEERS, PeerCaptioner
+from soli_hf.captioner import Captioner
 from soli_hf.onnx.export import export_onnx
-from soli_hf.bench.peers import PEERS, peer_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRANSFORMER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
@@ -51,35 +63,67 @@ def test_onnx_configuration_runs_without_torch_and_checks_its_export(saved_tiny_
     assert not row["torch_loaded"] and row["measurements"] == 1 and row["caption_tokens"] == 3
     sizes = sum((tmp_path / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx"))
     assert row["size_mib"] == sizes / 2**20 and row["parameters"] is None
-    for backend, mode in ((ORT_FP32, "lr"), (ORT_INT8, "both")):  # the folder is fp32, exported for "both"
-        with pytest.raises(RuntimeError, match="expected"):
+    mismatches = {  # the folder is fp32, exported for "both"
+        (ORT_FP32, "lr"): "exported with inference_branches='both', not 'lr'",
+        (ORT_INT8, "both"): "float32 graphs, expected int8 ones for ort-int8",
+    }
+    for (backend, mode), message in mismatches.items():
+        with pytest.raises(RuntimeError, match=message):
             measure_in_subprocess(LatencySetup(SOLI, backend, 1, 3, photos[:1], str(tmp_path), mode))
+
+
+def test_the_onnx_captioner_and_the_latency_code_import_no_torch() -> None:
+    code = (
+        "import sys; import soli_hf.bench.latency, soli_hf.onnx.runtime; from soli_hf.captioner import OnnxCaptioner; "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "SOLI_HF_NO_TORCH": "1"}
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert completed.stdout.strip() == "[]"
+
+
+class FixedLengthCaptioner(Captioner):
+    """Always `length` new tokens, whatever the decoding settings ask: what the timing loop must refuse."""
+
+    name, preprocessing, generation_defaults = "fixed", {}, {}
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def preprocess(self, images):
+        return np.zeros((1, 3, 8, 8), dtype=np.float32)
+
+    def generate(self, pixel_values, **decoding):
+        return np.zeros((len(pixel_values), 1 + self.length), dtype=np.int64)
+
+    def decode(self, sequences):
+        return [""] * len(sequences)
 
 
 def test_timing_loop_asserts_the_caption_length() -> None:
     images = [Image.new("RGB", (8, 8))] * 3
-    assert len(time_captions(lambda image: 4, images, repeats=2, warmup=1, tokens=4)) == 6
+    assert len(time_captions(FixedLengthCaptioner(4), images, repeats=2, warmup=1, tokens=4)) == 6
     with pytest.raises(AssertionError, match="expected exactly 5"):
-        time_captions(lambda image: 4, images, repeats=1, warmup=0, tokens=5)
+        time_captions(FixedLengthCaptioner(4), images, repeats=1, warmup=0, tokens=5)
 
 
 @pytest.mark.parametrize("name", sorted(PEERS))
-def test_peers_generate_exactly_the_requested_tokens(name) -> None:
-    threads = torch.get_num_threads()
-    try:
-        caption, footprint = peer_captioner(name, tokens=3, threads=1, vision=TINY_TRANSFORMER, text=TINY_TRANSFORMER)
-    finally:
-        torch.set_num_threads(threads)
-    assert caption(Image.new("RGB", (120, 90), (10, 200, 30))) == 3
-    assert footprint.size_mib == 4 * footprint.parameters / 2**20
+def test_peers_are_captioners_that_generate_exactly_the_requested_tokens(name) -> None:
+    captioner = PeerCaptioner(name, vision=TINY_TRANSFORMER, text=TINY_TRANSFORMER)
+    images = [Image.new("RGB", (120, 90), (10, 200, 30))]
+    assert len(time_captions(captioner, images, repeats=1, warmup=0, tokens=3)) == 1  # exactly 3 new tokens
+    pixel_values = captioner.preprocess(images)
+    assert pixel_values.shape == (1, 3, captioner.preprocessing["image_size"], captioner.preprocessing["image_size"])
+    ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=3, max_new_tokens=3)
+    assert captioner.decode(ids) == [" ".join(str(token) for token in ids[0])]  # no vocabulary: the ids as text
+    assert captioner.lr_images(pixel_values)[0].size == pixel_values.shape[2:]
+    weight = footprint(captioner)
+    assert weight.size_mib == 4 * weight.parameters / 2**20 and weight.size_source == "fp32 parameters x 4 bytes"
 
 
 def test_latency_setups_cover_every_backend_mode_and_thread_count(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     artifacts = {(backend, mode): tmp_path for backend in (PYTORCH, ORT_FP32, ORT_INT8) for mode in ("both", "lr")}
-    setups = script.latency_setups(artifacts, ["a.png", "b.png", "c.png", "d.png"], 12, 2, peers=True)
+    setups = latency_setups(artifacts, ["a.png", "b.png", "c.png", "d.png"], 12, 2, peers=True)
     soli = [s for s in setups if s.system == SOLI]
     threads = sorted({1, os.cpu_count()})
     assert {(s.backend, s.inference_branches, s.threads) for s in soli} == {
@@ -134,3 +178,8 @@ def test_latency_section_renders_soli_and_peer_tables(tmp_path) -> None:
     assert "| 0.02 | 0.008 | 0.00375 |" in section and "never loaded torch" in section
     plot_latency(sample_report(), tmp_path / "latency_cpu.png")
     assert (tmp_path / "latency_cpu.png").stat().st_size > 1000
+
+
+def test_the_committed_latency_report_renders_from_its_json() -> None:
+    report = json.loads((ROOT / "benchmarks" / "latency_cpu.json").read_text(encoding="utf-8"))
+    assert latency_document(report) == (ROOT / "benchmarks" / "latency_cpu.md").read_text(encoding="utf-8")

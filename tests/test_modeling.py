@@ -149,6 +149,7 @@ def test_untrained_super_resolution_is_nearly_bicubic(tiny_model, batch):
 def test_lr_inference_skips_the_sr_branch_and_costs_fewer_flops(tiny_model, batch):
     both = count_flops(tiny_model, "both")
     lr = count_flops(tiny_model, "lr")
+    assert tiny_model.config.inference_branches == "both"  # each mode is counted on a model built for it
     assert lr["encoder"] < both["encoder"] / 2  # the SR branch runs the backbone at 2x resolution
     assert lr["decoder_per_token"] == both["decoder_per_token"]
     tiny_model.config.inference_branches = "lr"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import copy
 from typing import Any
 
 import torch
@@ -15,15 +14,18 @@ from ..modeling_soli import SoliForConditionalGeneration
 DEFAULT_CAPTION_TOKENS = 12  # about one Flickr8k caption (10.8 words) plus <eos>
 
 
-@contextmanager
-def inference_branches(model: SoliForConditionalGeneration, branches: str) -> Iterator[None]:
-    """Temporarily switch `model.config.inference_branches` ("both" or "lr")."""
-    previous = model.config.inference_branches
-    model.config.inference_branches = branches
-    try:
-        yield
-    finally:
-        model.config.inference_branches = previous
+def built_for(model: SoliForConditionalGeneration, branches: str) -> SoliForConditionalGeneration:
+    """`model` as built for inference with `branches` ("both" or "lr"): a second instance, in eval mode, from a copy
+    of its config with that `inference_branches`, holding the same weight tensors (no copy; `model` and its config
+    are left as they are)."""
+    if branches not in INFERENCE_BRANCHES:
+        raise ValueError(f"branches must be one of {INFERENCE_BRANCHES}, got {branches!r}")
+    config = copy.deepcopy(model.config)
+    config.inference_branches = branches
+    with torch.device("meta"):  # no memory and no initialisation: the weights come from `model`
+        twin = type(model)(config)
+    twin.load_state_dict(model.state_dict(), assign=True)
+    return twin.eval()
 
 
 def _measured_flops(function: Any, *args: Any) -> tuple[int, Any]:
@@ -36,20 +38,16 @@ def _measured_flops(function: Any, *args: Any) -> tuple[int, Any]:
 def count_flops(
     model: SoliForConditionalGeneration, branches: str, caption_tokens: int = DEFAULT_CAPTION_TOKENS
 ) -> dict[str, int]:
-    """FLOPs to caption one image: the encoder once, then one decoder step per generated token."""
-    if branches not in INFERENCE_BRANCHES:
-        raise ValueError(f"branches must be one of {INFERENCE_BRANCHES}, got {branches!r}")
-    was_training = model.training
-    model.eval()
+    """FLOPs to caption one image with `branches` (measured on `built_for(model, branches)`): the encoder once,
+    then one decoder step per generated token."""
+    model = built_for(model, branches)
     size = model.config.image_size
     pixel_values = torch.zeros(1, 3, size, size, device=model.device, dtype=model.dtype)
-    with inference_branches(model, branches):
-        encoder_flops, encoded = _measured_flops(model.encoder, pixel_values)
+    encoder_flops, encoded = _measured_flops(model.encoder, pixel_values)
     memory, keys = encoded.last_hidden_state, encoded.attention_keys
     start = torch.full((1, 1), model.config.decoder_start_token_id, device=model.device)
     state_flops, state = _measured_flops(model.decoder.initial_state, memory)
     step_flops, _ = _measured_flops(model.decoder, start, memory, keys, state)
-    model.train(was_training)
     return {
         "encoder": encoder_flops,
         "decoder_per_token": step_flops,

@@ -2,11 +2,14 @@
 caption exactly `tokens` new tokens, preprocessing from the decoded photo included (what a user waits for between
 a photo in memory and its caption ids).
 
-Each configuration runs in a fresh subprocess (`measure_in_subprocess`, which runs `python -m soli_hf.bench.latency`),
-so that the peak RSS it reports (`ru_maxrss`) is that configuration's alone. The onnxruntime configurations run
-with `SOLI_HF_NO_TORCH=1`, as a device would, and record that torch was not loaded.
+Every system is a `soli_hf.captioner.Captioner`, loaded as a user would (`load_captioner`; the peers are
+`soli_hf.bench.peers.PeerCaptioner`), and timed by one function (`time_captions`). Each configuration runs in a
+fresh subprocess (`measure_in_subprocess`, which runs `python -m soli_hf.bench.latency`), so that the peak RSS it
+reports (`peak_rss_mib`) is that configuration's alone. The onnxruntime configurations run with
+`SOLI_HF_NO_TORCH=1`, as a device would, and record that torch was not loaded.
 
-This module imports neither torch nor transformers; the PyTorch captioners import them when built.
+This module imports neither torch nor transformers: the PyTorch captioners import them when built, and `peers`
+(torch + transformers) only when a peer is; the dependency goes one way, `peers` imports nothing of this module.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
 from .memory import peak_rss_mib
 
 PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
 BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8)
 SOLI = "soli"
-
-#: A captioner: one decoded photo in, the number of new tokens it generated out.
-Captioner = Callable[[Image.Image], int]
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,26 @@ class LatencyResult:
         return asdict(self)
 
 
+def caption_tokens(captioner: Captioner, image: Image.Image, tokens: int) -> int:
+    """One timed caption: `preprocess` the decoded photo, then greedy `generate` of exactly `tokens` new tokens;
+    returns how many new tokens the ids hold (every captioner's prompt is its one start token)."""
+    pixel_values = captioner.preprocess(image)
+    ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
+    return ids.shape[1] - 1
+
+
 def time_captions(
-    caption: Captioner, images: Sequence[Image.Image], *, repeats: int, warmup: int, tokens: int
+    captioner: Captioner, images: Sequence[Image.Image], *, repeats: int, warmup: int, tokens: int
 ) -> list[float]:
-    """Wall seconds of `caption(image)` for each image, `repeats` passes, after `warmup` untimed captions; every
+    """Wall seconds of `caption_tokens` for each image, `repeats` passes, after `warmup` untimed captions; every
     caption must have exactly `tokens` new tokens (`AssertionError` otherwise)."""
     for index in range(warmup):
-        _check_length(caption(images[index % len(images)]), tokens)
+        _check_length(caption_tokens(captioner, images[index % len(images)], tokens), tokens)
     seconds = []
     for _ in range(repeats):
         for image in images:
             start = time.perf_counter()
-            length = caption(image)
+            length = caption_tokens(captioner, image, tokens)
             seconds.append(time.perf_counter() - start)
             _check_length(length, tokens)
     return seconds
@@ -121,76 +130,54 @@ def _check_length(length: int, tokens: int) -> None:
     assert length == tokens, f"a caption has {length} new tokens, expected exactly {tokens}"
 
 
-def soli_pytorch_captioner(
-    model_dir: str | os.PathLike, inference_branches: str, tokens: int, threads: int
-) -> tuple[Captioner, Footprint]:
-    """SOLI in PyTorch eager: `SoliProcessor` + greedy `generate` (its other saved generation settings kept)."""
-    import torch
-
-    from ..modeling_soli import SoliForConditionalGeneration
-    from ..processing_soli import SoliProcessor
-
-    torch.set_num_threads(threads)
-    model = SoliForConditionalGeneration.from_pretrained(model_dir, inference_branches=inference_branches).eval()
-    processor = SoliProcessor.from_pretrained(model_dir)
-
-    @torch.no_grad()
-    def caption(image: Image.Image) -> int:
-        inputs = processor(images=image, return_tensors="pt")
-        ids = model.generate(**inputs, num_beams=1, do_sample=False, min_new_tokens=tokens, max_new_tokens=tokens)
-        return ids.shape[1] - 1  # the start token
-
-    weights = Path(model_dir) / "model.safetensors"
-    parameters = sum(p.numel() for p in model.parameters())
-    return caption, Footprint(weights.stat().st_size / 2**20, parameters, "model.safetensors")
+def footprint(captioner: Captioner, artifact: str | os.PathLike = "") -> Footprint:
+    """What a loaded captioner weighs: its graph files (ONNX), its weights file (a saved SOLI folder `artifact`), or
+    for a model without files (the random-weight peers) its fp32 parameters at 4 bytes each."""
+    if isinstance(captioner, OnnxCaptioner):
+        files = [graph["file"] for graph in captioner.runtime.manifest["graphs"].values()]
+        size = sum((Path(artifact) / name).stat().st_size for name in files)
+        return Footprint(size / 2**20, None, " + ".join(files))
+    parameters = sum(p.numel() for p in captioner.model.parameters())
+    if artifact:
+        weights = Path(artifact) / WEIGHTS_NAME
+        return Footprint(weights.stat().st_size / 2**20, parameters, WEIGHTS_NAME)
+    return Footprint(4 * parameters / 2**20, parameters, "fp32 parameters x 4 bytes")
 
 
-def soli_onnx_captioner(
-    onnx_dir: str | os.PathLike, inference_branches: str, quantized: bool, tokens: int, threads: int
-) -> tuple[Captioner, Footprint]:
-    """SOLI on onnxruntime (`SoliOnnxCaptioner`): preprocessing + greedy search over the exported graphs, which
-    must have been exported with `inference_branches` and be int8 (`quantize_onnx`) when `quantized`."""
-    from ..onnx.runtime import SoliOnnxCaptioner
+def build_captioner(setup: LatencySetup) -> Captioner:
+    """The captioner of a configuration, loaded as a user would (`load_captioner`), with `setup.threads` intra-op
+    threads; an onnxruntime one must have been exported with `setup.inference_branches` and be int8 exactly for
+    "ort-int8" (`ValueError` otherwise)."""
+    if setup.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {setup.backend!r}")
+    if setup.uses_torch:
+        import torch
 
-    captioner = SoliOnnxCaptioner(onnx_dir, num_threads=threads)
-    manifest = captioner.manifest
-    if (manifest["inference_branches"], "quantization" in manifest) != (inference_branches, quantized):
-        raise ValueError(
-            f"{onnx_dir}: inference_branches={manifest['inference_branches']!r}, "
-            f"quantized={'quantization' in manifest}; expected {inference_branches!r}, {quantized}"
-        )
-
-    def caption(image: Image.Image) -> int:
-        pixel_values = captioner.preprocess(image)
-        ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
-        return ids.shape[1] - 1
-
-    files = [graph["file"] for graph in manifest["graphs"].values()]
-    size = sum((Path(onnx_dir) / name).stat().st_size for name in files)
-    return caption, Footprint(size / 2**20, None, " + ".join(files))
-
-
-def build_captioner(setup: LatencySetup) -> tuple[Captioner, Footprint]:
-    """The captioner of a configuration, with its footprint."""
+        torch.set_num_threads(setup.threads)
     if setup.system != SOLI:
-        from .peers import peer_captioner
+        from .peers import PeerCaptioner
 
-        return peer_captioner(setup.system, setup.tokens, setup.threads)
+        return PeerCaptioner(setup.system)
     if setup.inference_branches is None:
         raise ValueError("a SOLI configuration needs its inference_branches ('both' or 'lr')")
-    if setup.backend == PYTORCH:
-        return soli_pytorch_captioner(setup.artifact, setup.inference_branches, setup.tokens, setup.threads)
-    if setup.backend in (ORT_FP32, ORT_INT8):
-        quantized = setup.backend == ORT_INT8
-        return soli_onnx_captioner(setup.artifact, setup.inference_branches, quantized, setup.tokens, setup.threads)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {setup.backend!r}")
+    if setup.uses_torch:
+        return load_captioner(setup.artifact, inference_branches=setup.inference_branches)
+    captioner = load_captioner(
+        onnx=setup.artifact, inference_branches=setup.inference_branches, num_threads=setup.threads
+    )
+    wanted = "int8" if setup.backend == ORT_INT8 else "float32"
+    found = "float32" if captioner.quantization is None else "int8"
+    if found != wanted:
+        raise ValueError(f"{setup.artifact}: {found} graphs, expected {wanted} ones for {setup.backend}")
+    return captioner
 
 
 def measure(setup: LatencySetup) -> LatencyResult:
     """Time one configuration in this process (its peak RSS is this process's)."""
-    caption, footprint = build_captioner(setup)
+    captioner = build_captioner(setup)
+    weight = footprint(captioner, setup.artifact)
     images = [_decoded(path) for path in setup.photos]
-    seconds = time_captions(caption, images, repeats=setup.repeats, warmup=setup.warmup, tokens=setup.tokens)
+    seconds = time_captions(captioner, images, repeats=setup.repeats, warmup=setup.warmup, tokens=setup.tokens)
     milliseconds = [1000 * s for s in seconds]
     return LatencyResult(
         system=setup.system,
@@ -202,9 +189,9 @@ def measure(setup: LatencySetup) -> LatencyResult:
         measurements=len(milliseconds),
         warmup=setup.warmup,
         caption_tokens=setup.tokens,
-        size_mib=footprint.size_mib,
-        size_source=footprint.size_source,
-        parameters=footprint.parameters,
+        size_mib=weight.size_mib,
+        size_source=weight.size_source,
+        parameters=weight.parameters,
         peak_rss_mib=peak_rss_mib(),
         torch_loaded="torch" in sys.modules,
         per_image_ms=milliseconds,

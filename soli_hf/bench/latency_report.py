@@ -9,6 +9,7 @@ from typing import Any
 
 from .latency import ORT_INT8, PYTORCH
 from .markdown import markdown_table
+from .plots import saved_figure
 
 #: The latency target: SOLI on onnxruntime int8, one thread, under this many ms per 64x64 photo.
 TARGET_MS = 10.0
@@ -123,36 +124,41 @@ def latency_markdown(report: dict[str, Any]) -> str:
 
 def plot_latency(report: dict[str, Any], path: Path) -> None:
     """A horizontal bar chart of the median ms of every configuration, one bar per thread count, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     rows = [*report["results"], *report.get("peers", [])]
     labels = list(dict.fromkeys(_label(r) for r in rows))
     threads = sorted({r["threads"] for r in rows})
     height = 0.8 / len(threads)
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
-    for index, count in enumerate(threads):
-        medians = {_label(r): r["median_ms"] for r in rows if r["threads"] == count}
-        positions = [i + index * height for i, label in enumerate(labels) if label in medians]
-        axes.barh(
-            positions,
-            [medians[label] for label in labels if label in medians],
-            height,
-            label=f"{count} thread{'s' * (count > 1)}",
-        )
-    axes.axvline(report["target"]["target_ms"], color="grey", linestyle="--", label="target")
-    axes.set_yticks([i + height * (len(threads) - 1) / 2 for i in range(len(labels))], labels)
-    axes.invert_yaxis()
-    axes.set_xscale("log")
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axes.set_xlabel(f"median ms per image (batch 1, greedy, {report['tokens']} tokens)")
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(8, 0.45 * len(labels) + 1.2), dpi=120) as axes:
+        for index, count in enumerate(threads):
+            medians = {_label(r): r["median_ms"] for r in rows if r["threads"] == count}
+            positions = [i + index * height for i, label in enumerate(labels) if label in medians]
+            axes.barh(
+                positions,
+                [medians[label] for label in labels if label in medians],
+                height,
+                label=f"{count} thread{'s' * (count > 1)}",
+            )
+        axes.axvline(report["target"]["target_ms"], color="grey", linestyle="--", label="target")
+        axes.set_yticks([i + height * (len(threads) - 1) / 2 for i in range(len(labels))], labels)
+        axes.invert_yaxis()
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.set_xlabel(f"median ms per image (batch 1, greedy, {report['tokens']} tokens)")
+        axes.legend(loc="upper right")
+
+
+def latency_document(report: dict[str, Any]) -> str:
+    """The whole Markdown report written next to the JSON: a title naming the machine, then `latency_markdown`."""
+    machine = report["machine"]
+    return f"# SOLI caption latency ({machine['cpu_model']}, {machine['cpus']} CPUs)\n\n{latency_markdown(report)}\n"
+
+
+def write_latency_report(report: dict[str, Any], json_path: Path) -> None:
+    """The Markdown report and the bar chart next to the JSON (same stem, .md and .png)."""
+    json_path.with_suffix(".md").write_text(latency_document(report), encoding="utf-8")
+    plot_latency(report, json_path.with_suffix(".png"))
 
 
 def _label(row: Row) -> str:

@@ -144,3 +144,40 @@ def profile_markdown(result: dict[str, Any], top: int = 8) -> str:
         title = f"{graph}: onnxruntime kernel time {total:.3f} ms per run"
         lines += ["", title, "", markdown_table(["operator", "ms", "share"], rows)]
     return "\n".join(lines)
+
+
+def benchmark_profile(
+    model_dir: Path, onnx_dirs: Sequence[Path], tokens: int, threads: int, repeats: int
+) -> dict[str, Any]:
+    """`profile_onnx` of the given ONNX folders, or of `model_dir`'s int8 exports (both and lr: that needs torch),
+    on the sample photos, with the machine it ran on."""
+    from .latency import ORT_INT8
+    from .machine import machine
+    from .sample_photos import load_sample_photos
+
+    photos = [photo.convert("RGB") for photo in load_sample_photos().values()]
+    with tempfile.TemporaryDirectory(prefix="soli_profile_") as scratch:
+        if onnx_dirs:
+            folders = {str(folder): folder for folder in onnx_dirs}
+        else:  # named by what they were: the temporary folder is gone afterwards
+            from .exports import export_soli, inference_modes
+
+            modes = inference_modes(model_dir)
+            artifacts = export_soli(model_dir, modes, Path(scratch))
+            folders = {f"{model_dir.name} exported ({ORT_INT8}-{mode})": artifacts[ORT_INT8, mode] for mode in modes}
+        profiles = [
+            profile_onnx(folder, photos, tokens, threads, repeats) | {"onnx_dir": name}
+            for name, folder in folders.items()
+        ]
+    return {"machine": machine(), "profiles": profiles}
+
+
+def profiles_markdown(report: dict[str, Any]) -> str:
+    """`profile_markdown` of every profile of a `benchmark_profile` report."""
+    return "\n\n".join(profile_markdown(profile) for profile in report["profiles"])
+
+
+def write_profile_report(report: dict[str, Any], json_path: Path) -> None:
+    """The Markdown report next to the JSON (same stem, .md)."""
+    text = f"# Where SOLI's onnxruntime caption time goes\n\n{profiles_markdown(report)}\n"
+    json_path.with_suffix(".md").write_text(text, encoding="utf-8")

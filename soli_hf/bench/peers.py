@@ -5,18 +5,19 @@ at their default (base) sizes, with random weights, built offline (latency does 
 - "blip-base": `BlipForConditionalGeneration(BlipConfig())`, like Salesforce/blip-image-captioning-base;
 - "git-base": `GitForCausalLM(GitConfig())`, like microsoft/git-base.
 
-Each takes the photo at its native resolution through its own image processor (the numpy + pillow ones:
-resize, centre crop for GIT, rescale and normalize), as its checkpoint's processor does.
+Each is a `soli_hf.captioner.Captioner` (`PeerCaptioner`), so that the latency benchmark times it as it times
+SOLI: it takes the photo at its native resolution through its own image processor (the numpy + pillow ones:
+resize, centre crop for GIT, rescale and normalize), as its checkpoint's processor does, then greedy `generate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
 from transformers import (
     BlipConfig,
     BlipForConditionalGeneration,
@@ -32,7 +33,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from .latency import Captioner, Footprint
+from ..captioner import Captioner, _checked_decoding
 
 #: Overrides of a peer's vision and text configs (empty: the base sizes; tests pass tiny ones).
 ConfigOverrides = dict[str, Any]
@@ -74,30 +75,53 @@ PEERS = {
 }
 
 
-def peer_captioner(
-    name: str,
-    tokens: int,
-    threads: int,
-    vision: ConfigOverrides | None = None,
-    text: ConfigOverrides | None = None,
-) -> tuple[Captioner, Footprint]:
-    """A peer in PyTorch eager (image processor + greedy `generate` of exactly `tokens` new tokens) and its
-    footprint (fp32 parameters, 4 bytes each)."""
-    if name not in PEERS:
-        raise ValueError(f"peer must be one of {sorted(PEERS)}, got {name!r}")
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    peer = PEERS[name]
-    model = peer.model(vision or {}, text or {}).eval()
-    processor = peer.image_processor()
+class PeerCaptioner(Captioner):
+    """A peer in PyTorch eager with random weights (seeded): its own image processor, then `model.generate()`
+    (greedy or beam search, no sampling). Every peer's prompt is its one start token, as SOLI's is.
 
-    @torch.no_grad()
-    def caption(image: Image.Image) -> int:
-        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
-        ids = model.generate(
-            pixel_values=pixel_values, num_beams=1, do_sample=False, min_new_tokens=tokens, max_new_tokens=tokens
+    Args:
+        name: a key of `PEERS`.
+        vision, text: overrides of the vision and text configs (default: the base sizes).
+    """
+
+    def __init__(self, name: str, vision: ConfigOverrides | None = None, text: ConfigOverrides | None = None) -> None:
+        if name not in PEERS:
+            raise ValueError(f"peer must be one of {sorted(PEERS)}, got {name!r}")
+        self.peer = PEERS[name]
+        self.name = name
+        torch.manual_seed(0)
+        self.model = self.peer.model(vision or {}, text or {}).eval()
+        self.image_processor = self.peer.image_processor()
+        # What lr_images needs to turn pixel_values back into images; the side is the processor's output size.
+        crop = self.image_processor.crop_size if getattr(self.image_processor, "do_center_crop", False) else None
+        self.preprocessing = {
+            "image_size": (crop or self.image_processor.size).height,
+            "image_mean": list(self.image_processor.image_mean),
+            "image_std": list(self.image_processor.image_std),
+        }
+        config = self.model.generation_config
+        # A random-weight peer has no saved generation settings: transformers' defaults (a 20-token max_length).
+        self.generation_defaults = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens or 20}
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """The peer's own image processor: `pixel_values` at its native input size."""
+        return self.image_processor(images=images, return_tensors="np")["pixel_values"]
+
+    def generate(
+        self,
+        pixel_values: Any,
+        *,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+    ) -> np.ndarray:
+        """`model.generate(pixel_values=...)`, no sampling: ids (B, 1 + new tokens)."""
+        settings = _checked_decoding(
+            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
         )
-        return ids.shape[1] - 1  # every peer's prompt is its one start token
+        ids = self.model.generate(pixel_values=torch.as_tensor(pixel_values), do_sample=False, **settings)
+        return ids.numpy()
 
-    parameters = sum(p.numel() for p in model.parameters())
-    return caption, Footprint(4 * parameters / 2**20, parameters, "fp32 parameters x 4 bytes")
+    def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """The token ids as text ("12 7 431"): random weights come without a tokenizer, so there are no words."""
+        return [" ".join(str(int(token)) for token in row) for row in sequences]

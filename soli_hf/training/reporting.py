@@ -7,12 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..bench.markdown import markdown_table  # noqa: E402
+from ..bench.markdown import markdown_table
+from ..bench.plots import saved_figure
 
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward")
 EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")
@@ -21,24 +17,20 @@ EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")
 def plot_training_curves(step_log: Path, history: list[dict[str, Any]], out: Path) -> None:
     """Left: the step losses (smoothed); right: dev CIDEr-D, BLEU-4 and validation loss per epoch."""
     records = [json.loads(line) for line in step_log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in LOSS_KEYS:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            steps, values = zip(*points)
-            left.plot(steps, _smooth(values), label=key)
-    left.set(xlabel="step", title="training (EMA 0.9)")
-    left.legend()
-    epochs = [entry["epoch"] for entry in history]
-    for key in EPOCH_KEYS:
-        if history and key in history[0]:
-            right.plot(epochs, [entry[key] for entry in history], marker="o", label=key)
-    right.set(xlabel="epoch", title="dev split (greedy)")
-    right.legend()
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    with saved_figure(out, 1, 2, figsize=(11, 4)) as (left, right):
+        for key in LOSS_KEYS:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                steps, values = zip(*points)
+                left.plot(steps, _smooth(values), label=key)
+        left.set(xlabel="step", title="training (EMA 0.9)")
+        left.legend()
+        epochs = [entry["epoch"] for entry in history]
+        for key in EPOCH_KEYS:
+            if history and key in history[0]:
+                right.plot(epochs, [entry[key] for entry in history], marker="o", label=key)
+        right.set(xlabel="epoch", title="dev split (greedy)")
+        right.legend()
 
 
 def _smooth(values: tuple[float, ...], decay: float = 0.9) -> list[float]:
@@ -93,13 +85,10 @@ def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
         for run in runs
     ]  # fmt: skip
     (out_dir / "comparison.md").write_text(markdown_table(header, rows) + "\n", encoding="utf-8")
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        history = run["history"]
-        axis.plot([e["epoch"] for e in history], [e["CIDEr"] for e in history], marker="o", label=run["run"])
-    axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="dev split, 64x64")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out_dir / "comparison.png", dpi=100)
-    plt.close(figure)
+    with saved_figure(out_dir / "comparison.png", figsize=(6, 4)) as axis:
+        for run in runs:
+            history = run["history"]
+            axis.plot([e["epoch"] for e in history], [e["CIDEr"] for e in history], marker="o", label=run["run"])
+        axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="dev split, 64x64")
+        axis.legend()
     return {"runs": runs}

@@ -1,0 +1,36 @@
+"""The SOLI artifacts the benchmarks time: for each inference mode of a saved model, the folder itself (PyTorch)
+and its fp32 and int8 ONNX exports. Needs torch (the export)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .latency import BACKENDS, ORT_FP32, ORT_INT8, PYTORCH
+
+
+def inference_modes(model_dir: Path) -> tuple[str, ...]:
+    """The `inference_branches` a saved SOLI has: "both" and "lr", or "lr" alone without the SR branch."""
+    from ..configuration_soli import SoliConfig
+
+    return ("both", "lr") if SoliConfig.from_pretrained(model_dir).use_sr_branch else ("lr",)
+
+
+def export_soli(model_dir: Path, modes: Sequence[str], folder: Path) -> dict[tuple[str, str], Path]:
+    """The artifact of each (backend, inference mode): the model folder for PyTorch, fp32 and int8 ("arm64", the
+    deployed settings) ONNX exports written under `folder`."""
+    from ..modeling_soli import SoliForConditionalGeneration
+    from ..onnx.export import export_onnx
+    from ..onnx.quantize import quantize_onnx
+    from ..processing_soli import SoliProcessor
+
+    processor = SoliProcessor.from_pretrained(model_dir)
+    for mode in modes:
+        model = SoliForConditionalGeneration.from_pretrained(model_dir, inference_branches=mode).eval()
+        export_onnx(model, folder / f"{ORT_FP32}-{mode}", processor=processor)
+        quantize_onnx(folder / f"{ORT_FP32}-{mode}", folder / f"{ORT_INT8}-{mode}", target="arm64")
+    return {
+        (backend, mode): model_dir if backend == PYTORCH else folder / f"{backend}-{mode}"
+        for backend in BACKENDS
+        for mode in modes
+    }
