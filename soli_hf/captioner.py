@@ -63,11 +63,15 @@ class Captioner(ABC):
         preprocessing: the settings that make `pixel_values` (`image_size`, `degradation`, `scale_factor`,
             `blur_sigma`, `image_mean`, `image_std`, `input_range`), as an ONNX manifest stores them.
         generation_defaults: the model's `num_beams` and `max_new_tokens`.
+        inference_branches: the inference mode the model runs in ("both": SR and LR branches, or "lr").
+        quantization: the int8 quantization record of quantized graphs; None for float32 weights.
     """
 
     name: str
     preprocessing: dict[str, Any]
     generation_defaults: dict[str, int]
+    inference_branches: str
+    quantization: dict[str, Any] | None = None
 
     @abstractmethod
     def preprocess(self, images: Any) -> np.ndarray:
@@ -92,6 +96,11 @@ class Captioner(ABC):
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """Captions from token ids, special tokens left out."""
 
+    def decoding(self, **decoding: int | None) -> dict[str, int]:
+        """The decoding settings that `generate(..., **decoding)` uses: `generation_defaults` with those set here
+        (not None) in their place; a `ValueError` for an unknown setting."""
+        return self.generation_defaults | _checked_decoding(decoding)
+
     def caption_pixels(self, pixel_values: Any, **decoding: int | None) -> list[str]:
         """One caption per row of `pixel_values` (from `preprocess`)."""
         return self.decode(self.generate(pixel_values, **decoding))
@@ -112,6 +121,19 @@ def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
     if unknown:
         raise ValueError(f"unknown decoding settings {unknown}; these can be set: {list(DECODING_SETTINGS)}")
     return {key: value for key, value in decoding.items() if value is not None}
+
+
+def _not_found_message(model: str, error: OSError) -> str:
+    """One line for a model that is neither a folder nor loadable from the Hub: why, and how to fix it."""
+    from huggingface_hub import constants
+
+    # transformers' message spans several lines and points at its docs; its first line says what happened.
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else str(error).strip().splitlines()[0]
+    return (
+        f"{model}: no such folder, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) nor loadable from "
+        f"the Hub ({reason}); download it once with `hf download {model}` (or any soli-hf run while online), or "
+        "give a saved SOLI folder (--model DIR)"
+    )
 
 
 class PytorchCaptioner(Captioner):
@@ -137,6 +159,11 @@ class PytorchCaptioner(Captioner):
         }
         config = model.generation_config
         self.generation_defaults = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+
+    @property
+    def inference_branches(self) -> str:
+        """The model's inference mode (`config.inference_branches`)."""
+        return self.model.config.inference_branches
 
     @classmethod
     def from_pretrained(
@@ -169,9 +196,7 @@ class PytorchCaptioner(Captioner):
         except OSError as error:
             if path.exists():
                 raise
-            raise ValueError(
-                f"{model}: no such folder, and not a model in the Hugging Face cache or on the Hub ({error})"
-            ) from error
+            raise ValueError(_not_found_message(str(model), error)) from error
         if loaded.config.inference_branches == "both" and not loaded.config.use_sr_branch:
             raise ValueError(f"{model} has no SR branch (the baseline variant): use inference_branches='lr'")
         if device is not None:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import soli_hf.cli
-from soli_hf.caption_files import ResultsFile, caption_files, pytorch_captioner
+import soli_hf.cli.caption
+from soli_hf.captioner import load_captioner
 from soli_hf.cli import main
+from soli_hf.cli.caption import ResultsFile, caption_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,21 +118,21 @@ def test_results_are_streamed_and_the_page_keeps_what_was_made_when_stopped(
     saved_tiny_model: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     paths = write_photos(tmp_path / "photos", 4)
-    make_captioner = soli_hf.cli.pytorch_captioner
 
     def stopped_at_the_third_batch(*args, **kwargs):
-        captioner = make_captioner(*args, **kwargs)
-        calls = []
+        captioner = load_captioner(*args, **kwargs)
+        caption_pixels, calls = captioner.caption_pixels, []
 
-        def caption(pixels):
+        def caption(pixels, **decoding):
             calls.append(len(pixels))
             if len(calls) == 3:
                 raise KeyboardInterrupt
-            return captioner.caption(pixels)
+            return caption_pixels(pixels, **decoding)
 
-        return type(captioner)(captioner.preprocess, caption, captioner.image_mean, captioner.image_std)
+        captioner.caption_pixels = caption
+        return captioner
 
-    monkeypatch.setattr(soli_hf.cli, "pytorch_captioner", stopped_at_the_third_batch)
+    monkeypatch.setattr(soli_hf.cli.caption, "load_captioner", stopped_at_the_third_batch)
     page = tmp_path / "page.html"
     with pytest.raises(KeyboardInterrupt):
         main(caption_args(saved_tiny_model, str(tmp_path / "photos"), "--batch-size", "1", "--html", str(page)))
@@ -142,21 +143,18 @@ def test_results_are_streamed_and_the_page_keeps_what_was_made_when_stopped(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["page.html", "photos"]  # no temporary file left
 
 
-def test_a_batch_holds_only_the_small_lr_inputs(saved_tiny_model: Path, tmp_path: Path, processor) -> None:
-    from soli_hf import SoliForConditionalGeneration
-
+def test_a_batch_holds_only_the_small_lr_inputs(saved_tiny_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "large.jpg"
     Image.new("RGB", (3000, 2000), (120, 30, 200)).save(path)
-    model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model).eval()
-    captioner = pytorch_captioner(model, processor, num_beams=1, max_new_tokens=2)
-    batches = []
+    captioner = load_captioner(saved_tiny_model)
+    caption_pixels, batches = captioner.caption_pixels, []
 
-    def caption(pixels: np.ndarray) -> list[str]:
+    def caption(pixels: np.ndarray, **decoding) -> list[str]:
         batches.append((pixels.shape, pixels.dtype))
-        return captioner.caption(pixels)
+        return caption_pixels(pixels, **decoding)
 
-    spy = type(captioner)(captioner.preprocess, caption, captioner.image_mean, captioner.image_std)
-    results = list(caption_files(spy, [path, path, path], batch_size=2))
+    captioner.caption_pixels = caption
+    results = list(caption_files(captioner, [path, path, path], batch_size=2, num_beams=1, max_new_tokens=2))
     assert batches == [((2, 3, 64, 64), np.float32), ((1, 3, 64, 64), np.float32)]
     assert [result.lr_image.size for result in results] == [(64, 64)] * 3
 

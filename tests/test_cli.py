@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
-from soli_hf.caption_files import find_images
 from soli_hf.cli import main
+from soli_hf.cli.caption import find_images
 
 
 def test_info_reports_parameters_flops_vocab_and_input_size(saved_tiny_model, capsys, tokenizer):
@@ -56,7 +56,8 @@ def test_caption_prints_path_and_caption_lines(saved_tiny_model, photo_folder, c
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(photo_folder / n) for n in ("a.png", "b.jpg", "c.PNG")]
     inputs = processor.image_processor(str(photo_folder / "c.PNG"), return_tensors="pt")
-    expected = processor.batch_decode(model.generate(**inputs, num_beams=3, max_new_tokens=5), skip_special_tokens=True)
+    # no --num-beams: the model's generation config decides, as generate() with no setting does
+    expected = processor.batch_decode(model.generate(**inputs, max_new_tokens=5), skip_special_tokens=True)
     assert lines[2].split("\t")[1] == expected[0]
     page = (tmp_path / "page.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "c.PNG" in page

@@ -12,7 +12,7 @@ from transformers import AutoModel, pipeline
 
 import soli_hf
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
-from soli_hf.caption_files import DEFAULT_MODEL_DIR
+from soli_hf.captioner import CHECKOUT_MODEL_DIR as DEFAULT_MODEL_DIR
 from soli_hf.cli import main
 from soli_hf.hub import files_to_publish
 

@@ -11,9 +11,18 @@ from conftest import write_caption_folder
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
+from soli_hf.captioner import PytorchCaptioner
 from soli_hf.cli import main as soli_main
 from soli_hf.data import load_caption_dataset_with_report
-from soli_hf.evaluation import LowResCondition, fixed_sizes, paper_protocol, run_evaluation, runner
+from soli_hf.evaluation import (
+    ConditionResult,
+    LowResCondition,
+    caption_agreement,
+    fixed_sizes,
+    paper_protocol,
+    run_evaluation,
+    runner,
+)
 from soli_hf.image_transforms_soli import make_low_resolution
 from soli_hf.metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 
@@ -44,24 +53,30 @@ def test_bad_conditions_are_refused(kwargs, message) -> None:
         LowResCondition(**kwargs)
 
 
-def test_paper_condition_gives_the_processors_pixels(photo, processor) -> None:
+@pytest.fixture
+def preprocessing(tiny_model, processor) -> dict:
+    """A captioner's preprocessing settings (what `LowResCondition.lr_image` reads)."""
+    return PytorchCaptioner(tiny_model, processor).preprocessing
+
+
+def test_paper_condition_gives_the_processors_pixels(photo, processor, preprocessing) -> None:
     """The sweep's LR input is exactly what SoliImageProcessor makes with the same scale factor and degradation."""
     image_processor = processor.image_processor
     for condition in (LowResCondition("step_gaussian", 0.1), LowResCondition("bilinear", 0.5), LowResCondition()):
-        ours = image_processor(condition.lr_image(photo, image_processor), return_tensors="np")["pixel_values"]
+        ours = image_processor(condition.lr_image(photo, preprocessing), return_tensors="np")["pixel_values"]
         kwargs = {"scale_factor": condition.scale_factor, "degradation": condition.degradation}
         theirs = image_processor(photo, return_tensors="np", **kwargs)["pixel_values"]
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_fixed_size_keeps_only_that_many_pixels(photo, processor) -> None:
+def test_fixed_size_keeps_only_that_many_pixels(photo, processor, preprocessing) -> None:
     image_processor = processor.image_processor
-    lr = LowResCondition(size=16).lr_image(photo, image_processor)
+    lr = LowResCondition(size=16).lr_image(photo, preprocessing)
     assert lr.size == (image_processor.image_size,) * 2
     small = make_low_resolution(photo.convert("RGB"), 16, "bicubic", None, image_processor.blur_sigma)
     expected = small.resize(lr.size, Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(np.asarray(lr), np.asarray(expected))
-    assert not np.array_equal(np.asarray(lr), np.asarray(LowResCondition(size=32).lr_image(photo, image_processor)))
+    assert not np.array_equal(np.asarray(lr), np.asarray(LowResCondition(size=32).lr_image(photo, preprocessing)))
 
 
 def test_leave_one_out_model_scores_average_the_folds() -> None:
@@ -101,7 +116,7 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
     model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model).eval()
     processor = SoliProcessor.from_pretrained(saved_tiny_model)
     photo = Image.open(data / "dev" / "dev3.png")
-    lr = LowResCondition(size=16).lr_image(photo, processor.image_processor)
+    lr = LowResCondition(size=16).lr_image(photo, PytorchCaptioner(model, processor).preprocessing)
     generated = model.generate(**processor.image_processor(lr, return_tensors="pt"), num_beams=2, max_new_tokens=6)
     expected = processor.batch_decode(generated, skip_special_tokens=True)[0]
     got = [c["caption"] for c in captions if c["image_id"] == "dev3" and c["condition"] == "bicubic@16px"]
@@ -109,7 +124,18 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
 
     page = (out / "samples.html").read_text()
     assert page.count("<img src=\"data:image/png;base64,") == 5 and "dev3" in page and "one red square" in page
+    # the settings each model ran with, and how many captions the second shares with the first (same weights: all)
+    records = summary["settings"]["models"]
+    assert [(r["backend"], r["num_beams"], r["max_new_tokens"], r["quantization"]) for r in records] == [
+        ("pytorch", 2, 6, None)
+    ] * 2
+    assert summary["settings"]["num_beams"] == 2 and summary["settings"]["inference_branches"] == "both"
+    agreement = summary["caption_agreement"]
+    assert [(a["model"], a["first_model"], a["identical"], a["compared"]) for a in agreement] == [
+        (records[1]["model"], records[0]["model"], 5, 5)
+    ] * 3
     report = (out / "report.md").read_text()
+    assert f"## Caption agreement with the first model ({records[0]['model']})" in report and "5/5 (100.0%)" in report
     assert "people (each reference vs the others)" in report and "sweep_sizes.png" in report
     assert (out / "sweep_sizes.png").stat().st_size > 0 and not (out / "sweep_paper.png").exists()
 
@@ -153,3 +179,27 @@ def test_report_counts_the_samples_skipped_while_loading_and_captioning(
     report = (out / "report.md").read_text()
     assert "- while loading: 2 bad sample(s) (malformed_entry=1, missing_image=1); the first 2:" in report
     assert "dev1.png" in report and f"{result.model} bicubic@input: 1 unreadable image(s)" in report
+
+
+def test_caption_agreement_counts_identical_captions_on_the_images_both_captioned() -> None:
+    def result(model: str, condition: LowResCondition, predictions: dict[str, str], cider: float) -> ConditionResult:
+        return ConditionResult(model, condition, predictions, {"CIDEr": cider}, {})
+
+    small = LowResCondition(size=16)
+    results = [
+        result("fp32", LowResCondition(), {"a": "a dog", "b": "a cat", "c": "a bird"}, 0.5),
+        result("fp32", small, {"a": "a dog", "b": "a cat"}, 0.4),
+        result("int8", LowResCondition(), {"a": "a dog", "b": "the cat"}, 0.45),  # c unreadable for int8
+        result("int8", small, {"a": "a dog", "b": "a cat"}, 0.4),
+    ]
+    agreement = caption_agreement(results)
+    assert [(a["condition"], a["identical"], a["compared"], a["share"]) for a in agreement] == [
+        ("bicubic@input", 1, 2, 0.5), ("bicubic@16px", 2, 2, 1.0)
+    ]
+    assert agreement[0]["first_model"] == "fp32" and agreement[0]["cider_d_drop"] == pytest.approx(0.05)
+    assert caption_agreement(results[:2]) == []  # one model: nothing to compare
+
+
+def test_evaluate_needs_a_model_or_an_onnx_folder(tmp_path: Path, capsys) -> None:
+    assert soli_main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "give --model DIR [DIR ...] and/or --onnx DIR [DIR ...]" in capsys.readouterr().err

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import datasets
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..captioner import Captioner
 from ..data import safe_load_image
-from ..modeling_soli import SoliForConditionalGeneration
-from ..processing_soli import SoliProcessor
 from .conditions import LowResCondition
 
 
@@ -25,24 +23,22 @@ class CaptionRun:
     skipped_images: int = 0
 
 
-@torch.no_grad()
 def caption_dataset(
-    model: SoliForConditionalGeneration,
-    processor: SoliProcessor,
+    captioner: Captioner,
     rows: datasets.Dataset,
     condition: LowResCondition,
     *,
     batch_size: int = 50,
-    num_beams: int = 1,
-    max_new_tokens: int = 20,
     keep_images: int = 0,
     description: str = "captioning",
+    **decoding: int | None,
 ) -> CaptionRun:
-    """`model.generate` (greedy or beam search) on the rows of a caption dataset (`soli_hf.data` layout).
+    """Caption the rows of a caption dataset (`soli_hf.data` layout) with any `Captioner` (PyTorch or ONNX), each
+    photo made into the LR input of `condition`; `decoding` (`num_beams`, `max_new_tokens`; None: the model's
+    own) goes to `Captioner.caption`.
 
     Unreadable images are skipped with a warning naming the file (`safe_load_image`) and counted.
     """
-    model.eval()
     rows = rows.cast_column("image", datasets.Image(decode=False))
     run = CaptionRun(predictions={})
     with tqdm(total=len(rows), desc=description, unit="img", dynamic_ncols=True) as progress:
@@ -55,14 +51,9 @@ def caption_dataset(
                     run.skipped_images += 1
                     continue
                 image_ids.append(image_id)
-                lr_images.append(condition.lr_image(photo, processor.image_processor))
+                lr_images.append(condition.lr_image(photo, captioner.preprocessing))
             if image_ids:
-                pixel_values = processor.image_processor(lr_images, return_tensors="pt")["pixel_values"]
-                generated = model.generate(
-                    pixel_values=pixel_values.to(model.device), num_beams=num_beams, max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                )  # fmt: skip
-                captions = processor.batch_decode(generated, skip_special_tokens=True)
+                captions = captioner.caption(lr_images, **decoding)
                 for image_id, caption, lr_image in zip(image_ids, captions, lr_images):
                     run.predictions[image_id] = caption
                     if len(run.lr_images) < keep_images:

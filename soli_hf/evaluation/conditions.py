@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
-from ..image_processing_soli import SoliImageProcessor
 from ..image_transforms_soli import DEGRADATIONS, make_low_resolution
 
 PAPER_SCALE_FACTORS = (0.5, 0.2, 0.1, 0.05)
@@ -38,10 +39,12 @@ class LowResCondition:
             return f"{self.degradation}@{self.scale_factor:g}"
         return f"{self.degradation}@{self.size}px" if self.size is not None else f"{self.degradation}@input"
 
-    def lr_image(self, image: Image.Image, processor: SoliImageProcessor) -> Image.Image:
-        """The RGB image the model sees (`processor.image_size` square) under this condition."""
+    def lr_image(self, image: Image.Image, preprocessing: Mapping[str, Any]) -> Image.Image:
+        """The RGB image the model sees under this condition: `preprocessing["image_size"]` square, blurred with
+        its `blur_sigma` where the degradation blurs (`preprocessing`: a `Captioner`'s, so that PyTorch models and
+        ONNX folders are given the same inputs)."""
         image = image.convert("RGB")
-        input_size, sigma = processor.image_size, processor.blur_sigma
+        input_size, sigma = preprocessing["image_size"], preprocessing["blur_sigma"]
         if self.size is None:
             return make_low_resolution(image, input_size, self.degradation, self.scale_factor, sigma)
         small = make_low_resolution(image, self.size, self.degradation, None, sigma)

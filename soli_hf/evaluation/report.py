@@ -2,7 +2,9 @@
 
 Both metrics.json and report.md say what was not scored: the bad samples the loader skipped (missing or unreadable
 images, empty captions, malformed or undecodable annotation lines, by kind, with the first few named) and, per model
-and condition, the images that could not be read while captioning."""
+and condition, the images that could not be read while captioning. When several models are compared they also say,
+for each model after the first, how many of its captions are identical to the first model's (e.g. int8 vs float32
+graphs of one model) and how much CIDEr-D it loses against it."""
 
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def write_report(
     bad_samples = bad_samples or BadSampleReport()
     summary = {
         "settings": settings, "human_leave_one_out": human, "skipped_while_loading": skipped_while_loading(bad_samples),
-        "results": [r.to_dict() for r in results],
+        "results": [r.to_dict() for r in results], "caption_agreement": caption_agreement(results),
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     with (out / "captions.jsonl").open("w", encoding="utf-8") as handle:
@@ -80,6 +82,26 @@ def write_report(
     write_samples_page(out / "samples.html", results, references)
     report = markdown_report(results, human, settings, plots, bad_samples)
     (out / "report.md").write_text(report, encoding="utf-8")
+
+
+def caption_agreement(results: Sequence[ConditionResult]) -> list[dict[str, Any]]:
+    """For each model after the first, under each condition: how many of its captions are identical to the first
+    model's, on the images both captioned, and the CIDEr-D drop (the first model's CIDEr-D minus this one's)."""
+    first_model = results[0].model if results else None
+    reference = {r.condition: r for r in results if r.model == first_model}
+    agreement = []
+    for result in results:
+        first = reference.get(result.condition)
+        if result.model == first_model or first is None:
+            continue
+        both = result.predictions.keys() & first.predictions.keys()
+        identical = sum(result.predictions[image_id] == first.predictions[image_id] for image_id in both)
+        agreement.append({
+            "model": result.model, "first_model": first_model, "condition": result.condition.name,
+            "identical": identical, "compared": len(both), "share": identical / len(both) if both else 0.0,
+            "cider_d_drop": first.metrics["CIDEr"] - result.metrics["CIDEr"],
+        })  # fmt: skip
+    return agreement
 
 
 def skipped_while_loading(bad_samples: BadSampleReport) -> dict[str, Any]:
@@ -100,7 +122,8 @@ def markdown_report(
 ) -> str:
     """Tables of every (model, condition), the human score, what was skipped, and links to the pictures."""
     lines = [f"# Caption evaluation: {settings['data']} ({settings['split']})", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += [f"- {key}: {value}" for key, value in settings.items() if key != "models"]
+    lines += _model_lines(settings.get("models", []))
     lines += _skipped_lines(bad_samples or BadSampleReport(), results)
     header = ["model", "LR input", *REPORT_METRICS]
     lines += ["", "## All references", ""]
@@ -109,11 +132,50 @@ def markdown_report(
     rows = [_metric_row("people (each reference vs the others)", "-", human)]
     rows += [_metric_row(r.model, r.condition.name, r.leave_one_out) for r in results]
     lines += [markdown_table(["captions by", *header[1:]], rows)]
+    lines += _agreement_lines(caption_agreement(results))
     lines += ["", "CIDEr is coco-caption's CIDEr-D (sigma 6, clipping). Leave-one-out rows: the mean over 5 folds,"]
     lines += ["each dropping one reference per image; METEOR there for people only (one Java run per fold).", ""]
     lines += ["Samples (LR input as the model saw it, captions, references): [samples.html](samples.html)", ""]
     lines += [f"![{plot}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
+
+
+def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's "Models" table: where each model came from and how it ran (the settings it actually used)."""
+    if not records:
+        return []
+    header = ["model", "source", "backend", "inference branches", "beams", "max new tokens", "weights"]
+    rows = [
+        [
+            record["model"], f"`{record['source']}`", record["backend"], record["inference_branches"],
+            record["num_beams"], record["max_new_tokens"], _weights(record["quantization"]),
+        ]
+        for record in records
+    ]  # fmt: skip
+    return ["", "## Models", "", markdown_table(header, rows)]
+
+
+def _weights(quantization: dict[str, Any] | None) -> str:
+    """float32, or how the weights were quantized to int8."""
+    if quantization is None:
+        return "float32"
+    return f"int8 ({quantization['name']}: {quantization['mode']} quantization of {', '.join(quantization['operators'])})"
+
+
+def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's "Caption agreement" section (several models only)."""
+    if not agreement:
+        return []
+    first = agreement[0]["first_model"]
+    header = ["model", "LR input", f"captions identical to {first}'s", f"CIDEr-D drop ({first} - model)"]
+    rows = [
+        [
+            row["model"], row["condition"], f"{row['identical']}/{row['compared']} ({100 * row['share']:.1f}%)",
+            f"{row['cider_d_drop']:+.4f}",
+        ]
+        for row in agreement
+    ]  # fmt: skip
+    return ["", f"## Caption agreement with the first model ({first})", "", markdown_table(header, rows)]
 
 
 def _skipped_lines(bad_samples: BadSampleReport, results: Sequence[ConditionResult]) -> list[str]:

@@ -1,4 +1,5 @@
-"""`soli evaluate`: models + data + split -> captions under each LR condition -> metrics -> report files."""
+"""`soli evaluate`: models (PyTorch folders and/or ONNX folders) + data + split -> captions under each LR condition
+-> metrics -> report files."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..captioner import Captioner, load_captioner
 from ..data import load_caption_dataset_with_report
 from ..metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
 from ..metrics.meteor import meteor_unavailable_reason
-from ..caption_files import load_captioner
 from .captioning import caption_dataset
 from .conditions import LowResCondition
 from .report import ConditionResult, write_report
@@ -18,6 +19,8 @@ from .report import ConditionResult, write_report
 logger = logging.getLogger(__name__)
 
 SAMPLES_ON_PAGE = 24
+#: The decoding settings each model's record in the report holds.
+RECORDED_DECODING = ("num_beams", "max_new_tokens")
 
 
 def model_labels(model_dirs: Sequence[str | Path], inference_branches: str | None) -> list[str]:
@@ -33,28 +36,51 @@ def model_labels(model_dirs: Sequence[str | Path], inference_branches: str | Non
     return [f"{label} [{inference_branches}]" if inference_branches else label for label in labels]
 
 
+def model_record(label: str, source: str | Path, backend: str, captioner: Captioner, decoding: dict[str, int]) -> dict:
+    """What the report says of one model: where it came from, how it ran (backend, inference mode, int8 or not)
+    and the decoding settings it actually used."""
+    return {
+        "model": label, "source": str(source), "backend": backend, "inference_branches": captioner.inference_branches,
+        **{key: decoding[key] for key in RECORDED_DECODING}, "quantization": captioner.quantization,
+    }  # fmt: skip
+
+
+def _shared_setting(records: Sequence[dict[str, Any]], key: str) -> Any:
+    """The value of `key` when every model used the same one, else "per model"."""
+    values = {record[key] for record in records}
+    return values.pop() if len(values) == 1 else "per model"
+
+
 def run_evaluation(
     model_dirs: Sequence[str | Path],
     data: str | Path,
     split: str,
     out: str | Path,
     *,
+    onnx_dirs: Sequence[str | Path] = (),
     conditions: Sequence[LowResCondition] = (LowResCondition(),),
     data_format: str | None = None,
-    num_beams: int = 1,
+    num_beams: int | None = None,
     batch_size: int = 50,
-    max_new_tokens: int = 20,
+    max_new_tokens: int | None = None,
     max_images: int | None = None,
     inference_branches: str | None = None,
+    num_threads: int | None = None,
     meteor: bool = True,
 ) -> list[ConditionResult]:
-    """Caption `split` of `data` with every model under every condition and write the report into `out`:
-    metrics.json, captions.jsonl, report.md, samples.html (24 samples of the first condition) and, for sweeps,
-    sweep_paper.png / sweep_sizes.png. Bad samples of the split are skipped (`load_caption_dataset`'s "skip"), and
-    the report counts them, with the images that could not be read while captioning. Returns the per-(model,
-    condition) results."""
-    if not model_dirs:
-        raise ValueError("give at least one --model folder")
+    """Caption `split` of `data` with every model (saved SOLI folders or Hub ids in PyTorch, then exported ONNX
+    folders) under every condition and write the report into `out`: metrics.json, captions.jsonl, report.md,
+    samples.html (24 samples of the first condition) and, for sweeps, sweep_paper.png / sweep_sizes.png. With
+    several models the report also says how many of each one's captions are identical to the first model's.
+
+    `num_beams` and `max_new_tokens` left None: each model's own generation config (or ONNX manifest); the report
+    records what each model used. `inference_branches` replaces the saved mode of the PyTorch models; an ONNX
+    folder must have been exported with it. `num_threads`: onnxruntime's threads. Bad samples of the split are
+    skipped (`load_caption_dataset`'s "skip"), and the report counts them, with the images that could not be read
+    while captioning. Returns the per-(model, condition) results."""
+    sources = [(model, "pytorch") for model in model_dirs] + [(folder, "onnx") for folder in onnx_dirs]
+    if not sources:
+        raise ValueError("give at least one model: a saved SOLI folder (--model) or an ONNX folder (--onnx)")
     rows, bad_samples = load_caption_dataset_with_report(data, split, data_format)
     if max_images is not None:
         rows = rows.select(range(min(max_images, len(rows))))
@@ -63,13 +89,19 @@ def run_evaluation(
         logger.warning("METEOR left out: %s", reason)
         meteor = False
     human = leave_one_out_human_scores(references, meteor=meteor)
-    results = []
-    for model_dir, label in zip(model_dirs, model_labels(model_dirs, inference_branches)):
-        model, processor = load_captioner(model_dir, inference_branches)
+    results, records = [], []
+    overrides = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    for (source, backend), label in zip(sources, model_labels([s for s, _ in sources], inference_branches)):
+        if backend == "onnx":
+            captioner = load_captioner(onnx=source, inference_branches=inference_branches, num_threads=num_threads)
+        else:
+            captioner = load_captioner(source, inference_branches=inference_branches)
+        decoding = captioner.decoding(**overrides)
+        records.append(model_record(label, source, backend, captioner, decoding))
         for condition in conditions:
             run = caption_dataset(
-                model, processor, rows, condition, batch_size=batch_size, num_beams=num_beams,
-                max_new_tokens=max_new_tokens, keep_images=SAMPLES_ON_PAGE, description=f"{label} {condition.name}",
+                captioner, rows, condition, batch_size=batch_size, keep_images=SAMPLES_ON_PAGE,
+                description=f"{label} {condition.name}", **decoding,
             )  # fmt: skip
             if not run.predictions:
                 raise ValueError(f"{data} ({split}): no readable image to caption")
@@ -83,9 +115,9 @@ def run_evaluation(
             logger.info("%s %s: %s", label, condition.name, result.metrics)
             results.append(result)
     settings: dict[str, Any] = {
-        "data": str(data), "split": split, "images": len(rows), "num_beams": num_beams,
-        "max_new_tokens": max_new_tokens, "inference_branches": inference_branches or "as saved",
-        "models": [str(d) for d in model_dirs],
+        "data": str(data), "split": split, "images": len(rows),
+        **{key: _shared_setting(records, key) for key in (*RECORDED_DECODING, "inference_branches")},
+        "models": records,
     }  # fmt: skip
     write_report(Path(out), results, references, human, settings, bad_samples)
     return results
