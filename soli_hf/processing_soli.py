@@ -11,7 +11,7 @@ import transformers
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-IGNORE_INDEX = -100
+from .losses_soli import IGNORE_INDEX
 
 
 class SoliProcessor(ProcessorMixin):

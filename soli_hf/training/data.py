@@ -129,10 +129,11 @@ def choose_captions(captions: Sequence[str], count: int, rng: np.random.Generato
 
 
 class CaptionBatchCollator:
-    """Stacks samples into model inputs; captions are tokenised (`<bos> ... <eos>`, padded)."""
+    """Stacks samples into model inputs; captions are tokenised by the processor (`<bos> ... <eos>`, padded, labels
+    with the padding ignored)."""
 
     def __init__(self, processor: SoliProcessor, max_caption_tokens: int) -> None:
-        self.tokenizer = processor.tokenizer
+        self.processor = processor
         self.max_length = max_caption_tokens + 2  # + <bos>, <eos>
         self.skipped_images = 0
 
@@ -142,15 +143,12 @@ class CaptionBatchCollator:
         if not kept:
             return None
         captions = [caption for sample in kept for caption in sample["captions"]]
-        tokens = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        labels = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, -100)
+        tokens = self.processor(text=captions, max_length=self.max_length, return_tensors="pt")
         batch = {
             "pixel_values": torch.from_numpy(np.stack([sample["pixel_values"] for sample in kept])),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "labels": labels,
+            "labels": tokens["labels"],
             "image_ids": [sample["image_id"] for sample in kept],
             "references": [sample["references"] for sample in kept],
         }

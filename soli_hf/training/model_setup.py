@@ -118,9 +118,15 @@ def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForCond
         model = load_source("backbone", config.backbone, lambda source: pretrained(source, **values))
     else:
         model = SoliForConditionalGeneration(SoliConfig(**values))
-    # A generated <unk> is dropped when decoding and leaves a broken sentence: generate() never picks it.
-    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
+    suppress_unknown_token(model, tokenizer)
     return model
+
+
+def suppress_unknown_token(model: SoliForConditionalGeneration, tokenizer: Any) -> None:
+    """Make `generate()` never pick `<unk>` (`generation_config.suppress_tokens`): a generated `<unk>` is dropped
+    when decoding and leaves a broken sentence. The one place that decides it: `build_model` (every new SOLI) and
+    `scripts/ship_model.py` (a shipped folder) call it."""
+    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
 
 
 def _new_model(model_config: str, values: dict[str, Any]) -> SoliForConditionalGeneration:
