@@ -285,7 +285,7 @@ def test_a_checkpoint_replaced_by_a_killed_write_is_put_back(tiny_run: TinyRun) 
     tiny_run.save(2)
     checkpoint = tiny_run.save(4)
     checkpoint.rename(checkpoint.with_name(".step-00000004.old-1234"))
-    (tiny_run.checkpoint_dir / ".step-00000006.tmp").mkdir()  # and a write that never finished
+    (tiny_run.checkpoint_dir / ".step-00000006.tmp-k1lled").mkdir()  # and a write that never finished
     assert tiny_run.resume() == checkpoint and checkpoint_problem(checkpoint) is None
     assert names(tiny_run.checkpoint_dir) == ["step-00000002", "step-00000004"]
 
@@ -419,18 +419,19 @@ def test_kill_during_a_checkpoint_write_loses_nothing(tmp_path: Path, tiny_model
     data = write_caption_folder(tmp_path / "data", {"train": 16, "dev": 4})
     config = tiny_recipe(data, tiny_model_config, tmp_path / "run", num_epochs=3)  # 4 steps an epoch
     checkpoints = tmp_path / "run" / "checkpoints"
-    half_written = checkpoints / ".step-00000006.tmp" / "optimizer.bin"
     process = subprocess.Popen(
         [sys.executable, "-c", HANGING_CHECKPOINT_WRITE, str(TRAIN_SCRIPT), *recipe_flags(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while not half_written.exists() and process.poll() is None and time.monotonic() < deadline:
+    half_written: list[Path] = []  # the temporary folder's name ends in a random part: `.step-00000006.tmp-*`
+    while not half_written and process.poll() is None and time.monotonic() < deadline:
+        half_written = list(checkpoints.glob(".step-00000006.tmp-*/optimizer.bin"))
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)  # in the middle of writing step-00000006
     process.wait()
-    assert half_written.exists(), "the run was not killed during the checkpoint write"
-    assert names(checkpoints) == [".step-00000006.tmp", "step-00000002", "step-00000004"]
+    assert half_written, "the run was not killed during the checkpoint write"
+    assert names(checkpoints) == [half_written[0].parent.name, "step-00000002", "step-00000004"]
     assert all(checkpoint_problem(folder) is None for folder in checkpoint_folders(checkpoints))
 
     resumed = subprocess.run(

@@ -4,7 +4,12 @@ files so that a bad one is named.
 Standard library only (no torch): the checkpoints, the model folders and the ONNX export all write through it.
 """
 
-from .atomic import disk_full_as_oserror, fsync_tree, write_folder_atomically, write_text_atomically
+from .atomic import (
+    disk_full_as_oserror, recover_interrupted_writes, remove_path, write_folder_atomically, write_text_atomically,
+)  # fmt: skip
 from .json_files import read_json
 
-__all__ = ["disk_full_as_oserror", "fsync_tree", "read_json", "write_folder_atomically", "write_text_atomically"]
+__all__ = [
+    "disk_full_as_oserror", "read_json", "recover_interrupted_writes", "remove_path", "write_folder_atomically",
+    "write_text_atomically",
+]  # fmt: skip

@@ -16,6 +16,7 @@ _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DISK_FULL_WORDS = ("no space left", "storagefull", "quota exceeded")
 # torch.save's words for a failed write, which do not say why (`basic_ios::clear: iostream error`, `file write failed`)
 _WRITE_FAILED_WORDS = ("iostream error", "write failed")
+TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<random>`: a folder being written, until it is complete and renamed
 OLD_FOLDER_MARK = ".old-"  # `.<name>.old-<pid>`: a replaced folder, until its successor is in place
 LOW_DISK_SPACE = 64 * 2**20  # bytes; a failed write with less free space than this is put down to a full disk
 
@@ -27,7 +28,7 @@ def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     mode = _folder_mode(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMPORARY_MARK}", dir=final.parent))
     try:
         tmp.chmod(mode)
         write(tmp)
@@ -57,6 +58,37 @@ def move_folder_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+def recover_interrupted_writes(parent: Path, prefix: str = "") -> list[Path]:
+    """Undo what a kill during `write_folder_atomically` left in `parent`, for the folders whose names start with
+    `prefix`: a temporary folder is deleted; an old folder moved aside is put back when its successor never got the
+    name, else deleted. Returns the temporary folders deleted."""
+    deleted: list[Path] = []
+    if not parent.is_dir():
+        return deleted
+    for path in sorted(parent.iterdir()):
+        name = path.name
+        if not name.startswith(f".{prefix}"):
+            continue
+        if TEMPORARY_MARK in name:
+            remove_path(path)
+            deleted.append(path)
+        elif OLD_FOLDER_MARK in name:
+            replaced = parent / name[1:].split(OLD_FOLDER_MARK)[0]
+            if replaced.exists():
+                remove_path(path)
+            else:
+                os.replace(path, replaced)
+    return deleted
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, a link or a folder with everything in it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def fsync_tree(folder: Path) -> None:

@@ -3,8 +3,9 @@ or a full disk at any moment, and a resume that only continues an intact checkpo
 
 A checkpoint folder `checkpoints/step-XXXXXXXX` holds `accelerator.save_state` (model, optimizer, scheduler, RNG
 states), `trainer_state.json` (where in training it was taken) and `checkpoint.json` (the recipe that wrote it and
-the size of every file). It is written under a temporary name, flushed, then renamed, so only complete folders
-carry that name; a resume still verifies that every file loads, in case the disk damaged one since.
+the size of every file). It is written as every folder of a run is (`storage.write_folder_atomically`): under a
+temporary name, flushed, then renamed, so only complete folders carry that name; a resume still verifies that every
+file loads, in case the disk damaged one since.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from accelerate.utils import load as load_torch_file
 from safetensors.torch import load_file as load_safetensors_file
 
-from ..storage import disk_full_as_oserror, fsync_tree, read_json
-from ..storage.atomic import OLD_FOLDER_MARK, move_folder_into_place
+from ..storage import disk_full_as_oserror, read_json, recover_interrupted_writes, remove_path, write_folder_atomically
 from .config import TrainingConfig, recipe_differences
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ RUN_FILES = (CHECKPOINT_DIR, MODEL_DIR, STEP_LOG_FILE, LOG_DIR, RECIPE_FILE)  # 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINT_INFO_FILE = "checkpoint.json"
-TEMPORARY_SUFFIX = ".tmp"
 CORRUPT_PREFIX = "corrupt-"  # a checkpoint that failed verification, kept aside: no longer a `step-` folder
 _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 _TORCH_FILE_SUFFIXES = (".bin", ".pkl", ".pt")
@@ -96,32 +96,30 @@ def checkpoint_folders(checkpoint_dir: Path) -> list[Path]:
 def save_checkpoint(
     accelerator: Accelerator, checkpoint_dir: Path, state: TrainerState, keep: int, recipe: dict[str, Any]
 ) -> Path:
-    """Write `step-<global_step>` atomically (every process takes part in `save_state`; the main process renames)
-    with `recipe` stored in it, and delete all but the newest `keep` checkpoints.
+    """Write `step-<global_step>` atomically with `recipe` stored in it, and delete all but the newest `keep`
+    checkpoints. The main process writes the folder with `write_folder_atomically` (an end-of-epoch checkpoint
+    replaces the periodic one of its step); every process saves its part of the state (`save_state`) into that
+    folder's temporary name, which the main process broadcasts.
 
     A write that fails removes its temporary folder and leaves the earlier checkpoints as they were; a full disk
     is raised as `OSError` naming the checkpoint, the free space and the checkpoint to resume from.
     """
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.global_step:08d}"
-    tmp = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    try:
-        with disk_full_as_oserror("checkpoint", final, _advice_after_a_full_disk(checkpoint_dir)):
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                state.save(tmp)
-                _write_checkpoint_info(tmp, recipe)
-                fsync_tree(tmp)
-    except BaseException:
+
+    def write(tmp: Path | None) -> None:
+        (shared,) = broadcast_object_list([None if tmp is None else str(tmp)])
+        accelerator.save_state(shared)
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            state.save(Path(shared))
+            _write_checkpoint_info(Path(shared), recipe)
+
+    with disk_full_as_oserror("checkpoint", final, _advice_after_a_full_disk(checkpoint_dir)):
+        if accelerator.is_main_process:
+            write_folder_atomically(final, write)
+        else:
+            write(None)
     if accelerator.is_main_process:
-        move_folder_into_place(tmp, final)  # an end-of-epoch checkpoint replaces the periodic one of its step
         for old in checkpoint_folders(checkpoint_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -225,7 +223,7 @@ def prepare_run_folder(accelerator: Accelerator, config: TrainingConfig) -> Path
     if accelerator.is_main_process:
         for name in existing:
             if name in RUN_FILES or name.startswith(tuple(f".{run_file}" for run_file in RUN_FILES)):
-                _remove(output_dir / name)
+                remove_path(output_dir / name)
         if existing:
             logger.info("--overwrite_output_dir: deleted the run in %s", output_dir)
     accelerator.wait_for_everyone()
@@ -244,7 +242,8 @@ def resume_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, config: Tr
             run-defining fields differ from `config` (each field named, with both values).
     """
     if accelerator.is_main_process:
-        _clean_interrupted_writes(checkpoint_dir)
+        for leftover in recover_interrupted_writes(checkpoint_dir, CHECKPOINT_PREFIX):
+            logger.info("removed %s, the remains of a checkpoint write that was interrupted", leftover)
     accelerator.wait_for_everyone()
     candidates = checkpoint_folders(checkpoint_dir)
     if not candidates:
@@ -288,28 +287,3 @@ def _check_recipe(checkpoint: Path, config: TrainingConfig) -> None:
             f"cannot resume from {checkpoint}: it was written by another recipe ({listed}). Resume with its values, "
             "or start a new run with --overwrite_output_dir true or another --output_dir"
         )
-
-
-def _clean_interrupted_writes(checkpoint_dir: Path) -> None:
-    """After a kill during `save_checkpoint`: delete a half-written temporary folder; put back a replaced checkpoint
-    whose successor never got its name (else delete it)."""
-    if not checkpoint_dir.is_dir():
-        return
-    for path in checkpoint_dir.iterdir():
-        name = path.name
-        if name.startswith(f".{CHECKPOINT_PREFIX}") and name.endswith(TEMPORARY_SUFFIX):
-            logger.info("removing %s, the remains of a checkpoint write that was interrupted", path)
-            _remove(path)
-        elif name.startswith(f".{CHECKPOINT_PREFIX}") and OLD_FOLDER_MARK in name:
-            replaced = checkpoint_dir / name[1:].split(OLD_FOLDER_MARK)[0]
-            if replaced.exists():
-                _remove(path)
-            else:
-                os.replace(path, replaced)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
