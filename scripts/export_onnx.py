@@ -7,8 +7,9 @@
 complete, so an interrupted run leaves the previous export there intact. `--out` must therefore be a new folder, an
 empty one or a previous export; a folder holding other files is refused (exit status 2), never emptied.
 
-`--verify` captions the given images with PyTorch `generate()` and with the exported graphs
-(`SoliOnnxCaptioner`), greedy and with the model's default beam size, and prints how many captions agree.
+`--verify` captions the given images with PyTorch `generate()` (in the exported inference mode) and with the exported
+graphs, both loaded by `soli_hf.captioner.load_captioner`, greedy and with the model's default beam size, and prints
+how many captions agree.
 """
 
 from __future__ import annotations
@@ -16,27 +17,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from soli_hf.cli import add_export_arguments, run_export
+from soli_hf.captioner import load_captioner
+from soli_hf.cli.export import add_export_arguments, run_export
 
 
-def verify(model_dir: Path, onnx_dir: Path, images: list[str], num_threads: int | None) -> None:
-    """Print, for greedy search and the default beam size, how many of the images get identical captions."""
-    import torch
-
-    from soli_hf import SoliForConditionalGeneration, SoliProcessor
-    from soli_hf.onnx.runtime import SoliOnnxCaptioner
-
-    model = SoliForConditionalGeneration.from_pretrained(model_dir).eval()
-    processor = SoliProcessor.from_pretrained(model_dir)
-    captioner = SoliOnnxCaptioner(onnx_dir, num_threads=num_threads)
-    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    for num_beams in sorted({1, captioner.generation.num_beams}):
-        with torch.no_grad():
-            ids = model.generate(pixel_values=pixel_values, num_beams=num_beams)
-        expected = processor.batch_decode(ids, skip_special_tokens=True)
-        got = captioner.caption(images, num_beams=num_beams)
+def verify(args: argparse.Namespace) -> None:
+    """Print, for greedy search and the default beam size, how many of the `--verify` images get identical
+    captions from the model and from its export."""
+    images = args.verify
+    expected_captioner = load_captioner(args.model, inference_branches=args.inference_branches)
+    onnx_captioner = load_captioner(onnx=args.out, num_threads=args.num_threads)
+    for num_beams in sorted({1, onnx_captioner.generation_defaults["num_beams"]}):
+        expected = expected_captioner.caption(images, num_beams=num_beams)
+        got = onnx_captioner.caption(images, num_beams=num_beams)
         same = sum(a == b for a, b in zip(expected, got))
         print(f"num_beams={num_beams}: {same}/{len(images)} captions identical to PyTorch generate()")
         for image, a, b in zip(images, expected, got):
@@ -45,6 +39,7 @@ def verify(model_dir: Path, onnx_dir: Path, images: list[str], num_threads: int 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`soli export` with `--verify`; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_export_arguments(parser)
     parser.add_argument("--verify", nargs="+", metavar="IMAGE", help="compare ONNX and PyTorch captions on these")
@@ -52,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = run_export(args)
     if status == 0 and args.verify:
-        verify(args.model, args.out, args.verify, args.num_threads)
+        verify(args)
     return status
 
 

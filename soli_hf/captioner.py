@@ -102,8 +102,9 @@ class Captioner(ABC):
         return self.generation_defaults | _checked_decoding(decoding)
 
     def caption_pixels(self, pixel_values: Any, **decoding: int | None) -> list[str]:
-        """One caption per row of `pixel_values` (from `preprocess`)."""
-        return self.decode(self.generate(pixel_values, **decoding))
+        """One caption per row of `pixel_values` (from `preprocess`); a `ValueError` for an unknown decoding
+        setting."""
+        return self.decode(self.generate(pixel_values, **_checked_decoding(decoding)))
 
     def caption(self, images: Any, **decoding: int | None) -> list[str]:
         """One caption per image: `preprocess`, `generate`, `decode`."""
