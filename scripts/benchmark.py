@@ -84,21 +84,19 @@ def main() -> None:
         print(f"wrote {args.out}")
         return
     if args.benchmark == "latency":
-        from soli_hf.bench.latency_report import latency_markdown as report_text, write_latency_report as write_report
+        from soli_hf.bench import latency_report, latency_suite
 
         def measure() -> dict:
-            from soli_hf.bench.latency_suite import benchmark_latency
+            return latency_suite.benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
 
-            return benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
-
+        report_text, write_report = latency_report.latency_markdown, latency_report.write_latency_report
     else:  # with --onnx this imports onnxruntime and not torch: it runs on a device
-        from soli_hf.bench.onnx_profile import profiles_markdown as report_text, write_profile_report as write_report
+        from soli_hf.bench import onnx_profile
 
         def measure() -> dict:
-            from soli_hf.bench.onnx_profile import benchmark_profile
+            return onnx_profile.benchmark_profile(args.model, args.onnx, args.tokens, args.threads, args.repeats)
 
-            return benchmark_profile(args.model, args.onnx, args.tokens, args.threads, args.repeats)
-
+        report_text, write_report = onnx_profile.profiles_markdown, onnx_profile.write_profile_report
     if args.render_only:
         write_report(json.loads(args.out.read_text(encoding="utf-8")), args.out)
         print(f"wrote the report(s) of {args.out}")

@@ -187,14 +187,17 @@ chmod +x "$LAUNCHER.new"
 mv "$LAUNCHER.new" "$LAUNCHER"
 say "launcher: $LAUNCHER"
 
-# 6. Smoke test: the packages import on (emulated) aarch64, and SOLI's ONNX runtime imports without torch.
+# 6. Smoke test: the packages import on (emulated) aarch64, and what the check's guest side imports (the ONNX
+#    captioner, soli_hf.bench.arm_check) loads no torch.
 say "smoke test (SOLI_ARM64_CPU=cortex-a76)"
 SOLI_ARM64_CPU=cortex-a76 PYTHONPATH="$ROOT" "$LAUNCHER" -c '
 import platform, sys
 import numpy, PIL, onnxruntime
+from soli_hf.captioner import OnnxCaptioner
 from soli_hf.onnx import SoliOnnxCaptioner
+import soli_hf.bench.arm_check
 assert "torch" not in sys.modules and "transformers" not in sys.modules
 print(f"    {platform.machine()} Python {platform.python_version()}, numpy {numpy.__version__}, pillow {PIL.__version__}, "
-      f"onnxruntime {onnxruntime.__version__} ({onnxruntime.get_device()}); soli_hf.onnx imported without torch")
-' || die "smoke test failed: the aarch64 Python cannot import numpy/pillow/onnxruntime/soli_hf.onnx"
+      f"onnxruntime {onnxruntime.__version__} ({onnxruntime.get_device()}); the ONNX captioner imported without torch")
+' || die "smoke test failed: the aarch64 Python cannot import numpy/pillow/onnxruntime/soli_hf.captioner/soli_hf.onnx"
 say "done"

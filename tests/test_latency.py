@@ -22,7 +22,13 @@ from soli_hf.bench.latency import (
     measure_in_subprocess,
     time_captions,
 )
-from soli_hf.bench.latency_report import TARGET_MS, latency_document, plot_latency, soli_over_peer, target_check
+from soli_hf.bench.latency_report import (
+    TARGET_MS,
+    latency_document,
+    plot_latency,
+    soli_over_peer,
+    target_check,
+)
 from soli_hf.bench.latency_suite import latency_setups
 from soli_hf.bench.model_card import latency_section
 from soli_hf.bench.peers import PEERS, PeerCaptioner

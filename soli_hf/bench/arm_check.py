@@ -43,9 +43,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arm_check_report import ROOT, in_repository, render_arm_check, split_target
+
+if TYPE_CHECKING:
+    from ..captioner import OnnxCaptioner
 
 CACHE = Path(os.environ.get("ARM64_CACHE", ROOT / ".cache" / "arm64")).resolve()  # as in setup_arm64.sh
 ROOTFS = CACHE / "rootfs"

@@ -115,9 +115,8 @@ def sme_table(results: list[dict[str, Any]]) -> str:
 def render_arm_check(report: dict[str, Any]) -> str:
     """check.md: set-up, one row per (ONNX folder, emulated CPU), the differences, the probes that ran."""
     host = report["x86"]
-    emulators = " or ".join(
-        f"{name}'s {version.replace('qemu-aarch64 version', 'qemu')}" for name, version in report["qemu"].items() if version
-    )
+    versions = report["qemu"].items()
+    emulators = " or ".join(f"{name}'s {text.replace('qemu-aarch64 version', 'qemu')}" for name, text in versions if text)
     sections = [
         fill(
             "arm_check.md",

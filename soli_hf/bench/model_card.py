@@ -10,11 +10,12 @@ from string import Template
 from typing import Any
 
 from ..evaluation.report import REPORT_METRICS
+from ..modeling_soli import SoliForConditionalGeneration
+from ..training.reporting import training_figures
+from .flops import model_summary
 from .latency_report import latency_markdown
 from .markdown import markdown_table, metric_cells
-from ..modeling_soli import SoliForConditionalGeneration
-from .flops import model_summary
-from ..training.reporting import training_figures
+
 MAIN_CONDITION = "bicubic@input"
 
 

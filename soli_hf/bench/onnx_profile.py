@@ -25,8 +25,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from .markdown import markdown_table
 from ..onnx.runtime import SoliOnnxCaptioner, greedy_search, session_options
+from .markdown import markdown_table
 
 
 class _TimedSession:

@@ -99,9 +99,9 @@ class PeerCaptioner(Captioner):
             "image_mean": list(self.image_processor.image_mean),
             "image_std": list(self.image_processor.image_std),
         }
-        config = self.model.generation_config
-        # A random-weight peer has no saved generation settings: transformers' defaults (a 20-token max_length).
-        self.generation_defaults = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens or 20}
+        # A random-weight peer has no saved generation settings, so generate() falls back on transformers' defaults:
+        # greedy, max_length 20 with the one start token counted.
+        self.generation_defaults = {"num_beams": 1, "max_new_tokens": 19}
 
     def preprocess(self, images: Any) -> np.ndarray:
         """The peer's own image processor: `pixel_values` at its native input size."""
