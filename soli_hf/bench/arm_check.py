@@ -133,6 +133,7 @@ def encode_arrays(arrays: list) -> str:
 
 
 def decode_arrays(text: str) -> list:
+    """The arrays of `encode_arrays(arrays)`, in order."""
     import numpy as np
 
     with np.load(io.BytesIO(base64.b64decode(text))) as data:
@@ -188,12 +189,15 @@ def sysroot(cpu: str) -> Path:
 
 
 def qemu_command(spec: str, root: Path | None = None) -> list[str]:
+    """The command that runs the aarch64 Python under the qemu and CPU of `spec` (sysroot `root`, default the
+    CPU's)."""
     emulator, cpu = parse_target(spec)
     python = str(ROOTFS / "usr" / "bin" / "python3.11")
     return [EMULATORS[emulator], "-cpu", cpu, "-L", str(root or sysroot(cpu)), python]
 
 
 def qemu_version(spec: str) -> str:
+    """The `--version` line of the qemu of `spec`."""
     return run_text([EMULATORS[parse_target(spec)[0]], "--version"])
 
 
@@ -282,6 +286,7 @@ def build_default_folders(folders: list[Path]) -> None:
 
 
 def dev_images(count: int) -> list[str]:
+    """The first `count` Flickr8k dev images (exits with a message without the dataset)."""
     if not DEV_LIST.is_file():
         sys.exit(f"check_arm.py: no Flickr8k dev list at {DEV_LIST} (use --images FILE ...)")
     names = [line.strip() for line in DEV_LIST.read_text().splitlines() if line.strip()]
