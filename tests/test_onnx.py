@@ -27,7 +27,7 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 from soli_hf.onnx import runtime, spec  # noqa: E402
 from soli_hf.onnx.export import export_onnx  # noqa: E402
 from soli_hf.onnx.manifest import generation_defaults, preprocessing_settings  # noqa: E402
-from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx  # noqa: E402
+from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx, write_profile_report  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,3 +297,10 @@ def test_profile_splits_a_caption_into_stages_and_operators(exported, images) ->
     assert result["operators_ms_per_run"]["decoder_step"]
     report = profile_markdown(result)
     assert "| stage | ms |" in report and "decoder_step: onnxruntime kernel time" in report
+
+
+def test_the_committed_profile_report_renders_from_its_json(tmp_path) -> None:
+    report = json.loads((ROOT / "benchmarks" / "onnx_profile.json").read_text(encoding="utf-8"))
+    write_profile_report(report, tmp_path / "onnx_profile.json")
+    expected = (ROOT / "benchmarks" / "onnx_profile.md").read_text(encoding="utf-8")
+    assert (tmp_path / "onnx_profile.md").read_text(encoding="utf-8") == expected
