@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny SOLI (fast on CPU, offline) and its processor."""
+"""Shared fixtures and helpers (no test module imports another): a tiny SOLI (fast on CPU, offline) and its
+processor, training recipes and subprocesses, miniature caption datasets in the four formats, and an
+image-sensitive tiny SOLI for the ONNX tests."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ from PIL import Image
 from transformers import MobileNetV2Config
 
 from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor, build_tokenizer
+
+if TYPE_CHECKING:
+    import datasets
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FLICKR8K = SHARED / "data" / "flickr8k"
@@ -111,6 +116,30 @@ def images() -> list[np.ndarray]:
     ]
 
 
+MAX_NEW_TOKENS = 10  # the image-sensitive tiny SOLI's generation_config.max_new_tokens
+
+
+def image_sensitive_tiny_model(tokenizer, inference_branches: str) -> SoliForConditionalGeneration:
+    """A tiny SOLI whose captions depend on the image, with a non-default generation config.
+
+    At its default initialisation the tiny backbone's activations vanish (memory ~1e-26), so every image would get
+    the same caption; He-initialised convolutions keep them alive, and a smaller projection keeps the memory ~1.
+    """
+    torch.manual_seed(0)
+    model = SoliForConditionalGeneration(
+        tiny_config(len(tokenizer), initializer_range=0.3, inference_branches=inference_branches)
+    ).eval()
+    for module in model.encoder.backbone.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    with torch.no_grad():
+        model.encoder.projection.weight.mul_(0.1)
+    model.generation_config.no_repeat_ngram_size = 2
+    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
+    model.generation_config.max_new_tokens = MAX_NEW_TOKENS
+    return model
+
+
 @pytest.fixture(scope="session")
 def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
     """A tiny SOLI saved with its processor, as a user's folder would be."""
@@ -172,3 +201,127 @@ def run_python(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | N
 def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
     """`run_python` where `import soli_hf` fails (as where soli_hf is not installed)."""
     return run_python("import sys\nsys.modules['soli_hf'] = None\n" + script, *args, cwd=cwd, extra_env=extra_env)
+
+
+# ---------------------------------------------------- miniature caption datasets (test_data, test_bad_inputs_data)
+
+F8K_IDS = ["1000_a", "1001_b", "1002_c", "1003_d"]  # train: the first three, dev: the last
+F8K_TRAIN, F8K_DEV = F8K_IDS[:3], F8K_IDS[3:]
+CAPTIONS_PER_IMAGE = 2
+
+
+def write_image(path: Path, size: tuple[int, int] = (16, 12)) -> Path:
+    """Write a small noisy RGB image (format from the suffix), so JPEGs have real entropy data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def truncate(path: Path) -> None:
+    """Cut a file to half its length (a copy or a write that stopped half way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def caption(image_id: str, n: int) -> str:
+    return f"A caption number {n} of {image_id} ."
+
+
+def token_line(image_id: str, n: int) -> str:
+    return f"{image_id}.jpg#{n}\t{caption(image_id, n)}"
+
+
+def token_line_no(image_id: str, n: int) -> int:
+    """1-based line of a caption in the generated Flickr8k.token.txt."""
+    return F8K_IDS.index(image_id) * CAPTIONS_PER_IMAGE + n + 1
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+@pytest.fixture
+def flickr8k(tmp_path: Path) -> Path:
+    """A miniature official Flickr8k layout: 3 train + 1 dev images, 2 captions each, no test split."""
+    root = tmp_path / "flickr8k"
+    for image_id in F8K_IDS:
+        write_image(root / "Flicker8k_Dataset" / f"{image_id}.jpg")
+    text = root / "Flickr8k_text"
+    write_lines(text / "Flickr8k.token.txt", [token_line(i, n) for i in F8K_IDS for n in range(CAPTIONS_PER_IMAGE)])
+    write_lines(text / "Flickr_8k.trainImages.txt", [f"{i}.jpg" for i in F8K_TRAIN])
+    write_lines(text / "Flickr_8k.devImages.txt", [f"{i}.jpg" for i in F8K_DEV])
+    return root
+
+
+def f8k_image(root: Path, image_id: str) -> Path:
+    return root / "Flicker8k_Dataset" / f"{image_id}.jpg"
+
+
+def f8k_token_file(root: Path) -> Path:
+    return root / "Flickr8k_text" / "Flickr8k.token.txt"
+
+
+@pytest.fixture
+def coco(tmp_path: Path) -> Path:
+    """A COCO captions JSON with its images in an ``images/`` folder."""
+    images = [{"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "b.jpg"}]
+    annotations = [
+        {"id": 1, "image_id": 9, "caption": "b one"},
+        {"id": 2, "image_id": 7, "caption": "a one"},
+        {"id": 3, "image_id": 9, "caption": "b two"},
+    ]
+    for image in images:
+        write_image(tmp_path / "images" / image["file_name"])
+    path = tmp_path / "annotations" / "captions_train.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"images": images, "annotations": annotations}), encoding="utf-8")
+    return path
+
+
+def karpathy_image(name: str, split: str, captions: list[str], **extra) -> dict:
+    return {"filename": name, "split": split, "sentences": [{"raw": c, "tokens": c.split()} for c in captions], **extra}
+
+
+@pytest.fixture
+def karpathy(tmp_path: Path) -> Path:
+    """A Karpathy dataset_*.json; the COCO-style entries have a filepath and a cocoid."""
+    images = [
+        karpathy_image("tr.jpg", "train", ["train one", "train two"], imgid=0),
+        karpathy_image("rv.jpg", "restval", ["restval one"], imgid=1, filepath="val2014", cocoid=42),
+        karpathy_image("va.jpg", "val", ["val one"], imgid=2),
+        karpathy_image("te.jpg", "test", ["test one"], imgid=3),
+    ]
+    for image in images:
+        write_image(tmp_path / image.get("filepath", "") / image["filename"])
+    path = tmp_path / "dataset_tiny.json"
+    path.write_text(json.dumps({"images": images, "dataset": "tiny"}), encoding="utf-8")
+    return path
+
+
+def write_metadata(folder: Path, rows: list[dict | str]) -> None:
+    """Write metadata.jsonl (dict rows as JSON, str rows verbatim) and a PNG for each file_name."""
+    for row in rows:
+        if isinstance(row, dict) and not (folder / row["file_name"]).exists():
+            write_image(folder / row["file_name"])
+    write_lines(folder / "metadata.jsonl", [json.dumps(row) if isinstance(row, dict) else row for row in rows])
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    """An image folder with a root metadata.jsonl whose rows for x.png are to be merged."""
+    root = tmp_path / "folder"
+    write_metadata(
+        root,
+        [
+            {"file_name": "x.png", "captions": ["x one", "x two"]},
+            {"file_name": "sub/y.png", "text": "y one"},
+            {"file_name": "x.png", "text": "x three"},
+        ],
+    )
+    return root
+
+
+def rows_by_id(dataset: datasets.Dataset) -> dict[str, list[str]]:
+    return dict(zip(dataset["image_id"], dataset["captions"], strict=True))

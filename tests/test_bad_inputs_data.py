@@ -2,7 +2,7 @@
 ids, and JPEGs broken in the middle. Each is a counted bad sample (raised under "error") or a ValueError naming the
 file, never a lost caption or a raw traceback.
 
-The miniature datasets are test_data.py's fixtures (Flickr8k: train 1000_a, 1001_b, 1002_c, two captions each).
+The miniature datasets are conftest.py's fixtures (Flickr8k: train 1000_a, 1001_b, 1002_c, two captions each).
 """
 
 from __future__ import annotations
@@ -12,19 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import (  # noqa: F401  (coco, flickr8k, imagefolder and karpathy are fixtures)
-    F8K_TRAIN,
-    caption,
-    coco,
-    f8k_image,
-    f8k_token_file,
-    flickr8k,
-    imagefolder,
-    karpathy,
-    rows_by_id,
-    token_line_no,
-    write_image,
-)
+from conftest import F8K_TRAIN, caption, f8k_image, f8k_token_file, rows_by_id, token_line_no, write_image
 
 from soli_hf.data import load_caption_dataset, load_caption_dataset_with_report
 

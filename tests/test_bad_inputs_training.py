@@ -21,7 +21,7 @@ import accelerate.utils.other
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import recipe_flags, subprocess_env, tiny_config, tiny_recipe, write_caption_folder
+from conftest import recipe_flags, subprocess_env, tiny_config, tiny_recipe, truncate, write_caption_folder
 from safetensors import SafetensorError
 
 from soli_hf import SoliForConditionalGeneration
@@ -228,10 +228,6 @@ def test_checkpoint_written_before_recipes_were_stored_resumes_with_a_warning(ti
 
 
 # --------------------------------------------------------------------- 6: a corrupt newest checkpoint
-
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def overwrite_tail(path: Path) -> None:

@@ -12,9 +12,12 @@ import logging
 from pathlib import Path
 
 import datasets
-import numpy as np
 import PIL.Image
 import pytest
+from conftest import (
+    CAPTIONS_PER_IMAGE, F8K_DEV, F8K_IDS, F8K_TRAIN, FLICKR8K, caption, f8k_image, f8k_token_file, rows_by_id,
+    token_line_no, truncate, write_lines, write_metadata,
+)  # fmt: skip
 
 from soli_hf.data import (
     CAPTION_FEATURES,
@@ -26,134 +29,10 @@ from soli_hf.data import (
     safe_load_image,
 )
 
-REAL_FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-
-F8K_IDS = ["1000_a", "1001_b", "1002_c", "1003_d"]  # train: the first three, dev: the last
-F8K_TRAIN, F8K_DEV = F8K_IDS[:3], F8K_IDS[3:]
-CAPTIONS_PER_IMAGE = 2
-
-
-def write_image(path: Path, size: tuple[int, int] = (16, 12)) -> Path:
-    """Write a small noisy RGB image (format from the suffix), so JPEGs have real entropy data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    PIL.Image.fromarray(pixels).save(path)
-    return path
-
-
-def truncate(path: Path) -> None:
-    """Cut a file to half its length."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def caption(image_id: str, n: int) -> str:
-    return f"A caption number {n} of {image_id} ."
-
-
-def token_line(image_id: str, n: int) -> str:
-    return f"{image_id}.jpg#{n}\t{caption(image_id, n)}"
-
-
-def token_line_no(image_id: str, n: int) -> int:
-    """1-based line of a caption in the generated Flickr8k.token.txt."""
-    return F8K_IDS.index(image_id) * CAPTIONS_PER_IMAGE + n + 1
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-
-
-@pytest.fixture
-def flickr8k(tmp_path: Path) -> Path:
-    """A miniature official Flickr8k layout: 3 train + 1 dev images, 2 captions each, no test split."""
-    root = tmp_path / "flickr8k"
-    for image_id in F8K_IDS:
-        write_image(root / "Flicker8k_Dataset" / f"{image_id}.jpg")
-    text = root / "Flickr8k_text"
-    write_lines(text / "Flickr8k.token.txt", [token_line(i, n) for i in F8K_IDS for n in range(CAPTIONS_PER_IMAGE)])
-    write_lines(text / "Flickr_8k.trainImages.txt", [f"{i}.jpg" for i in F8K_TRAIN])
-    write_lines(text / "Flickr_8k.devImages.txt", [f"{i}.jpg" for i in F8K_DEV])
-    return root
-
-
-def f8k_image(root: Path, image_id: str) -> Path:
-    return root / "Flicker8k_Dataset" / f"{image_id}.jpg"
-
-
-def f8k_token_file(root: Path) -> Path:
-    return root / "Flickr8k_text" / "Flickr8k.token.txt"
-
-
 def edit_token_file(root: Path, edit) -> None:
     """Rewrite Flickr8k.token.txt as ``edit(lines)``."""
     path = f8k_token_file(root)
     write_lines(path, edit(path.read_text(encoding="utf-8").splitlines()))
-
-
-@pytest.fixture
-def coco(tmp_path: Path) -> Path:
-    """A COCO captions JSON with its images in an ``images/`` folder."""
-    images = [{"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "b.jpg"}]
-    annotations = [
-        {"id": 1, "image_id": 9, "caption": "b one"},
-        {"id": 2, "image_id": 7, "caption": "a one"},
-        {"id": 3, "image_id": 9, "caption": "b two"},
-    ]
-    for image in images:
-        write_image(tmp_path / "images" / image["file_name"])
-    path = tmp_path / "annotations" / "captions_train.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps({"images": images, "annotations": annotations}), encoding="utf-8")
-    return path
-
-
-def karpathy_image(name: str, split: str, captions: list[str], **extra) -> dict:
-    return {"filename": name, "split": split, "sentences": [{"raw": c, "tokens": c.split()} for c in captions], **extra}
-
-
-@pytest.fixture
-def karpathy(tmp_path: Path) -> Path:
-    """A Karpathy dataset_*.json; the COCO-style entries have a filepath and a cocoid."""
-    images = [
-        karpathy_image("tr.jpg", "train", ["train one", "train two"], imgid=0),
-        karpathy_image("rv.jpg", "restval", ["restval one"], imgid=1, filepath="val2014", cocoid=42),
-        karpathy_image("va.jpg", "val", ["val one"], imgid=2),
-        karpathy_image("te.jpg", "test", ["test one"], imgid=3),
-    ]
-    for image in images:
-        write_image(tmp_path / image.get("filepath", "") / image["filename"])
-    path = tmp_path / "dataset_tiny.json"
-    path.write_text(json.dumps({"images": images, "dataset": "tiny"}), encoding="utf-8")
-    return path
-
-
-def write_metadata(folder: Path, rows: list[dict | str]) -> None:
-    """Write metadata.jsonl (dict rows as JSON, str rows verbatim) and a PNG for each file_name."""
-    for row in rows:
-        if isinstance(row, dict) and not (folder / row["file_name"]).exists():
-            write_image(folder / row["file_name"])
-    write_lines(folder / "metadata.jsonl", [json.dumps(row) if isinstance(row, dict) else row for row in rows])
-
-
-@pytest.fixture
-def imagefolder(tmp_path: Path) -> Path:
-    """An image folder with a root metadata.jsonl whose rows for x.png are to be merged."""
-    root = tmp_path / "folder"
-    write_metadata(
-        root,
-        [
-            {"file_name": "x.png", "captions": ["x one", "x two"]},
-            {"file_name": "sub/y.png", "text": "y one"},
-            {"file_name": "x.png", "text": "x three"},
-        ],
-    )
-    return root
-
-
-def rows_by_id(dataset: datasets.Dataset) -> dict[str, list[str]]:
-    return dict(zip(dataset["image_id"], dataset["captions"], strict=True))
 
 
 # --- the four formats -------------------------------------------------------------
@@ -434,10 +313,10 @@ def test_safe_load_image_passes_decoded_images_through(flickr8k: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_FLICKR8K.is_dir(), reason=f"real Flickr8k not found at {REAL_FLICKR8K}")
+@pytest.mark.skipif(not FLICKR8K.is_dir(), reason=f"real Flickr8k not found at {FLICKR8K}")
 @pytest.mark.parametrize(("split", "size"), [("train", 6000), ("dev", 1000)])
 def test_real_flickr8k(split: str, size: int) -> None:
-    dataset, report = load_caption_dataset_with_report(REAL_FLICKR8K, split=split, on_bad_sample="error")
+    dataset, report = load_caption_dataset_with_report(FLICKR8K, split=split, on_bad_sample="error")
     assert len(dataset) == size and len(report) == 0
     assert {len(captions) for captions in dataset["captions"]} == {5}
     assert len(set(dataset["image_id"])) == size

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FLICKR8K, run_python, tiny_config
+from conftest import FLICKR8K, MAX_NEW_TOKENS, image_sensitive_tiny_model, run_python
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor
@@ -31,7 +31,6 @@ from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx, write_pro
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_NEW_TOKENS = 10
 
 
 @dataclass
@@ -40,27 +39,6 @@ class Exported:
     folder: Path
     captioner: SoliOnnxCaptioner
     script_output: str
-
-
-def image_sensitive_tiny_model(tokenizer, inference_branches: str) -> SoliForConditionalGeneration:
-    """A tiny SOLI whose captions depend on the image, with a non-default generation config.
-
-    At its default initialisation the tiny backbone's activations vanish (memory ~1e-26), so every image would get
-    the same caption; He-initialised convolutions keep them alive, and a smaller projection keeps the memory ~1.
-    """
-    torch.manual_seed(0)
-    model = SoliForConditionalGeneration(
-        tiny_config(len(tokenizer), initializer_range=0.3, inference_branches=inference_branches)
-    ).eval()
-    for module in model.encoder.backbone.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    with torch.no_grad():
-        model.encoder.projection.weight.mul_(0.1)
-    model.generation_config.no_repeat_ngram_size = 2
-    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
-    model.generation_config.max_new_tokens = MAX_NEW_TOKENS
-    return model
 
 
 @pytest.fixture(scope="module", params=["both", "lr"])

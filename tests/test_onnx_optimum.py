@@ -13,7 +13,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
-from conftest import run_python
+from conftest import image_sensitive_tiny_model, run_python
 
 pytestmark = pytest.mark.slow  # a second transformers stack in subprocesses: half a minute and more
 
@@ -23,7 +23,6 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 from soli_hf.onnx import spec  # noqa: E402
 from soli_hf.onnx.export import export_onnx, optimum_exporter_missing  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
-from test_onnx import image_sensitive_tiny_model  # noqa: E402
 
 OPTIMUM_PATH = Path(sys.prefix) / "optimum-onnx"
 COMPAT_PATH = Path(sys.prefix) / "compat-transformers-4.57"

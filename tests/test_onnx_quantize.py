@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_python
+from conftest import image_sensitive_tiny_model, run_python
 from PIL import Image
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 
-from test_onnx import image_sensitive_tiny_model  # noqa: E402
 
 from soli_hf import cli  # noqa: E402
 from soli_hf.onnx import SoliOnnxCaptioner  # noqa: E402
@@ -118,7 +117,7 @@ def test_soli_export_quantize_and_caption_onnx(saved_model, float32_dir, image_f
     for folder in (float32_dir, tmp_path):
         status, out, err = run_cli("caption", *map(str, image_files), "--onnx", str(folder), "--json", "--num-beams", "2")
         assert status == 0, err
-        expected = SoliOnnxCaptioner(folder).caption(image_files, num_beams=2, max_new_tokens=20)
+        expected = SoliOnnxCaptioner(folder).caption(image_files, num_beams=2)  # the manifest's max_new_tokens
         assert [json.loads(line)["caption"] for line in out.splitlines()] == expected  # JSON Lines
     status, _, err = run_cli("caption", str(image_files[0]), "--onnx", str(tmp_path), "--model", str(saved_model))
     assert status == 2 and "not both" in err
@@ -147,4 +146,4 @@ print(json.dumps({{"status": status, "captions": [json.loads(line)["caption"] fo
 """
     result = run_python(script, str(float32_dir), *map(str, image_files), cwd=tmp_path)
     assert result["status"] == 0 and result["loaded"] == []
-    assert result["captions"] == SoliOnnxCaptioner(float32_dir).caption(image_files, num_beams=3, max_new_tokens=20)
+    assert result["captions"] == SoliOnnxCaptioner(float32_dir).caption(image_files)  # the manifest's decoding
