@@ -159,7 +159,10 @@ class PytorchCaptioner(Captioner):
             "input_range": image_processor.input_range,
         }
         config = model.generation_config
-        self.generation_defaults = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+        # Unset values resolved as generate() resolves them (and as the ONNX manifest records them,
+        # onnx.manifest.generation_defaults): one beam; max_length (20 by default) counts the start token.
+        max_new_tokens = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 20) - 1
+        self.generation_defaults = {"num_beams": config.num_beams or 1, "max_new_tokens": max_new_tokens}
 
     @property
     def inference_branches(self) -> str:

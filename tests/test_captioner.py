@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_python, tiny_config
+from conftest import image_sensitive_tiny_model, run_python, tiny_config
 from PIL import Image
 
 from soli_hf import SoliForConditionalGeneration
@@ -106,8 +106,6 @@ def test_lr_images_are_the_inputs_the_model_saw(tiny_model, processor, images) -
 def test_pytorch_and_onnx_captioners_agree(tokenizer, processor, images, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from test_onnx import image_sensitive_tiny_model
-
     from soli_hf.onnx.export import export_onnx
 
     saved = tmp_path / "saved"
