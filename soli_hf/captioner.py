@@ -312,7 +312,7 @@ def load_captioner(
     """
     if onnx is None:
         if num_threads is not None:
-            raise ValueError("num_threads sets onnxruntime's threads: give it with onnx=...")
+            raise ValueError("num_threads (onnxruntime's threads) applies to an ONNX folder only")
         return PytorchCaptioner.from_pretrained(
             default_model() if model is None else model, inference_branches=inference_branches, device=device
         )
