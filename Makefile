@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all test-kernels clean
+.PHONY: install demo lint test test-all test-kernels clean
 
 $(BIN)/soli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ install: $(BIN)/soli $(COMPAT) $(OPTIMUM)
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# ruff's linter and formatter (both configured in pyproject.toml); CI runs this before the tests.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

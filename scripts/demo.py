@@ -8,8 +8,8 @@ the model's processor, and outputs/demo.html shows each LR input with its captio
 import sys
 from pathlib import Path
 
-from soli_hf.cli import main
 from soli_hf.bench.sample_photos import load_sample_photos
+from soli_hf.cli import main
 
 OUTPUT = Path("outputs")
 

@@ -1,7 +1,8 @@
 """Export a saved SOLI model to ONNX (encoder + decoder step + soli_onnx.json), as `soli export` does:
 
     python scripts/export_onnx.py --model models/soli-flickr8k-lr64 --out onnx/soli-flickr8k-lr64
-        [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch] [--opset 18] [--verify IMAGE ... [--num-threads N]]
+        [--quantize arm64|avx2|avx512] [--backend auto|optimum|torch] [--opset 18]
+        [--verify IMAGE ... [--num-threads N]]
 
 `--out` is written whole or not at all: the export goes to a temporary folder beside it, renamed to `--out` once
 complete, so an interrupted run leaves the previous export there intact. `--out` must therefore be a new folder, an
@@ -31,9 +32,9 @@ def verify(args: argparse.Namespace) -> None:
     for num_beams in sorted({1, onnx_captioner.generation_defaults["num_beams"]}):
         expected = expected_captioner.caption(images, num_beams=num_beams)
         got = onnx_captioner.caption(images, num_beams=num_beams)
-        same = sum(a == b for a, b in zip(expected, got))
+        same = sum(a == b for a, b in zip(expected, got, strict=True))
         print(f"num_beams={num_beams}: {same}/{len(images)} captions identical to PyTorch generate()")
-        for image, a, b in zip(images, expected, got):
+        for image, a, b in zip(images, expected, got, strict=True):
             if a != b:
                 print(f"  {image}\n    torch: {a}\n    onnx:  {b}")
 

@@ -27,10 +27,16 @@ if __name__ == "__main__":
     parser.add_argument("--copy-to", type=Path, default=None, help="also write the card here")
     args = parser.parse_args()
     card = render_model_card(
-        args.template.read_text(encoding="utf-8"), args.model, args.evaluation, repo_id=args.repo_id,
-        recipe=args.recipe, training_command=args.training_command,
-        evaluation_command=args.evaluation_command, hardware=args.hardware, latency_benchmark=args.latency,
-    )  # fmt: skip
+        args.template.read_text(encoding="utf-8"),
+        args.model,
+        args.evaluation,
+        repo_id=args.repo_id,
+        recipe=args.recipe,
+        training_command=args.training_command,
+        evaluation_command=args.evaluation_command,
+        hardware=args.hardware,
+        latency_benchmark=args.latency,
+    )
     (args.model / "README.md").write_text(card, encoding="utf-8")
     if args.copy_to is not None:
         shutil.copyfile(args.model / "README.md", args.copy_to)

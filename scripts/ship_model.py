@@ -4,8 +4,8 @@
         [--no-repeat-ngram-size 3]
 
 Re-saves the weights (safetensors), processor and code files with the current soli_hf, sets the default
-generation (beam search, no repeated trigram, never `<unk>`), and copies the run's training_config.json, metrics.json and
-training_curves.png. Write the model card afterwards with scripts/make_model_card.py.
+generation (beam search, no repeated trigram, never `<unk>`), and copies the run's training_config.json,
+metrics.json and training_curves.png. Write the model card afterwards with scripts/make_model_card.py.
 """
 
 import argparse
@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
+from soli_hf.training.model_setup import suppress_unknown_token
 
 RUN_FILES = ("training_config.json", "metrics.json", "training_curves.png")
 
@@ -29,7 +30,7 @@ if __name__ == "__main__":
     processor = SoliProcessor.from_pretrained(args.trained)
     model.generation_config.num_beams = args.num_beams
     model.generation_config.no_repeat_ngram_size = args.no_repeat_ngram_size
-    model.generation_config.suppress_tokens = [processor.tokenizer.unk_token_id]
+    suppress_unknown_token(model, processor.tokenizer)
     if args.out.exists():
         shutil.rmtree(args.out)
     model.save_pretrained(args.out)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .image_transforms_soli import unnormalize_pixels
+from .onnx.manifest import preprocessing_settings
 
 if TYPE_CHECKING:
     from .modeling_soli import SoliForConditionalGeneration
@@ -99,12 +100,12 @@ class Captioner(ABC):
     def decoding(self, **decoding: int | None) -> dict[str, int]:
         """The decoding settings that `generate(..., **decoding)` uses: `generation_defaults` with those set here
         (not None) in their place; a `ValueError` for an unknown setting."""
-        return self.generation_defaults | _checked_decoding(decoding)
+        return self.generation_defaults | checked_decoding(decoding)
 
     def caption_pixels(self, pixel_values: Any, **decoding: int | None) -> list[str]:
         """One caption per row of `pixel_values` (from `preprocess`); a `ValueError` for an unknown decoding
         setting."""
-        return self.decode(self.generate(pixel_values, **_checked_decoding(decoding)))
+        return self.decode(self.generate(pixel_values, **checked_decoding(decoding)))
 
     def caption(self, images: Any, **decoding: int | None) -> list[str]:
         """One caption per image: `preprocess`, `generate`, `decode`."""
@@ -116,8 +117,9 @@ class Captioner(ABC):
         return [unnormalize_pixels(np.asarray(row), mean, std) for row in pixel_values]
 
 
-def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
-    """The decoding settings that were set (not None); a `ValueError` for an unknown one."""
+def checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
+    """The decoding settings that were set (not None); a `ValueError` for an unknown one. Every `Captioner.generate`
+    (peers' included) filters its arguments through it."""
     unknown = sorted(set(decoding) - set(DECODING_SETTINGS))
     if unknown:
         raise ValueError(f"unknown decoding settings {unknown}; these can be set: {list(DECODING_SETTINGS)}")
@@ -148,16 +150,7 @@ class PytorchCaptioner(Captioner):
         self.model = model
         self.processor = processor
         self.name = name
-        image_processor = processor.image_processor
-        self.preprocessing = {
-            "image_size": image_processor.image_size,
-            "degradation": image_processor.degradation,
-            "blur_sigma": image_processor.blur_sigma,
-            "scale_factor": image_processor.scale_factor,
-            "image_mean": list(image_processor.image_mean),
-            "image_std": list(image_processor.image_std),
-            "input_range": image_processor.input_range,
-        }
+        self.preprocessing = preprocessing_settings(processor.image_processor)
         config = model.generation_config
         # Unset values resolved as generate() resolves them (and as the ONNX manifest records them,
         # onnx.manifest.generation_defaults): one beam; max_length (20 by default) counts the start token.
@@ -196,7 +189,9 @@ class PytorchCaptioner(Captioner):
             loaded = SoliForConditionalGeneration.from_pretrained(model, **overrides)
         except SafetensorError as error:
             weights = path / WEIGHTS_NAME if path.is_dir() else f"{model} ({WEIGHTS_NAME})"
-            raise ValueError(f"{weights}: cannot read the weights, the file is truncated or corrupt ({error})") from error
+            raise ValueError(
+                f"{weights}: cannot read the weights, the file is truncated or corrupt ({error})"
+            ) from error
         except OSError as error:
             if path.exists():
                 raise
@@ -222,7 +217,7 @@ class PytorchCaptioner(Captioner):
         """`model.generate(pixel_values=...)` (greedy or beam search, no sampling) on the model's device."""
         import torch
 
-        settings = _checked_decoding(
+        settings = checked_decoding(
             {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
         )
         pixels = torch.as_tensor(pixel_values).to(self.model.device)
@@ -277,7 +272,7 @@ class OnnxCaptioner(Captioner):
         min_new_tokens: int | None = None,
     ) -> np.ndarray:
         """Greedy or beam search over the exported graphs, as `generate()` does it."""
-        settings = _checked_decoding(
+        settings = checked_decoding(
             {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
         )
         return self.runtime.generate(np.asarray(pixel_values, dtype=np.float32), **settings)

@@ -9,9 +9,15 @@ from huggingface_hub import HfApi, get_token
 
 #: What a SOLI folder must hold to load from the Hub with `trust_remote_code=True` and the pipeline.
 REQUIRED_FILES = (
-    "README.md", "config.json", "generation_config.json", "model.safetensors", "processor_config.json",
-    "tokenizer.json", "tokenizer_config.json", "pipeline_soli.py",
-)  # fmt: skip
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "pipeline_soli.py",
+)
 #: Files beside the model that are published when present (the run's evidence behind the model card).
 OPTIONAL_FILES = ("training_config.json", "metrics.json", "training_curves.png")
 
@@ -68,7 +74,11 @@ def push_to_hub(
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-        commit_message=commit_message, allow_patterns=files,
-    )  # fmt: skip
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        allow_patterns=files,
+    )
     return str(getattr(commit, "commit_url", commit))

@@ -43,8 +43,12 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _MAX_BATCH_DIMS = 4
 #: The pixel range of the PIL modes holding numbers rather than 8-bit levels (I;16 follows its uint16 dtype).
 _MODE_RANGES = {"I": (0.0, 65535.0), "F": (0.0, 1.0)}
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))  # fmt: skip
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class ImageInputError(ValueError):
@@ -140,7 +144,7 @@ def validate_input_range(input_range: Sequence[float] | None) -> tuple[float, fl
 def dtype_input_range(dtype: np.dtype) -> tuple[float, float] | None:
     """The pixel range a dtype stands for: uint8 0..255, uint16 0..65535, bool 0..1, float 0..1, other integer
     dtypes 0..255; None for dtypes that are not pixels (complex, object, strings, ...)."""
-    if dtype == bool:
+    if dtype.kind == "b":
         return 0.0, 1.0
     if dtype.kind == "u" and dtype.itemsize == 2:
         return 0.0, 65535.0
@@ -169,6 +173,7 @@ def _array_to_uint8(array: np.ndarray, name: str, input_range: Sequence[float] |
         warnings.warn(
             f"{name}: values {smallest:g}..{largest:g} fall outside {low:g}..{high:g} ({origin}); clipped",
             InputRangeWarning,
+            stacklevel=2,
         )
     return np.clip((array.astype(np.float64) - low) / (high - low) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -260,9 +265,7 @@ def min_decoded_side(output_side: int, degradation: str, scale_factor: float | N
     return DECODE_MARGIN * output_side
 
 
-def to_rgb_image(
-    image: Any, *, min_side: int | None = None, input_range: Sequence[float] | None = None
-) -> Image.Image:
+def to_rgb_image(image: Any, *, min_side: int | None = None, input_range: Sequence[float] | None = None) -> Image.Image:
     """Convert one image (path, PIL image of any mode, numpy HxW/HxWxC array, torch CxHxW tensor) to RGB PIL.
 
     Args:

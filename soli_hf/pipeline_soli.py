@@ -43,7 +43,9 @@ class SoliImageTextToTextPipeline(ImageTextToTextPipeline):
             prompts = text if isinstance(text, (list, tuple)) else [text] * len(images)
             if len(prompts) != len(images):
                 raise ValueError(f"got {len(images)} images but {len(prompts)} text prompts")
-            return Pipeline.__call__(self, [{"images": i, "text": t} for i, t in zip(images, prompts)], **kwargs)
+            return Pipeline.__call__(
+                self, [{"images": i, "text": t} for i, t in zip(images, prompts, strict=True)], **kwargs
+            )
         return Pipeline.__call__(self, {"images": images, "text": text}, **kwargs)
 
     def preprocess(self, inputs: Any = None, timeout: float | None = None, **processing_kwargs: Any) -> Any:

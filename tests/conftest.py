@@ -22,6 +22,9 @@ from PIL import Image
 from transformers import MobileNetV2Config
 
 from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor, build_tokenizer
+from soli_hf.bench.latency import ORT_INT8, PYTORCH, SOLI
+from soli_hf.bench.latency_report import soli_over_peer, target_check
+from soli_hf.bench.peers import PEERS
 
 if TYPE_CHECKING:
     import datasets
@@ -164,10 +167,21 @@ def tiny_recipe(data: Path, model_config: Path, output_dir: Path, **overrides: o
     from soli_hf.training import TrainingConfig
 
     values = dict(
-        data=str(data), model_config=str(model_config), output_dir=str(output_dir), vocab_min_frequency=1,
-        num_epochs=2, batch_size=4, captions_per_image=2, eval_batch_size=8, warmup_steps=2, save_every_steps=2,
-        learning_rate=3e-3, report_to="none", max_caption_tokens=8, log_every_steps=1,
-    )  # fmt: skip
+        data=str(data),
+        model_config=str(model_config),
+        output_dir=str(output_dir),
+        vocab_min_frequency=1,
+        num_epochs=2,
+        batch_size=4,
+        captions_per_image=2,
+        eval_batch_size=8,
+        warmup_steps=2,
+        save_every_steps=2,
+        learning_rate=3e-3,
+        report_to="none",
+        max_caption_tokens=8,
+        log_every_steps=1,
+    )
     values.update(overrides)
     return TrainingConfig(**values)
 
@@ -325,3 +339,41 @@ def imagefolder(tmp_path: Path) -> Path:
 
 def rows_by_id(dataset: datasets.Dataset) -> dict[str, list[str]]:
     return dict(zip(dataset["image_id"], dataset["captions"], strict=True))
+
+
+# --- a latency report as scripts/benchmark.py latency writes it (test_latency, test_model_card)
+
+
+def _row(backend: str, mode: str | None, threads: int, median: float, system: str = SOLI) -> dict:
+    return {
+        "system": system,
+        "backend": backend,
+        "inference_branches": mode,
+        "threads": threads,
+        "median_ms": median,
+        "p90_ms": 1.2 * median,
+        "measurements": 100,
+        "warmup": 3,
+        "caption_tokens": 12,
+        "size_mib": 20.0,
+        "size_source": "",
+        "parameters": 200_000_000 if mode is None else None,
+        "peak_rss_mib": 150.0,
+        "torch_loaded": backend == PYTORCH,
+        "per_image_ms": [median],
+    }
+
+
+def sample_report() -> dict:
+    """A report as scripts/benchmark.py latency writes it: int8 one thread meets the target in lr only."""
+    soli = [_row(PYTORCH, "both", 1, 40.0), _row(ORT_INT8, "both", 1, 16.0), _row(ORT_INT8, "lr", 1, 7.5)]
+    soli += [_row(ORT_INT8, "lr", 2, 6.0)]
+    peers = [_row(PYTORCH, None, t, ms, "blip-base") for t, ms in ((1, 2000.0), (2, 1500.0))]
+    return {
+        "machine": {"processor": "x86_64", "cpus": 2, "cpu_model": "Some CPU"},
+        "tokens": 12,
+        "tokens_note": "about the mean Flickr8k caption",
+        "target": target_check(soli),
+        "results": soli,
+        "peers": [p | {"like": PEERS["blip-base"].like, "soli_over_peer": soli_over_peer(soli, p)} for p in peers],
+    }

@@ -129,7 +129,9 @@ def test_the_package_root_holds_only_model_files_loaders_and_the_cli() -> None:
 @pytest.mark.parametrize("name", sorted(MODEL_FILES))
 def test_model_files_import_only_each_other(name: str) -> None:
     # Beside the weights the package is not installed: only relative imports of the other model files resolve.
-    wrong = [i for i in IMPORTS[name] if i.module.startswith("soli_hf") and (i.module not in MODEL_FILES or not i.relative)]
+    wrong = [
+        i for i in IMPORTS[name] if i.module.startswith("soli_hf") and (i.module not in MODEL_FILES or not i.relative)
+    ]
     assert not wrong, f"{name} imports {[(i.module, i.line) for i in wrong]}: model files travel alone"
 
 

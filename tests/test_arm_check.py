@@ -23,13 +23,19 @@ QEMU_72 = "qemu-aarch64 version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"
 def _row(cpu: str, quantization: dict | None, identical: int, error: str | None = None) -> dict:
     differences = [{"image": "dog.jpg", "x86": "a dog runs", "arm64": "a dog is running"}] * (3 - identical)
     row = {
-        "onnx_dir": ".cache/arm64/onnx/int8-arm64", "quantization": quantization, "cpu": cpu, "qemu": QEMU_72,
-        "images": 3, "images_captioned_on_arm64": 3, "arm64_returncode": 1 if error else 0,
+        "onnx_dir": ".cache/arm64/onnx/int8-arm64",
+        "quantization": quantization,
+        "cpu": cpu,
+        "qemu": QEMU_72,
+        "images": 3,
+        "images_captioned_on_arm64": 3,
+        "arm64_returncode": 1 if error else 0,
         "arm64": {"machine": "aarch64", "onnxruntime": "1.31.1", "onnxruntime_device": "CPU", "torch_imported": False},
-        "arm64_wall_seconds": 9.0, "x86_wall_seconds": 0.5,
+        "arm64_wall_seconds": 9.0,
+        "x86_wall_seconds": 0.5,
         "modes": {"num_beams=1": {"identical": identical, "compared": 3, "differences": differences}},
         "encoder_max_abs_diff_first_batch": {"memory": 1e-5, "keys": 1e-2},
-    }  # fmt: skip
+    }
     return row | ({"arm64_error": error} if error else {})
 
 
@@ -37,19 +43,39 @@ def sample_report() -> dict:
     """A report with every part check.md can show: a difference, a failed run, both probes."""
     int8 = {"name": "arm64", "weights_dtype": "QInt8"}
     return {
-        "issue": "ARM: same captions", "date": "2026-01-01 00:00:00 UTC", "command": "python scripts/check_arm.py",
-        "qemu": {"bookworm": QEMU_72, "trixie": ""}, "rootfs": "12.8", "threads": 1, "batch_size": 10,
-        "image_source": "3 files given with --images", "host_cores": 2, "caption_api_mismatches": 0,
+        "issue": "ARM: same captions",
+        "date": "2026-01-01 00:00:00 UTC",
+        "command": "python scripts/check_arm.py",
+        "qemu": {"bookworm": QEMU_72, "trixie": ""},
+        "rootfs": "12.8",
+        "threads": 1,
+        "batch_size": 10,
+        "image_source": "3 files given with --images",
+        "host_cores": 2,
+        "caption_api_mismatches": 0,
         "wall_seconds": 90.0,
-        "x86": {"machine": "x86_64", "python": "3.11.7", "numpy": "2.4.6", "pillow": "13.0.0", "onnxruntime": "1.31.1",
-                "onnxruntime_device": "CPU"},
+        "x86": {
+            "machine": "x86_64",
+            "python": "3.11.7",
+            "numpy": "2.4.6",
+            "pillow": "13.0.0",
+            "onnxruntime": "1.31.1",
+            "onnxruntime_device": "CPU",
+        },
         "rows": [_row("cortex-a76", int8, 2), _row("trixie:max", None, 3, error="Segmentation fault")],
-        "probe_without_arm_cpuinfo": {"command": "qemu-aarch64-static -cpu cortex-a76 python3.11 -c 'import x'",
-                                      "returncode": -11, "output": "qemu: uncaught target signal 11"},
-        "probe_sme": {"onnx_dir": str(ROOT / ".cache/arm64/onnx/int8-arm64"),
-                      "results": [{"cpu": "max", "qemu": QEMU_72, "max_abs_diff_vs_x86": 10.9},
-                                  {"cpu": "trixie:max,sme=off", "qemu": QEMU_72, "error": "killed"}]},
-    }  # fmt: skip
+        "probe_without_arm_cpuinfo": {
+            "command": "qemu-aarch64-static -cpu cortex-a76 python3.11 -c 'import x'",
+            "returncode": -11,
+            "output": "qemu: uncaught target signal 11",
+        },
+        "probe_sme": {
+            "onnx_dir": str(ROOT / ".cache/arm64/onnx/int8-arm64"),
+            "results": [
+                {"cpu": "max", "qemu": QEMU_72, "max_abs_diff_vs_x86": 10.9},
+                {"cpu": "trixie:max,sme=off", "qemu": QEMU_72, "error": "killed"},
+            ],
+        },
+    }
 
 
 def test_check_md_fills_every_field_of_its_templates() -> None:
@@ -91,9 +117,14 @@ def test_the_guest_side_captions_without_torch(saved_tiny_model: Path, tmp_path:
         photos.append(str(tmp_path / f"photo{index}.png"))
     job = {"onnx_dir": str(tmp_path / "onnx"), "images": photos, "beam_sizes": [1, 2], "batch_size": 1, "threads": 1}
     completed = subprocess.run(
-        [sys.executable, "-m", "soli_hf.bench.arm_check", "--guest"], input=json.dumps(job), capture_output=True,
-        text=True, check=True, env={**os.environ, "SOLI_HF_NO_TORCH": "1"}, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-m", "soli_hf.bench.arm_check", "--guest"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SOLI_HF_NO_TORCH": "1"},
+        timeout=300,
+    )
     events = [json.loads(line) for line in completed.stdout.splitlines()]
     assert [event["event"] for event in events] == ["info", "batch", "batch", "done"]
     assert not events[0]["torch_imported"] and not events[0]["transformers_imported"]

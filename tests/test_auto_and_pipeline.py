@@ -57,9 +57,7 @@ def test_pipeline_after_import_without_remote_code(saved_tiny_model, images, tas
 def test_pipeline_generate_kwargs_and_return_sequences(saved_tiny_model, images):
     captioner = pipeline("image-to-text", model=str(saved_tiny_model))
     beam = reference_captions(saved_tiny_model, images[:1], num_beams=3, max_new_tokens=5)
-    assert captioner(images[0], generate_kwargs={"num_beams": 3, "max_new_tokens": 5}) == [
-        {"generated_text": beam[0]}
-    ]
+    assert captioner(images[0], generate_kwargs={"num_beams": 3, "max_new_tokens": 5}) == [{"generated_text": beam[0]}]
     several = captioner(images[0], generate_kwargs={"num_beams": 3, "num_return_sequences": 2})
     assert len(several) == 2 and all("generated_text" in item for item in several)
     batched = captioner(list(images[:3]), batch_size=2)
@@ -128,5 +126,8 @@ def test_numpy_inputs_to_generate_are_rejected_clearly(saved_tiny_model):
     model = SoliForConditionalGeneration.from_pretrained(saved_tiny_model)
     with pytest.raises(ValueError, match="pixel_values"):
         model.generate(pixel_values=torch.zeros(3, 64, 64))
-    assert np.isfinite(model(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=torch.ones(1, 2, dtype=torch.long))
-                       .logits.detach().numpy()).all()
+    assert np.isfinite(
+        model(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=torch.ones(1, 2, dtype=torch.long))
+        .logits.detach()
+        .numpy()
+    ).all()

@@ -179,9 +179,19 @@ def mean_level(array, **kwargs) -> float:
         (Image.fromarray(np.full((8, 8), 40000, dtype=np.int32)), 40000 / 65535),  # PIL mode I
         (Image.fromarray(np.full((8, 8), 0.75, dtype=np.float32)), 0.75),  # PIL mode F
     ],
-    ids=["uint16-dark", "uint16", "float32", "float64-white", "bool", "int64", "bf16-tensor", "fp16-tensor",
-         "mode-I", "mode-F"],
-)  # fmt: skip
+    ids=[
+        "uint16-dark",
+        "uint16",
+        "float32",
+        "float64-white",
+        "bool",
+        "int64",
+        "bf16-tensor",
+        "fp16-tensor",
+        "mode-I",
+        "mode-F",
+    ],
+)
 def test_the_dtype_decides_the_pixel_range_not_the_values(image, level: float) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputRangeWarning)

@@ -386,7 +386,11 @@ print(json.dumps([s.get_session_options().intra_op_num_threads for s in captione
 """
     result = subprocess.run(
         ["taskset", "-c", "0", sys.executable, "-c", script, str(exported)],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == [1, 1]

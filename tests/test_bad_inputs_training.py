@@ -27,9 +27,14 @@ from safetensors import SafetensorError
 from soli_hf import SoliForConditionalGeneration
 from soli_hf.training import TrainingConfig, parse_training_config, train
 from soli_hf.training.checkpointing import (
-    CHECKPOINT_INFO_FILE, ResumeError, TrainerState, checkpoint_folders, checkpoint_problem,
-    prepare_run_folder, save_checkpoint,
-)  # fmt: skip
+    CHECKPOINT_INFO_FILE,
+    ResumeError,
+    TrainerState,
+    checkpoint_folders,
+    checkpoint_problem,
+    prepare_run_folder,
+    save_checkpoint,
+)
 from soli_hf.training.loop import trim_step_log
 from soli_hf.training.model_setup import build_model, check_model_sources
 
@@ -133,8 +138,11 @@ def test_bad_values_from_a_yaml_recipe_and_bad_yaml_are_named(tmp_path: Path) ->
 def test_the_script_reports_a_bad_flag_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), "--learning_rate", "-0.001", "--output_dir", str(tmp_path / "run")],
-        capture_output=True, text=True, env=subprocess_env(), timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "train.py: error: learning_rate must be > 0, got -0.001"
     assert "Traceback" not in result.stderr
@@ -200,9 +208,14 @@ def test_resume_accepts_changes_that_do_not_define_the_run(tiny_run: TinyRun) ->
     tiny_run.save(2)
     newest = tiny_run.save(4)
     changes = dict(
-        save_every_steps=7, keep_checkpoints=9, report_to="tensorboard", log_every_steps=3, eval_batch_size=5,
-        num_workers=2, on_bad_sample="error",
-    )  # fmt: skip
+        save_every_steps=7,
+        keep_checkpoints=9,
+        report_to="tensorboard",
+        log_every_steps=3,
+        eval_batch_size=5,
+        num_workers=2,
+        on_bad_sample="error",
+    )
     assert tiny_run.resume(**changes) == newest
 
 
@@ -417,8 +430,10 @@ def test_kill_during_a_checkpoint_write_loses_nothing(tmp_path: Path, tiny_model
     checkpoints = tmp_path / "run" / "checkpoints"
     process = subprocess.Popen(
         [sys.executable, "-c", HANGING_CHECKPOINT_WRITE, str(TRAIN_SCRIPT), *recipe_flags(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     deadline = time.monotonic() + 300
     half_written: list[Path] = []  # the temporary folder's name ends in a random part: `.step-00000006.tmp-*`
     while not half_written and process.poll() is None and time.monotonic() < deadline:
@@ -432,8 +447,11 @@ def test_kill_during_a_checkpoint_write_loses_nothing(tmp_path: Path, tiny_model
 
     resumed = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *recipe_flags(config), "--resume", "true"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {checkpoints / 'step-00000004'}" in resumed.stderr
     assert names(checkpoints) == ["step-00000010", "step-00000012"]  # the stray temporary folder is gone

@@ -179,9 +179,12 @@ else:
 def test_outside_a_checkout_the_default_model_comes_from_the_hub_cache(tmp_path: Path, photo_file: Path) -> None:
     cache = hub_cache(tmp_path / "hub", CHECKOUT_MODEL_DIR)
     result = run_python(
-        DEFAULT_MODEL_SCRIPT, str(tmp_path / "no-checkout"), str(photo_file), cwd=tmp_path,
+        DEFAULT_MODEL_SCRIPT,
+        str(tmp_path / "no-checkout"),
+        str(photo_file),
+        cwd=tmp_path,
         extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    )
     assert result.get("default") == DEFAULT_MODEL_ID, result
     assert result["captions"] == load_captioner(CHECKOUT_MODEL_DIR).caption([photo_file])
 
@@ -189,9 +192,12 @@ def test_outside_a_checkout_the_default_model_comes_from_the_hub_cache(tmp_path:
 def test_a_default_model_neither_here_nor_cached_is_a_one_line_error(tmp_path: Path, photo_file: Path) -> None:
     cache = hub_cache(tmp_path / "empty", None)
     result = run_python(
-        DEFAULT_MODEL_SCRIPT, str(tmp_path / "no-checkout"), str(photo_file), cwd=tmp_path,
+        DEFAULT_MODEL_SCRIPT,
+        str(tmp_path / "no-checkout"),
+        str(photo_file),
+        cwd=tmp_path,
         extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    )
     error = result["error"]
     assert "\n" not in error
     assert error.startswith(f"{DEFAULT_MODEL_ID}: no such folder, and not in the Hugging Face cache ({cache})")

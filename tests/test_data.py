@@ -15,9 +15,20 @@ import datasets
 import PIL.Image
 import pytest
 from conftest import (
-    CAPTIONS_PER_IMAGE, F8K_DEV, F8K_IDS, F8K_TRAIN, FLICKR8K, caption, f8k_image, f8k_token_file, rows_by_id,
-    token_line_no, truncate, write_lines, write_metadata,
-)  # fmt: skip
+    CAPTIONS_PER_IMAGE,
+    F8K_DEV,
+    F8K_IDS,
+    F8K_TRAIN,
+    FLICKR8K,
+    caption,
+    f8k_image,
+    f8k_token_file,
+    rows_by_id,
+    token_line_no,
+    truncate,
+    write_lines,
+    write_metadata,
+)
 
 from soli_hf.data import (
     CAPTION_FEATURES,
@@ -28,6 +39,7 @@ from soli_hf.data import (
     load_caption_dataset_with_report,
     safe_load_image,
 )
+
 
 def edit_token_file(root: Path, edit) -> None:
     """Rewrite Flickr8k.token.txt as ``edit(lines)``."""

@@ -59,8 +59,11 @@ def test_demo_captions_the_sample_photos(tmp_path: Path) -> None:
     pytest.importorskip("skimage.data")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--num-beams", "1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     photos = sorted(["astronaut", "chelsea", "coffee", "rocket", "camera"])

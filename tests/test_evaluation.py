@@ -100,9 +100,16 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
     conditions = [LowResCondition(), *fixed_sizes([16, 32])]
     out = tmp_path / "report"
     results = run_evaluation(
-        [saved_tiny_model, second], data, "dev", out, conditions=conditions, num_beams=2, batch_size=2,
-        max_new_tokens=6, meteor=False,
-    )  # fmt: skip
+        [saved_tiny_model, second],
+        data,
+        "dev",
+        out,
+        conditions=conditions,
+        num_beams=2,
+        batch_size=2,
+        max_new_tokens=6,
+        meteor=False,
+    )
     assert len(results) == 6 and {len(r.predictions) for r in results} == {5}
 
     summary = json.loads((out / "metrics.json").read_text())
@@ -123,7 +130,7 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
     assert got[0] == expected
 
     page = (out / "samples.html").read_text()
-    assert page.count("<img src=\"data:image/png;base64,") == 5 and "dev3" in page and "one red square" in page
+    assert page.count('<img src="data:image/png;base64,') == 5 and "dev3" in page and "one red square" in page
     # the settings each model ran with, and how many captions the second shares with the first (same weights: all)
     records = summary["settings"]["models"]
     assert [(r["backend"], r["num_beams"], r["max_new_tokens"], r["quantization"]) for r in records] == [
@@ -194,7 +201,8 @@ def test_caption_agreement_counts_identical_captions_on_the_images_both_captione
     ]
     agreement = caption_agreement(results)
     assert [(a["condition"], a["identical"], a["compared"], a["share"]) for a in agreement] == [
-        ("bicubic@input", 1, 2, 0.5), ("bicubic@16px", 2, 2, 1.0)
+        ("bicubic@input", 1, 2, 0.5),
+        ("bicubic@16px", 2, 2, 1.0),
     ]
     assert agreement[0]["first_model"] == "fp32" and agreement[0]["cider_d_drop"] == pytest.approx(0.05)
     assert caption_agreement(results[:2]) == []  # one model: nothing to compare

@@ -72,10 +72,22 @@ def test_push_sends_exactly_the_model_files(publishable: Path, tmp_path: Path, m
     assert branch == "create_branch" and branch_kwargs["branch"] == "v1"
     assert upload_kwargs["revision"] == "v1" and upload_kwargs["commit_message"] == "hi"
     expected = [
-        "README.md", "config.json", "configuration_soli.py", "generation_config.json", "image_processing_soli.py",
-        "image_transforms_soli.py", "losses_soli.py", "metrics.json", "model.safetensors", "modeling_soli.py",
-        "pipeline_soli.py", "processing_soli.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "README.md",
+        "config.json",
+        "configuration_soli.py",
+        "generation_config.json",
+        "image_processing_soli.py",
+        "image_transforms_soli.py",
+        "losses_soli.py",
+        "metrics.json",
+        "model.safetensors",
+        "modeling_soli.py",
+        "pipeline_soli.py",
+        "processing_soli.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert upload_kwargs["sent"] == expected
 
     # those files alone, where soli_hf cannot be imported, load with trust_remote_code and caption alike

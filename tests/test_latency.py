@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sample_report
 from PIL import Image
 
 from soli_hf.bench.latency import (
@@ -26,8 +27,6 @@ from soli_hf.bench.latency_report import (
     TARGET_MS,
     latency_document,
     plot_latency,
-    soli_over_peer,
-    target_check,
 )
 from soli_hf.bench.latency_suite import latency_setups
 from soli_hf.bench.model_card import latency_section
@@ -139,30 +138,6 @@ def test_latency_setups_cover_every_backend_mode_and_thread_count(tmp_path) -> N
     assert {(s.system, s.threads) for s in peers} == {(p, t) for p in PEERS for t in threads}
     assert all(len(s.photos) == 3 and s.repeats == 1 and s.backend == PYTORCH for s in peers)
     assert all(s.tokens == 12 for s in setups)
-
-
-def _row(backend: str, mode: str | None, threads: int, median: float, system: str = SOLI) -> dict:
-    return {
-        "system": system, "backend": backend, "inference_branches": mode, "threads": threads, "median_ms": median,
-        "p90_ms": 1.2 * median, "measurements": 100, "warmup": 3, "caption_tokens": 12, "size_mib": 20.0,
-        "size_source": "", "parameters": 200_000_000 if mode is None else None, "peak_rss_mib": 150.0,
-        "torch_loaded": backend == PYTORCH, "per_image_ms": [median],
-    }  # fmt: skip
-
-
-def sample_report() -> dict:
-    """A report as scripts/benchmark.py latency writes it: int8 one thread meets the target in lr only."""
-    soli = [_row(PYTORCH, "both", 1, 40.0), _row(ORT_INT8, "both", 1, 16.0), _row(ORT_INT8, "lr", 1, 7.5)]
-    soli += [_row(ORT_INT8, "lr", 2, 6.0)]
-    peers = [_row(PYTORCH, None, t, ms, "blip-base") for t, ms in ((1, 2000.0), (2, 1500.0))]
-    return {
-        "machine": {"processor": "x86_64", "cpus": 2, "cpu_model": "Some CPU"},
-        "tokens": 12,
-        "tokens_note": "about the mean Flickr8k caption",
-        "target": target_check(soli),
-        "results": soli,
-        "peers": [p | {"like": PEERS["blip-base"].like, "soli_over_peer": soli_over_peer(soli, p)} for p in peers],
-    }
 
 
 def test_target_and_ratios_come_from_the_rows() -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import write_caption_folder
-from test_latency import sample_report
+from conftest import sample_report, write_caption_folder
 
-from soli_hf.evaluation import LowResCondition, run_evaluation
 from soli_hf.bench.model_card import render_model_card
+from soli_hf.evaluation import LowResCondition, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +21,15 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     latency = tmp_path / "latency.json"
     latency.write_text(json.dumps(sample_report()))
     card = render_model_card(
-        (ROOT / "model_cards" / "template.md").read_text(), saved_tiny_model, [tmp_path / "eval"],
-        repo_id="someone/soli-tiny", recipe=recipe, training_command="accelerate launch scripts/train.py",
-        evaluation_command="soli evaluate --model X", latency_benchmark=latency,
-    )  # fmt: skip
+        (ROOT / "model_cards" / "template.md").read_text(),
+        saved_tiny_model,
+        [tmp_path / "eval"],
+        repo_id="someone/soli-tiny",
+        recipe=recipe,
+        training_command="accelerate launch scripts/train.py",
+        evaluation_command="soli evaluate --model X",
+        latency_benchmark=latency,
+    )
     assert card.startswith("---\nlicense: apache-2.0") and "pipeline_tag: image-to-text" in card
     assert "${" not in card  # every placeholder filled
     assert 'AutoModel.from_pretrained("someone/soli-tiny", trust_remote_code=True)' in card

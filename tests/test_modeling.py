@@ -8,8 +8,8 @@ from conftest import MOBILENET_WEIGHTS, TINY_CAPTIONS, tiny_config
 from transformers import MobileNetV2Config, MobileNetV2Model
 
 from soli_hf import SoliForConditionalGeneration
-from soli_hf.modeling_soli import SoliDecoderState
 from soli_hf.bench.flops import count_flops
+from soli_hf.modeling_soli import SoliDecoderState
 
 
 @pytest.fixture
@@ -228,4 +228,4 @@ def test_tiny_model_fits_eight_pairs(tokenizer, processor, images):
     with torch.no_grad():
         generated = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=10)
     captions = processor.batch_decode(generated, skip_special_tokens=True)
-    assert sum(caption == target for caption, target in zip(captions, TINY_CAPTIONS)) >= 4, captions
+    assert sum(caption == target for caption, target in zip(captions, TINY_CAPTIONS, strict=True)) >= 4, captions

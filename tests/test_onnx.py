@@ -24,10 +24,10 @@ from soli_hf.captioner import CHECKOUT_MODEL_DIR as DEFAULT_MODEL_DIR
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export(dynamo=True) needs it)")
 
+from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx, write_profile_report  # noqa: E402
 from soli_hf.onnx import runtime, spec  # noqa: E402
 from soli_hf.onnx.export import export_onnx  # noqa: E402
 from soli_hf.onnx.manifest import generation_defaults, preprocessing_settings  # noqa: E402
-from soli_hf.bench.onnx_profile import profile_markdown, profile_onnx, write_profile_report  # noqa: E402
 from soli_hf.onnx.runtime import SoliOnnxCaptioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def exported(request, tokenizer, processor, images, tmp_path_factory) -> Exporte
         model.save_pretrained(saved)
         processor.save_pretrained(saved)
         image_files = [saved / f"image{i}.png" for i in range(2)]
-        for path, image in zip(image_files, images):
+        for path, image in zip(image_files, images[:2], strict=True):
             Image.fromarray(image).save(path)
         script = importlib.util.spec_from_file_location("export_onnx_script", ROOT / "scripts" / "export_onnx.py")
         module = importlib.util.module_from_spec(script)
@@ -85,10 +85,17 @@ def test_export_writes_graphs_and_manifest(exported, tokenizer, processor) -> No
     assert manifest["special_tokens"] == {"pad": 0, "bos": 1, "eos": 2, "unk": 3}
     assert manifest["vocabulary"] == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     assert manifest["generation"] == {
-        "decoder_start_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "num_beams": 1,
-        "max_new_tokens": MAX_NEW_TOKENS, "no_repeat_ngram_size": 2, "suppress_tokens": [3],
-        "length_penalty": 1.0, "early_stopping": False, "min_new_tokens": 0,
-    }  # fmt: skip
+        "decoder_start_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "num_beams": 1,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "no_repeat_ngram_size": 2,
+        "suppress_tokens": [3],
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "min_new_tokens": 0,
+    }
     assert manifest["preprocessing"] == preprocessing_settings(processor.image_processor)
     if exported.script_output:  # written by scripts/export_onnx.py --verify
         assert "num_beams=1: 2/2 captions identical" in exported.script_output
@@ -102,7 +109,9 @@ def test_encoder_and_decoder_step_match_pytorch(exported, processor, images) -> 
     with torch.no_grad():
         expected = model.get_encoder()(pixel_values)
         state = model.decoder.initial_state(expected.last_hidden_state)
-        for actual, reference in zip(encoded, (expected.last_hidden_state, expected.attention_keys, *state)):
+        for actual, reference in zip(
+            encoded, (expected.last_hidden_state, expected.attention_keys, *state), strict=True
+        ):
             assert_close(actual, reference)
         memory, keys, hidden, cell = map(torch.from_numpy, encoded)
         input_ids = torch.tensor([1, 4, 7, 2, 9])
@@ -162,9 +171,13 @@ def _varied_inputs(images: list[np.ndarray], tmp_path: Path) -> list:
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"degradation": "step_gaussian", "blur_sigma": 1.5}, {"degradation": "step", "scale_factor": 0.2},
-     {"degradation": "bilinear", "image_size": 48, "image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.25]}],
-)  # fmt: skip
+    [
+        {},
+        {"degradation": "step_gaussian", "blur_sigma": 1.5},
+        {"degradation": "step", "scale_factor": 0.2},
+        {"degradation": "bilinear", "image_size": 48, "image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.25]},
+    ],
+)
 def test_preprocessing_is_identical_to_the_image_processor(images, tmp_path, settings) -> None:
     image_processor = SoliImageProcessor(**settings)
     inputs = _varied_inputs(images, tmp_path)
@@ -203,7 +216,7 @@ def test_runtime_runs_where_torch_and_transformers_cannot_be_imported(exported, 
     """`soli_hf.onnx` in a process where torch and transformers are missing: `import soli_hf` skips the PyTorch
     classes and the captions are those of the main process."""
     paths = [tmp_path / f"image{i}.png" for i in range(3)]
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
     script = f"""
 import json, sys

@@ -134,7 +134,10 @@ def test_optimum_quantizer_gives_the_weights_of_onnxruntime_quantize_dynamic(rou
     quantize_onnx(routes["folders"]["optimum"], tmp_path, target="arm64", backend="onnxruntime")
     for graph in spec.GRAPHS:
         weights = [
-            {init.name: onnx.numpy_helper.to_array(init) for init in onnx.load(folder / graph.file_name).graph.initializer}
+            {
+                init.name: onnx.numpy_helper.to_array(init)
+                for init in onnx.load(folder / graph.file_name).graph.initializer
+            }
             for folder in (optimum_int8, tmp_path)
         ]
         assert weights[0].keys() == weights[1].keys() and any(name.endswith("_quantized") for name in weights[0])

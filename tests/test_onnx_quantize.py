@@ -54,7 +54,7 @@ def float32_dir(saved_model, tmp_path_factory) -> Path:
 def image_files(images, tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("images")
     paths = [folder / f"image{i}.png" for i in range(len(images))]
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
     return paths
 
@@ -115,7 +115,9 @@ def test_soli_export_quantize_and_caption_onnx(saved_model, float32_dir, image_f
     assert status == 0, err
     assert json.loads((tmp_path / MANIFEST_NAME).read_text())["quantization"]["name"] == "arm64"
     for folder in (float32_dir, tmp_path):
-        status, out, err = run_cli("caption", *map(str, image_files), "--onnx", str(folder), "--json", "--num-beams", "2")
+        status, out, err = run_cli(
+            "caption", *map(str, image_files), "--onnx", str(folder), "--json", "--num-beams", "2"
+        )
         assert status == 0, err
         expected = SoliOnnxCaptioner(folder).caption(image_files, num_beams=2)  # the manifest's max_new_tokens
         assert [json.loads(line)["caption"] for line in out.splitlines()] == expected  # JSON Lines

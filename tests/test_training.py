@@ -21,14 +21,13 @@ from transformers import AutoModel, pipeline
 from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliProcessor
 from soli_hf.data import load_caption_dataset
 from soli_hf.metrics import CiderD
-from soli_hf.training import TrainingConfig, parse_training_config, train
 from soli_hf.storage import write_folder_atomically
+from soli_hf.training import TrainingConfig, parse_training_config, train
 from soli_hf.training.curriculum import curriculum_alpha
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, sample_rng
 from soli_hf.training.epoch_scores import evaluate_captioner
 from soli_hf.training.reporting import write_run_comparison
 from soli_hf.training.scst import caption_words, decode, scst_loss, self_critical_advantages
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,9 +143,15 @@ def test_scst_loss_trains_the_decoder(tiny_model, processor, images, baseline) -
     scorer = CiderD([[tuple(ids[1:]) for ids in processor.tokenizer(refs)["input_ids"]] for refs in references])
     torch.manual_seed(0)
     loss, mean_reward = scst_loss(
-        tiny_model, tiny_model.get_encoder()(pixel_values), references, processor.tokenizer, scorer,
-        num_samples=3, baseline=baseline, max_new_tokens=6,
-    )  # fmt: skip
+        tiny_model,
+        tiny_model.get_encoder()(pixel_values),
+        references,
+        processor.tokenizer,
+        scorer,
+        num_samples=3,
+        baseline=baseline,
+        max_new_tokens=6,
+    )
     loss.backward()
     assert torch.isfinite(loss) and mean_reward >= 0.0
     assert tiny_model.decoder.lm_head.weight.grad.abs().sum() > 0
@@ -243,8 +248,11 @@ def test_accelerate_launch_end_to_end(tmp_path: Path, tiny_model_config: Path) -
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     result = subprocess.run(
         [*command, str(ROOT / "scripts" / "train.py"), *recipe_flags(config)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = tmp_path / "run" / "model"
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -274,7 +282,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path: Path, tin
     assert len(expected) == 12  # 3 epochs x 4 batches
 
     killed = tiny_recipe(data, tiny_model_config, tmp_path / "killed", num_epochs=3)
-    process = subprocess.Popen([*script, *recipe_flags(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    process = subprocess.Popen(
+        [*script, *recipe_flags(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env()
+    )
     log = tmp_path / "killed" / "losses.jsonl"
     deadline = time.monotonic() + 300
     while not (log.exists() and len(log.read_text().splitlines()) >= 7) and time.monotonic() < deadline:

@@ -34,9 +34,20 @@ def test_the_installed_wheel_captions_outside_the_checkout(tmp_path: Path) -> No
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source)
     built = run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(source), "-w",
-         str(tmp_path / "dist")], cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(source),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("soli_hf-*.whl")
 
@@ -51,7 +62,7 @@ def test_the_installed_wheel_captions_outside_the_checkout(tmp_path: Path) -> No
     installed = run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
@@ -59,8 +70,11 @@ def test_the_installed_wheel_captions_outside_the_checkout(tmp_path: Path) -> No
     work = tmp_path / "work"  # outside the repository
     work.mkdir()
     # find_spec names the file `import soli_hf` would run, without running it (no torch import: seconds saved).
-    where = run([str(python), "-c", "import importlib.util; print(importlib.util.find_spec('soli_hf').origin)"],
-                cwd=work, env=env)  # fmt: skip
+    where = run(
+        [str(python), "-c", "import importlib.util; print(importlib.util.find_spec('soli_hf').origin)"],
+        cwd=work,
+        env=env,
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
 
     soli = str(venv / "bin" / "soli")

@@ -442,9 +442,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         if labels is not None:
             if attention_mask is not None:
                 labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
-            caption_loss = caption_cross_entropy(
-                logits, labels, self.config.pad_token_id, self.config.label_smoothing
-            )
+            caption_loss = caption_cross_entropy(logits, labels, self.config.pad_token_id, self.config.label_smoothing)
         if encoder_outputs.sr_image_embeds is not None and encoder_outputs.sr_image_embeds.shape[0] > 1:
             contrastive_loss = symmetric_info_nce(
                 self.contrastive_head(encoder_outputs.lr_image_embeds),

@@ -94,5 +94,5 @@ if int(transformers.__version__.split(".")[0]) < 5:
 def _mask_padding(input_ids: list[Any], attention_mask: list[Any]) -> list[Any]:
     """Labels: the token ids with padded positions set to -100 (ignored by the loss)."""
     if input_ids and isinstance(input_ids[0], int):
-        return [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, attention_mask)]
-    return [_mask_padding(ids, mask) for ids, mask in zip(input_ids, attention_mask)]
+        return [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, attention_mask, strict=True)]
+    return [_mask_padding(ids, mask) for ids, mask in zip(input_ids, attention_mask, strict=True)]

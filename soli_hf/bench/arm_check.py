@@ -320,7 +320,9 @@ def caption_x86(onnx_dir: Path, images: list[str], beam_sizes: list[int], args: 
                 seconds[key] = seconds.get(key, 0.0) + value
             for k in beam_sizes:
                 captions[k] += got[k]
-                public_mismatches += sum(a != b for a, b in zip(got[k], captioner.caption(batch, num_beams=k)))
+                public_mismatches += sum(
+                    a != b for a, b in zip(got[k], captioner.caption(batch, num_beams=k), strict=True)
+                )
             bar.update(len(batch))
     return {
         "captions": captions,
@@ -346,8 +348,9 @@ def caption_arm(onnx_dir: Path, images: list[str], beam_sizes: list[int], cpu: s
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SOLI_HF_NO_TORCH": "1", "PYTHONNOUSERSITE": "1"}
     env.pop("VIRTUAL_ENV", None)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
     process.stdin.write(json.dumps(job))
     process.stdin.close()
     result: dict[str, Any] = {"captions": {k: [] for k in beam_sizes}, "seconds": {}, "done": False}
@@ -397,7 +400,7 @@ def compare(onnx_dir: Path, cpu: str, images: list[str], x86: dict, arm: dict, b
     done = len(arm["captions"][beam_sizes[0]])
     row["images_captioned_on_arm64"] = done
     for k in beam_sizes:
-        pairs = list(zip(images, x86["captions"][k][: len(images)], arm["captions"][k]))
+        pairs = list(zip(images, x86["captions"][k][: len(images)], arm["captions"][k], strict=True))
         row["modes"][f"num_beams={k}"] = {
             "identical": sum(a == b for _, a, b in pairs),
             "compared": len(pairs),
@@ -407,7 +410,8 @@ def compare(onnx_dir: Path, cpu: str, images: list[str], x86: dict, arm: dict, b
         names = ["memory", "keys", "hidden", "cell"]
         count = len(arm["encoded"][0])
         row["encoder_max_abs_diff_first_batch"] = {
-            name: float(np.max(np.abs(a[:count] - b))) for name, a, b in zip(names, x86["encoded"], arm["encoded"])
+            name: float(np.max(np.abs(a[:count] - b)))
+            for name, a, b in zip(names, x86["encoded"], arm["encoded"], strict=True)
         }
     return row
 
@@ -416,26 +420,44 @@ def parse_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, ar
     """The parser of `scripts/check_arm.py` and the parsed arguments."""
     parser = argparse.ArgumentParser(description="Same captions on aarch64 onnxruntime (under qemu-user) as on x86?")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--onnx", type=Path, action="append",
-                        help="an ONNX folder (repeatable; default: int8-arm64 and fp32 under .cache/arm64/onnx)")
-    parser.add_argument("--num-images", type=int, action="append",
-                        help="Flickr8k dev images per --onnx folder (once per folder, or once for all; "
-                        "default 160 int8, 20 fp32)")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        action="append",
+        help="an ONNX folder (repeatable; default: int8-arm64 and fp32 under .cache/arm64/onnx)",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        action="append",
+        help="Flickr8k dev images per --onnx folder (once per folder, or once for all; default 160 int8, 20 fp32)",
+    )
     parser.add_argument("--images", nargs="+", help="caption these files instead of Flickr8k dev images")
-    parser.add_argument("--cpu", action="append",
-                        help="[bookworm:|trixie:]qemu CPU model (repeatable; default: cortex-a76 (Raspberry Pi 5's "
-                        "core), "
-                        "cortex-a72 (Pi 4's), trixie:max (SVE, SME, i8mm, under qemu 10.0))")
-    parser.add_argument("--extra-cpu-images", type=int, default=20,
-                        help="images for the CPUs after the first (first --onnx folder only)")
+    parser.add_argument(
+        "--cpu",
+        action="append",
+        help="[bookworm:|trixie:]qemu CPU model (repeatable; default: cortex-a76 (Raspberry Pi 5's "
+        "core), "
+        "cortex-a72 (Pi 4's), trixie:max (SVE, SME, i8mm, under qemu 10.0))",
+    )
+    parser.add_argument(
+        "--extra-cpu-images",
+        type=int,
+        default=20,
+        help="images for the CPUs after the first (first --onnx folder only)",
+    )
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads on both sides")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "arm64")
-    parser.add_argument("--no-probe", action="store_true",
-                        help="skip the probes (no ARM /proc/cpuinfo under qemu 7.2; SME on and off)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite check.md in --out from the check.json there, without checking")
-    return parser, parser.parse_args(argv)  # fmt: skip
+    parser.add_argument(
+        "--no-probe", action="store_true", help="skip the probes (no ARM /proc/cpuinfo under qemu 7.2; SME on and off)"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite check.md in --out from the check.json there, without checking",
+    )
+    return parser, parser.parse_args(argv)
 
 
 def run_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
@@ -482,7 +504,7 @@ def run_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
             print(f"check_arm.py: int8 encoder of {int8} on a random batch, SME on and off", flush=True)
             report["probe_sme"] = {"onnx_dir": str(int8), "results": probe_sme(int8, SME_PROBE_CPUS)}
     mismatches = 0
-    for position_folder, (folder, count) in enumerate(zip(folders, counts)):
+    for position_folder, (folder, count) in enumerate(zip(folders, counts, strict=True)):
         images = pool[:count]
         beam_sizes = sorted({1, read_manifest(folder)["generation"]["num_beams"]})
         x86 = caption_x86(folder, images, beam_sizes, args)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def split_target(spec: str) -> tuple[str, str]:
-    """"[EMULATOR:]CPU" (e.g. "cortex-a76", "trixie:max", "max,sme=off") -> (emulator name, qemu -cpu value); the
+    """ "[EMULATOR:]CPU" (e.g. "cortex-a76", "trixie:max", "max,sme=off") -> (emulator name, qemu -cpu value); the
     emulator defaults to bookworm."""
     emulator, _, cpu = spec.rpartition(":")
     return emulator or "bookworm", cpu
@@ -37,7 +37,7 @@ def fill(template_name: str, values: dict[str, Any]) -> str:
 
 
 def _qemu_release(version: str) -> str:
-    """"qemu-aarch64 version 7.2.22 (Debian ...)" -> "7.2.22"."""
+    """ "qemu-aarch64 version 7.2.22 (Debian ...)" -> "7.2.22"."""
     return version.replace("qemu-aarch64 version ", "").split(" (")[0]
 
 
@@ -116,7 +116,9 @@ def render_arm_check(report: dict[str, Any]) -> str:
     """check.md: set-up, one row per (ONNX folder, emulated CPU), the differences, the probes that ran."""
     host = report["x86"]
     versions = report["qemu"].items()
-    emulators = " or ".join(f"{name}'s {text.replace('qemu-aarch64 version', 'qemu')}" for name, text in versions if text)
+    emulators = " or ".join(
+        f"{name}'s {text.replace('qemu-aarch64 version', 'qemu')}" for name, text in versions if text
+    )
     sections = [
         fill(
             "arm_check.md",

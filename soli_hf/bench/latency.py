@@ -215,8 +215,11 @@ def measure_in_subprocess(setup: LatencySetup, timeout: float = 1800) -> Latency
     env["SOLI_HF_NO_TORCH"] = "0" if setup.uses_torch else "1"
     completed = subprocess.run(
         [sys.executable, "-m", "soli_hf.bench.latency", json.dumps(asdict(setup))],
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"latency subprocess failed for {setup}:\n{completed.stderr[-4000:]}")
     result = LatencyResult(**json.loads(completed.stdout.strip().splitlines()[-1]))

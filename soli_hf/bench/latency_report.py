@@ -75,10 +75,19 @@ def soli_table(rows: Sequence[Row]) -> str:
         "peak RSS MiB",
     ]
     cells = [
-        [r["backend"], r["inference_branches"], r["threads"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
-         r["measurements"], r["caption_tokens"], f"{r['size_mib']:.1f}", f"{r['peak_rss_mib']:.0f}"]
+        [
+            r["backend"],
+            r["inference_branches"],
+            r["threads"],
+            f"{r['median_ms']:.1f}",
+            f"{r['p90_ms']:.1f}",
+            r["measurements"],
+            r["caption_tokens"],
+            f"{r['size_mib']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_table(header, cells)
 
 
@@ -87,11 +96,21 @@ def peer_table(peers: Sequence[Row]) -> str:
     keys = list(dict.fromkeys(key for p in peers for key in p["soli_over_peer"]))
     header = ["peer", "like", "threads", "median ms", "p90 ms", "n", "tokens", "parameters", "size MiB", "peak RSS MiB"]
     cells = [
-        [p["system"], p["like"], p["threads"], f"{p['median_ms']:.0f}", f"{p['p90_ms']:.0f}", p["measurements"],
-         p["caption_tokens"], f"{p['parameters'] / 1e6:.0f} M", f"{p['size_mib']:.0f}", f"{p['peak_rss_mib']:.0f}",
-         *(f"{p['soli_over_peer'][k]:.3g}" if k in p["soli_over_peer"] else "" for k in keys)]
+        [
+            p["system"],
+            p["like"],
+            p["threads"],
+            f"{p['median_ms']:.0f}",
+            f"{p['p90_ms']:.0f}",
+            p["measurements"],
+            p["caption_tokens"],
+            f"{p['parameters'] / 1e6:.0f} M",
+            f"{p['size_mib']:.0f}",
+            f"{p['peak_rss_mib']:.0f}",
+            *(f"{p['soli_over_peer'][k]:.3g}" if k in p["soli_over_peer"] else "" for k in keys),
+        ]
         for p in peers
-    ]  # fmt: skip
+    ]
     return markdown_table([*header, *(f"SOLI {k} / peer" for k in keys)], cells)
 
 

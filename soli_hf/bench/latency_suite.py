@@ -18,8 +18,7 @@ from .machine import library_versions, machine
 #: Every caption's new tokens in the latency benchmark (min_new_tokens = max_new_tokens).
 DEFAULT_TOKENS = 12
 TOKENS_NOTE = (
-    "about the mean Flickr8k caption: the training captions average 11.8 words, 11.0 SOLI tokens, 12 with the "
-    "end token"
+    "about the mean Flickr8k caption: the training captions average 11.8 words, 11.0 SOLI tokens, 12 with the end token"
 )
 DECODING = (
     "batch 1, greedy (num_beams=1), min_new_tokens = max_new_tokens = tokens; SOLI keeps its saved "

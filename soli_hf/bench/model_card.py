@@ -123,7 +123,7 @@ def render_model_card(
     results, settings, human = load_evaluations(evaluation_dirs)
     size = model.config.image_size
     flops = ", ".join(
-        f"{_count(f['total'])}FLOPs per caption with `inference_branches=\"{mode}\"`"
+        f'{_count(f["total"])}FLOPs per caption with `inference_branches="{mode}"`'
         for mode, f in summary["flops_per_image"].items()
     )
     main_model = next(r for r in results if r["condition"]["name"] == MAIN_CONDITION)

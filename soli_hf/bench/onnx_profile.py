@@ -107,7 +107,10 @@ def profile_onnx(
     manifest = captioner.manifest
     operators = {
         key: operator_times(
-            Path(onnx_dir) / graph["file"], dict(zip(captioner.input_names[key], inputs[key])), threads, repeats
+            Path(onnx_dir) / graph["file"],
+            dict(zip(captioner.input_names[key], inputs[key], strict=True)),
+            threads,
+            repeats,
         )
         for key, graph in manifest["graphs"].items()
     }

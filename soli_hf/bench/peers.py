@@ -33,7 +33,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from ..captioner import Captioner, _checked_decoding
+from ..captioner import Captioner, checked_decoding
 
 #: Overrides of a peer's vision and text configs (empty: the base sizes; tests pass tiny ones).
 ConfigOverrides = dict[str, Any]
@@ -116,7 +116,7 @@ class PeerCaptioner(Captioner):
         min_new_tokens: int | None = None,
     ) -> np.ndarray:
         """`model.generate(pixel_values=...)`, no sampling: ids (B, 1 + new tokens)."""
-        settings = _checked_decoding(
+        settings = checked_decoding(
             {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
         )
         ids = self.model.generate(pixel_values=torch.as_tensor(pixel_values), do_sample=False, **settings)

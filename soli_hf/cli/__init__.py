@@ -41,9 +41,10 @@ COMMANDS = {
     "info": ("parameters, FLOPs, vocabulary and input size of a model", add_info_arguments, run_info),
     "evaluate": (
         "caption a split with one or more models (PyTorch or ONNX), score it, write a report (HTML samples, plots)",
-        add_evaluate_arguments, run_evaluate,
+        add_evaluate_arguments,
+        run_evaluate,
     ),
-}  # fmt: skip
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-beams", type=positive_int, default=None, help="beam size (default: the model's generation config)"
     )
     parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=None,
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
         help="caption length limit in tokens (default: the model's generation config)",
-    )  # fmt: skip
+    )
 
 
 def add_inference_branches_argument(parser: argparse.ArgumentParser, help_text: str) -> None:

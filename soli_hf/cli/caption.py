@@ -104,7 +104,7 @@ def caption_files(
             if rows:
                 pixels = np.stack(rows)
                 captions = captioner.caption_pixels(pixels, **decoding)
-                for path, caption, lr_image in zip(opened, captions, captioner.lr_images(pixels)):
+                for path, caption, lr_image in zip(opened, captions, captioner.lr_images(pixels), strict=True):
                     yield CaptionedImage(path, caption, lr_image)
             progress.update(len(paths[start : start + batch_size]))
 
@@ -261,26 +261,31 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli caption`."""
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help=f"a saved SOLI folder or Hub id (default: the shipped model, {DEFAULT_MODEL_ID})",
-    )  # fmt: skip
+    )
     parser.add_argument("--onnx", type=Path, default=None, help="caption with an exported ONNX folder instead")
     parser.add_argument("--num-threads", type=positive_int, default=None, help="onnxruntime threads (with --onnx)")
     add_inference_branches_argument(
-        parser, "run the model in this mode instead of the saved one (lr: no SR branch, faster); with --onnx, the "
+        parser,
+        "run the model in this mode instead of the saved one (lr: no SR branch, faster); with --onnx, the "
         "mode the folder was exported with",
-    )  # fmt: skip
+    )
     add_decoding_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help='write JSON Lines, one {"path": ..., "caption": ...} object per image, instead of path<TAB>caption lines',
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--output", type=Path, default=None,
+        "--output",
+        type=Path,
+        default=None,
         help="append the result lines to this file (flushed per image) instead of printing them; run the same "
         "command again to continue a run that was stopped: the images it holds are left out",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--html", type=Path, default=None, help="also write a page of the LR inputs and captions (when the run ends)"
     )

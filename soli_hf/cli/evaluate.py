@@ -15,7 +15,9 @@ def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated pixel sizes, e.g. 16,32,64; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--sizes wants comma-separated pixel sizes, e.g. 16,32,64; got {text!r}"
+        ) from None
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--sizes wants positive pixel sizes, got {text!r}")
     return sizes
@@ -39,11 +41,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         conditions += fixed_sizes(args.sizes, args.degradation)
     try:
         run_evaluation(
-            args.model or [], args.data, args.split, args.out, onnx_dirs=args.onnx or [], conditions=conditions,
-            data_format=args.data_format, num_beams=args.num_beams, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, max_images=args.max_images,
-            inference_branches=args.inference_branches, num_threads=args.num_threads, meteor=not args.no_meteor,
-        )  # fmt: skip
+            args.model or [],
+            args.data,
+            args.split,
+            args.out,
+            onnx_dirs=args.onnx or [],
+            conditions=conditions,
+            data_format=args.data_format,
+            num_beams=args.num_beams,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_images=args.max_images,
+            inference_branches=args.inference_branches,
+            num_threads=args.num_threads,
+            meteor=not args.no_meteor,
+        )
     except (ValueError, OSError) as error:
         print(f"soli evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -54,17 +66,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli evaluate` (also those of scripts/evaluate.py)."""
     parser.add_argument(
-        "--model", nargs="+", default=None, help="saved SOLI folder(s) or Hub id(s), run in PyTorch; several are compared"
-    )  # fmt: skip
+        "--model", nargs="+", default=None, help="saved SOLI folder(s) or Hub id(s), run in PyTorch; several compared"
+    )
     parser.add_argument(
-        "--onnx", nargs="+", type=Path, default=None,
+        "--onnx",
+        nargs="+",
+        type=Path,
+        default=None,
         help="ONNX folder(s) of soli export, compared with each other and with the --model ones (after them)",
-    )  # fmt: skip
+    )
     parser.add_argument("--data", required=True, help="a dataset folder or JSON file (any soli_hf.data format)")
     parser.add_argument(
-        "--data-format", default=None,
+        "--data-format",
+        default=None,
         help="a format of soli_hf.data (flickr8k, coco, karpathy, imagefolder); detected when left out",
-    )  # fmt: skip
+    )
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", required=True, type=Path, help="report folder (created)")
     add_decoding_arguments(parser)
@@ -74,9 +90,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--degradation", choices=DEGRADATIONS, default="bicubic", help="of the main condition and of --sizes"
     )
     parser.add_argument(
-        "--protocol", choices=["paper"], default=None,
+        "--protocol",
+        choices=["paper"],
+        default=None,
         help="paper: scale factors 0.5/0.2/0.1/0.05 x bilinear/step/step_gaussian",
-    )  # fmt: skip
+    )
     parser.add_argument("--sizes", type=_sizes, default=None, help="fixed LR sizes, e.g. 16,24,32,48,64,96,128")
     add_inference_branches_argument(
         parser, "run the --model ones in this mode instead of the saved one; the --onnx ones must have it"

@@ -41,13 +41,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, help="a saved SOLI folder (model + processor) or Hub id")
     parser.add_argument(
-        "--out", type=Path, required=True,
+        "--out",
+        type=Path,
+        required=True,
         help="the folder to write: new, empty or an earlier export (replaced whole, never half-written)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--quantize", choices=QUANTIZATION_TARGETS, default=None,
+        "--quantize",
+        choices=QUANTIZATION_TARGETS,
+        default=None,
         help="write dynamic int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",
-    )  # fmt: skip
+    )
     parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")
     add_inference_branches_argument(

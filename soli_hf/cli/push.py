@@ -16,9 +16,12 @@ def run_push(args: argparse.Namespace) -> int:
             print("\n".join(files_to_publish(args.folder)))
             return 0
         url = push_to_hub(
-            args.folder, args.repo_id, private=args.private, revision=args.revision,
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
             commit_message=args.commit_message,
-        )  # fmt: skip
+        )
     except ValueError as error:
         print(f"soli push: error: {error}", file=sys.stderr)
         return 2

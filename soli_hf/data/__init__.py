@@ -18,12 +18,12 @@ Modules:
     safe_image  :func:`safe_load_image`, the training-time guard
 """
 
+from .bad_samples import BadSample, BadSampleKind, BadSampleReport, OnBadSample, VerifyImages
 from .detection import DATA_FORMATS, DataFormat, detect_format
-from .readers import DEFAULT_KARPATHY_SPLITS
 from .loading import load_caption_dataset, load_caption_dataset_with_report
+from .readers import DEFAULT_KARPATHY_SPLITS
 from .records import CAPTION_FEATURES, iter_captions
 from .safe_image import safe_load_image
-from .bad_samples import BadSample, BadSampleKind, BadSampleReport, OnBadSample, VerifyImages
 
 __all__ = [
     "CAPTION_FEATURES",

@@ -10,9 +10,6 @@ from typing import Any
 from datasets import Dataset
 
 from ..storage import read_json
-from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
-from .readers import read_coco, read_flickr8k, read_imagefolder, read_karpathy
-from .records import CaptionRecord, records_to_dataset
 from .bad_samples import (
     BadSampleHandler,
     BadSampleReport,
@@ -22,6 +19,9 @@ from .bad_samples import (
     check_verify_images,
     validate_records,
 )
+from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
+from .readers import read_coco, read_flickr8k, read_imagefolder, read_karpathy
+from .records import CaptionRecord, records_to_dataset
 
 logger = logging.getLogger(__name__)
 

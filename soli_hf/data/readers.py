@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from .records import CaptionRecord, RecordBuilder
 from .bad_samples import BadSample, BadSampleKind, Handle
+from .records import CaptionRecord, RecordBuilder
 
 T = TypeVar("T")
 

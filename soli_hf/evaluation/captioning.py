@@ -45,7 +45,7 @@ def caption_dataset(
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             image_ids, lr_images = [], []
-            for image_id, image, path in zip(batch["image_id"], batch["image"], batch["image_path"]):
+            for image_id, image, path in zip(batch["image_id"], batch["image"], batch["image_path"], strict=True):
                 photo = safe_load_image({"image_id": image_id, "image": image, "image_path": path})
                 if photo is None:
                     run.skipped_images += 1
@@ -54,7 +54,7 @@ def caption_dataset(
                 lr_images.append(condition.lr_image(photo, captioner.preprocessing))
             if image_ids:
                 captions = captioner.caption(lr_images, **decoding)
-                for image_id, caption, lr_image in zip(image_ids, captions, lr_images):
+                for image_id, caption, lr_image in zip(image_ids, captions, lr_images, strict=True):
                     run.predictions[image_id] = caption
                     if len(run.lr_images) < keep_images:
                         run.lr_images[image_id] = lr_image

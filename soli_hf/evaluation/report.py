@@ -15,17 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ..data import BadSampleReport  # noqa: E402
-from ..bench.html_gallery import GalleryCard, write_gallery  # noqa: E402
-from ..bench.markdown import markdown_table, metric_cells  # noqa: E402
-from .conditions import LowResCondition  # noqa: E402
+from ..bench.html_gallery import GalleryCard, write_gallery
+from ..bench.markdown import markdown_table, metric_cells
+from ..bench.plots import saved_figure
+from ..data import BadSampleReport
+from .conditions import LowResCondition
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 PLOT_METRICS = ("CIDEr", "Bleu_4")
@@ -52,9 +48,13 @@ class ConditionResult:
         """The JSON record (captions and images left out)."""
         condition = {"name": self.condition.name, **vars(self.condition)}
         return {
-            "model": self.model, "condition": condition, "images": len(self.predictions),
-            "skipped_images": self.skipped_images, "metrics": self.metrics, "leave_one_out": self.leave_one_out,
-        }  # fmt: skip
+            "model": self.model,
+            "condition": condition,
+            "images": len(self.predictions),
+            "skipped_images": self.skipped_images,
+            "metrics": self.metrics,
+            "leave_one_out": self.leave_one_out,
+        }
 
 
 def write_report(
@@ -69,9 +69,12 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     bad_samples = bad_samples or BadSampleReport()
     summary = {
-        "settings": settings, "human_leave_one_out": human, "skipped_while_loading": skipped_while_loading(bad_samples),
-        "results": [r.to_dict() for r in results], "caption_agreement": caption_agreement(results),
-    }  # fmt: skip
+        "settings": settings,
+        "human_leave_one_out": human,
+        "skipped_while_loading": skipped_while_loading(bad_samples),
+        "results": [r.to_dict() for r in results],
+        "caption_agreement": caption_agreement(results),
+    }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     with (out / "captions.jsonl").open("w", encoding="utf-8") as handle:
         for result in results:
@@ -96,11 +99,17 @@ def caption_agreement(results: Sequence[ConditionResult]) -> list[dict[str, Any]
             continue
         both = result.predictions.keys() & first.predictions.keys()
         identical = sum(result.predictions[image_id] == first.predictions[image_id] for image_id in both)
-        agreement.append({
-            "model": result.model, "first_model": first_model, "condition": result.condition.name,
-            "identical": identical, "compared": len(both), "share": identical / len(both) if both else 0.0,
-            "cider_d_drop": first.metrics["CIDEr"] - result.metrics["CIDEr"],
-        })  # fmt: skip
+        agreement.append(
+            {
+                "model": result.model,
+                "first_model": first_model,
+                "condition": result.condition.name,
+                "identical": identical,
+                "compared": len(both),
+                "share": identical / len(both) if both else 0.0,
+                "cider_d_drop": first.metrics["CIDEr"] - result.metrics["CIDEr"],
+            }
+        )
     return agreement
 
 
@@ -147,11 +156,16 @@ def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     header = ["model", "source", "backend", "inference branches", "beams", "max new tokens", "weights"]
     rows = [
         [
-            record["model"], f"`{record['source']}`", record["backend"], record["inference_branches"],
-            record["num_beams"], record["max_new_tokens"], _weights(record["quantization"]),
+            record["model"],
+            f"`{record['source']}`",
+            record["backend"],
+            record["inference_branches"],
+            record["num_beams"],
+            record["max_new_tokens"],
+            _weights(record["quantization"]),
         ]
         for record in records
-    ]  # fmt: skip
+    ]
     return ["", "## Models", "", markdown_table(header, rows)]
 
 
@@ -159,7 +173,9 @@ def _weights(quantization: dict[str, Any] | None) -> str:
     """float32, or how the weights were quantized to int8."""
     if quantization is None:
         return "float32"
-    return f"int8 ({quantization['name']}: {quantization['mode']} quantization of {', '.join(quantization['operators'])})"
+    return (
+        f"int8 ({quantization['name']}: {quantization['mode']} quantization of {', '.join(quantization['operators'])})"
+    )
 
 
 def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:
@@ -170,11 +186,13 @@ def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:
     header = ["model", "LR input", f"captions identical to {first}'s", f"CIDEr-D drop ({first} - model)"]
     rows = [
         [
-            row["model"], row["condition"], f"{row['identical']}/{row['compared']} ({100 * row['share']:.1f}%)",
+            row["model"],
+            row["condition"],
+            f"{row['identical']}/{row['compared']} ({100 * row['share']:.1f}%)",
             f"{row['cider_d_drop']:+.4f}",
         ]
         for row in agreement
-    ]  # fmt: skip
+    ]
     return ["", f"## Caption agreement with the first model ({first})", "", markdown_table(header, rows)]
 
 
@@ -213,28 +231,35 @@ def write_resolution_plots(out: Path, results: Sequence[ConditionResult]) -> lis
         chosen = [r for r in results if axis_of(r.condition) is not None]
         if len({r.condition for r in chosen}) < 2:
             continue
-        figure, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5.5 * len(PLOT_METRICS), 4))
         models = list(dict.fromkeys(r.model for r in chosen))
         degradations = list(dict.fromkeys(r.condition.degradation for r in chosen))
-        for axis, metric in zip(axes, PLOT_METRICS):
-            for model, degradation in itertools.product(models, degradations):
-                points = sorted(
-                    (axis_of(r.condition), r.metrics[metric])
-                    for r in chosen
-                    if (r.model, r.condition.degradation) == (model, degradation)
-                )
-                style = {"color": f"C{models.index(model)}", "linestyle": LINE_STYLES[degradations.index(degradation)]}
-                axis.plot(*zip(*points), marker="o", label=f"{model} ({degradation})", **style)
-            axis.set(xscale="log", xlabel=label, ylabel=metric, title=metric)
-            axis.set_xticks(sorted({axis_of(r.condition) for r in chosen}), minor=False)
-            axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            axis.legend(fontsize="small")
-        figure.tight_layout()
-        figure.savefig(out / file_name, dpi=100)
-        plt.close(figure)
+        with saved_figure(out / file_name, 1, len(PLOT_METRICS), figsize=(5.5 * len(PLOT_METRICS), 4)) as axes:
+            _plot_sweep(axes, chosen, models, degradations, axis_of, label)
         written.append(file_name)
     return written
+
+
+def _plot_sweep(
+    axes: Any, chosen: Sequence[ConditionResult], models: list[str], degradations: list[str], axis_of: Any, label: str
+) -> None:
+    """One panel per metric: the metric against the condition's scale factor or size, a line per model and
+    degradation."""
+    import matplotlib.ticker
+
+    for axis, metric in zip(axes, PLOT_METRICS, strict=True):
+        for model, degradation in itertools.product(models, degradations):
+            points = sorted(
+                (axis_of(r.condition), r.metrics[metric])
+                for r in chosen
+                if (r.model, r.condition.degradation) == (model, degradation)
+            )
+            style = {"color": f"C{models.index(model)}", "linestyle": LINE_STYLES[degradations.index(degradation)]}
+            axis.plot(*zip(*points, strict=True), marker="o", label=f"{model} ({degradation})", **style)
+        axis.set(xscale="log", xlabel=label, ylabel=metric, title=metric)
+        axis.set_xticks(sorted({axis_of(r.condition) for r in chosen}), minor=False)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.legend(fontsize="small")
 
 
 def write_samples_page(path: Path, results: Sequence[ConditionResult], references: dict[str, list[str]]) -> None:

@@ -40,9 +40,13 @@ def model_record(label: str, source: str | Path, backend: str, captioner: Captio
     """What the report says of one model: where it came from, how it ran (backend, inference mode, int8 or not)
     and the decoding settings it actually used."""
     return {
-        "model": label, "source": str(source), "backend": backend, "inference_branches": captioner.inference_branches,
-        **{key: decoding[key] for key in RECORDED_DECODING}, "quantization": captioner.quantization,
-    }  # fmt: skip
+        "model": label,
+        "source": str(source),
+        "backend": backend,
+        "inference_branches": captioner.inference_branches,
+        **{key: decoding[key] for key in RECORDED_DECODING},
+        "quantization": captioner.quantization,
+    }
 
 
 def _shared_setting(records: Sequence[dict[str, Any]], key: str) -> Any:
@@ -84,14 +88,16 @@ def run_evaluation(
     rows, bad_samples = load_caption_dataset_with_report(data, split, data_format)
     if max_images is not None:
         rows = rows.select(range(min(max_images, len(rows))))
-    references = dict(zip(rows["image_id"], rows["captions"]))
+    references = dict(zip(rows["image_id"], rows["captions"], strict=True))
     if meteor and (reason := meteor_unavailable_reason()) is not None:
         logger.warning("METEOR left out: %s", reason)
         meteor = False
     human = leave_one_out_human_scores(references, meteor=meteor)
     results, records = [], []
     overrides = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
-    for (source, backend), label in zip(sources, model_labels([s for s, _ in sources], inference_branches)):
+    for (source, backend), label in zip(
+        sources, model_labels([s for s, _ in sources], inference_branches), strict=True
+    ):
         if backend == "onnx":
             captioner = load_captioner(onnx=source, inference_branches=inference_branches, num_threads=num_threads)
         else:
@@ -100,24 +106,34 @@ def run_evaluation(
         records.append(model_record(label, source, backend, captioner, decoding))
         for condition in conditions:
             run = caption_dataset(
-                captioner, rows, condition, batch_size=batch_size, keep_images=SAMPLES_ON_PAGE,
-                description=f"{label} {condition.name}", **decoding,
-            )  # fmt: skip
+                captioner,
+                rows,
+                condition,
+                batch_size=batch_size,
+                keep_images=SAMPLES_ON_PAGE,
+                description=f"{label} {condition.name}",
+                **decoding,
+            )
             if not run.predictions:
                 raise ValueError(f"{data} ({split}): no readable image to caption")
             seen = {image_id: references[image_id] for image_id in run.predictions}
             result = ConditionResult(
-                label, condition, run.predictions,
+                label,
+                condition,
+                run.predictions,
                 compute_caption_metrics(run.predictions, seen, meteor=meteor),
                 leave_one_out_model_scores(run.predictions, seen, meteor=False),
-                run.skipped_images, run.lr_images,
-            )  # fmt: skip
+                run.skipped_images,
+                run.lr_images,
+            )
             logger.info("%s %s: %s", label, condition.name, result.metrics)
             results.append(result)
     settings: dict[str, Any] = {
-        "data": str(data), "split": split, "images": len(rows),
+        "data": str(data),
+        "split": split,
+        "images": len(rows),
         **{key: _shared_setting(records, key) for key in (*RECORDED_DECODING, "inference_branches")},
         "models": records,
-    }  # fmt: skip
+    }
     write_report(Path(out), results, references, human, settings, bad_samples)
     return results

@@ -14,11 +14,11 @@
 
 from .bleu import bleu_scores
 from .cider import CiderD, cider_d
+from .input_checks import validate_captions, validate_references
 from .meteor import meteor_score, meteor_unavailable_reason
 from .ptb_tokenizer import PUNCTUATIONS, tokenize, tokenize_captions, tokenize_lines
 from .rouge import rouge_l_scores
 from .scoring import METRIC_KEYS, compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
-from .input_checks import validate_captions, validate_references
 
 __all__ = [
     "METRIC_KEYS",

@@ -550,14 +550,16 @@ def _jdk_word_regex() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """
     ignored = _class_body(lambda c: unicodedata.category(c) in ("Mn", "Me", "Cf"))
     let = _class_body(
-        lambda c: (unicodedata.category(c).startswith("L") or unicodedata.category(c) == "Mc")
-        and not ("\u3041" <= c <= "\u30fe" or "\u4e00" <= c <= "\u9fa5" or "\uf900" <= c <= "\ufa2d")
+        lambda c: (
+            (unicodedata.category(c).startswith("L") or unicodedata.category(c) == "Mc")
+            and not ("\u3041" <= c <= "\u30fe" or "\u4e00" <= c <= "\u9fa5" or "\uf900" <= c <= "\ufa2d")
+        )
     )
     digit = _class_body(lambda c: unicodedata.category(c).startswith("N"))
     mid_word = _class_body(lambda c: unicodedata.category(c) in ("Pd", "Pc")) + "\\u00ad\\u2027\"'."
     number = f"[{digit}]+(?:[\"',\u066b.][{digit}]+)*"
     letters = f"[{let}]+(?:[{mid_word}][{let}]+)*"
-    word = f"{letters}[\u0964\u0965]?(?:{number}{letters})*" f"(?:{number}[%&\u00a2\u066a\u2030\u2031]?)?"
+    word = f"{letters}[\u0964\u0965]?(?:{number}{letters})*(?:{number}[%&\u00a2\u066a\u2030\u2031]?)?"
     return re.compile(f"[{ignored}]"), re.compile(word)
 
 

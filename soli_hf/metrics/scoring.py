@@ -9,10 +9,10 @@ import numpy as np
 
 from .bleu import bleu_scores
 from .cider import cider_d
+from .input_checks import validate_captions, validate_references
 from .meteor import meteor_score, meteor_unavailable_reason
 from .ptb_tokenizer import tokenize_captions
 from .rouge import rouge_l_scores
-from .input_checks import validate_captions, validate_references
 
 __all__ = ["METRIC_KEYS", "compute_caption_metrics", "leave_one_out_human_scores", "leave_one_out_model_scores"]
 

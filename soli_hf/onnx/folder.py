@@ -66,4 +66,3 @@ def write_export_folder(out_dir: str | os.PathLike, write: Callable[[Path], list
     with disk_full_as_oserror("the ONNX export", out, f"free some space and export again; {out} is unchanged"):
         write_folder_atomically(out.resolve(), write_and_name)
     return [out / name for name in names]
-

@@ -121,7 +121,7 @@ class DecoderSession:
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed one token per row; returns the next-token log-probabilities (rows, vocab)."""
         inputs = (input_ids.astype(np.int64), self.memory, self.keys, self.hidden, self.cell)
-        log_probs, self.hidden, self.cell = self.session.run(None, dict(zip(self.names, inputs)))
+        log_probs, self.hidden, self.cell = self.session.run(None, dict(zip(self.names, inputs, strict=True)))
         return log_probs
 
     def reorder(self, rows: np.ndarray) -> None:
@@ -319,7 +319,7 @@ class SoliOnnxCaptioner:
     def encode(self, pixel_values: np.ndarray) -> list[np.ndarray]:
         """Memory, attention keys and the decoder's initial hidden and cell state for `pixel_values`."""
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        return self.sessions["encoder"].run(None, dict(zip(self.input_names["encoder"], [pixel_values])))
+        return self.sessions["encoder"].run(None, dict(zip(self.input_names["encoder"], [pixel_values], strict=True)))
 
     def decoder_session(self, encoded: list[np.ndarray], num_beams: int = 1) -> DecoderSession:
         """A decoder over `encode()`'s outputs, each image's row repeated `num_beams` times (image-major)."""

@@ -5,11 +5,19 @@ Standard library only (no torch): the checkpoints, the model folders and the ONN
 """
 
 from .atomic import (
-    disk_full_as_oserror, recover_interrupted_writes, remove_path, write_folder_atomically, write_text_atomically,
-)  # fmt: skip
+    disk_full_as_oserror,
+    recover_interrupted_writes,
+    remove_path,
+    write_folder_atomically,
+    write_text_atomically,
+)
 from .json_files import read_json
 
 __all__ = [
-    "disk_full_as_oserror", "read_json", "recover_interrupted_writes", "remove_path", "write_folder_atomically",
+    "disk_full_as_oserror",
+    "read_json",
+    "recover_interrupted_writes",
+    "remove_path",
+    "write_folder_atomically",
     "write_text_atomically",
-]  # fmt: skip
+]

@@ -277,8 +277,9 @@ def _check_recipe(checkpoint: Path, config: TrainingConfig) -> None:
     if recipe is None:
         logger.warning(
             "%s was written before checkpoints stored their recipe: resuming it without checking that it was "
-            "trained with this one", checkpoint,
-        )  # fmt: skip
+            "trained with this one",
+            checkpoint,
+        )
         return
     differences = recipe_differences(recipe, config)
     if differences:

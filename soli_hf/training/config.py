@@ -31,15 +31,18 @@ REPORT_TO = ("none", *(tracker.value for tracker in LoggerType))
 # recipe differs in one of them (a checkpoint stores the recipe that wrote it).
 CHANGEABLE_ON_RESUME = frozenset(
     {
-        "resume", "overwrite_output_dir",
+        "resume",
+        "overwrite_output_dir",
         "output_dir",  # the run folder may be moved
         "num_workers",  # data loading processes; the batches are the same
         "on_bad_sample",  # a run stopped by a bad image may go on skipping it
-        "report_to", "log_every_steps",  # trackers
+        "report_to",
+        "log_every_steps",  # trackers
         "eval_batch_size",  # evaluation batches; the captions are the same
-        "save_every_steps", "keep_checkpoints",  # checkpoints
+        "save_every_steps",
+        "keep_checkpoints",  # checkpoints
     }
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -142,20 +145,38 @@ class TrainingConfig:
 # ------------------------------------------------------------------------------------------------ checks
 
 _POSITIVE = (
-    "max_train_images", "max_eval_images", "captions_per_image", "vocab_min_frequency", "num_epochs", "batch_size",
-    "gradient_accumulation_steps", "learning_rate", "scst_samples", "max_caption_tokens", "eval_num_beams",
-    "eval_batch_size", "early_stopping_patience", "save_every_steps", "keep_checkpoints", "log_every_steps",
-)  # fmt: skip
-_NON_NEGATIVE = (
-    "num_workers", "degradation_ramp_epochs", "contrastive_weight", "sr_loss_weight",
-    "backbone_learning_rate",  # 0 keeps the backbone as it is (configs/flickr8k_cpu_scst.yaml)
-    "weight_decay", "warmup_steps",
-    "max_grad_norm",  # 0: no clipping
-    "freeze_backbone_epochs", "curriculum_start_epoch", "curriculum_epochs", "seed",
-)  # fmt: skip
-_NON_EMPTY = (
-    "data", "train_split", "eval_split", "backbone", "model_config", "init_from", "tokenizer", "output_dir"
+    "max_train_images",
+    "max_eval_images",
+    "captions_per_image",
+    "vocab_min_frequency",
+    "num_epochs",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "scst_samples",
+    "max_caption_tokens",
+    "eval_num_beams",
+    "eval_batch_size",
+    "early_stopping_patience",
+    "save_every_steps",
+    "keep_checkpoints",
+    "log_every_steps",
 )
+_NON_NEGATIVE = (
+    "num_workers",
+    "degradation_ramp_epochs",
+    "contrastive_weight",
+    "sr_loss_weight",
+    "backbone_learning_rate",  # 0 keeps the backbone as it is (configs/flickr8k_cpu_scst.yaml)
+    "weight_decay",
+    "warmup_steps",
+    "max_grad_norm",  # 0: no clipping
+    "freeze_backbone_epochs",
+    "curriculum_start_epoch",
+    "curriculum_epochs",
+    "seed",
+)
+_NON_EMPTY = ("data", "train_split", "eval_split", "backbone", "model_config", "init_from", "tokenizer", "output_dir")
 JPEG_QUALITY = (1, 95)  # the range pillow's JPEG encoder documents
 
 

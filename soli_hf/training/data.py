@@ -108,7 +108,11 @@ class CaptionImageDataset(torch.utils.data.Dataset):
             return None
         rng = sample_rng(self.seed, self.epoch, index)
         image_processor = self.processor.image_processor
-        kwargs = {} if self.policy is None else self.policy.sample(rng, self.epoch, max(image.size), image_processor.image_size)
+        kwargs = (
+            {}
+            if self.policy is None
+            else self.policy.sample(rng, self.epoch, max(image.size), image_processor.image_size)
+        )
         features = image_processor(image, return_hr=self.return_hr, **kwargs)
         return {
             "image_id": row["image_id"],

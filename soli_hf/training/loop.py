@@ -30,8 +30,15 @@ from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
 from ..storage import disk_full_as_oserror, write_folder_atomically, write_text_atomically
 from .checkpointing import (
-    CHECKPOINT_DIR, LOG_DIR, MODEL_DIR, RECIPE_FILE, STEP_LOG_FILE, TrainerState, prepare_run_folder, save_checkpoint,
-)  # fmt: skip
+    CHECKPOINT_DIR,
+    LOG_DIR,
+    MODEL_DIR,
+    RECIPE_FILE,
+    STEP_LOG_FILE,
+    TrainerState,
+    prepare_run_folder,
+    save_checkpoint,
+)
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
 from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
@@ -83,9 +90,13 @@ def train(config: TrainingConfig) -> Path:
     eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
     sampler = EpochShuffleSampler(len(train_set), config.seed)
     train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=train_collator,
-        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
-    )  # fmt: skip
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=train_collator,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=eval_collator)
 
     # ---- model and optimiser
@@ -121,15 +132,21 @@ def train(config: TrainingConfig) -> Path:
     for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
         set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
-        batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+        batches = (
+            accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+        )
         # Accelerate re-seeds the sampler from its own epoch counter, which restarts at 0 in a resumed run and in a
         # skip-batches loader: give it the true epoch so that the batches match an unbroken run.
         batches.set_epoch(epoch)
         train_set.set_epoch(epoch)  # the per-sample degradations and caption picks (accelerate leaves these alone)
         progress = tqdm(
-            batches, total=len(train_loader), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-            disable=not show_progress, dynamic_ncols=True,
-        )  # fmt: skip
+            batches,
+            total=len(train_loader),
+            initial=state.step_in_epoch,
+            desc=f"epoch {epoch + 1}/{config.num_epochs}",
+            disable=not show_progress,
+            dynamic_ncols=True,
+        )
         epoch_start, images_seen, running = time.perf_counter(), 0, {}
         for batch in progress:
             set_seed(config.seed + state.global_step)  # dropout and sampling depend on the step alone: exact resume
@@ -163,9 +180,13 @@ def train(config: TrainingConfig) -> Path:
         eval_start = time.perf_counter()
         if accelerator.is_main_process:
             metrics, _ = evaluate_captioner(
-                unwrapped, eval_loader, processor, num_beams=config.eval_num_beams,
-                max_new_tokens=config.max_caption_tokens, show_progress=show_progress,
-            )  # fmt: skip
+                unwrapped,
+                eval_loader,
+                processor,
+                num_beams=config.eval_num_beams,
+                max_new_tokens=config.max_caption_tokens,
+                show_progress=show_progress,
+            )
         metrics = broadcast_metrics(accelerator, metrics)
         metrics.update(
             epoch=epoch + 1,
@@ -231,9 +252,15 @@ def training_loss(
     soli = getattr(model, "module", model)
     encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
     loss, mean_reward = scst_loss(
-        soli, encoder_outputs, batch["references"], processor.tokenizer, reward_scorer,
-        config.scst_samples, config.scst_baseline, config.max_caption_tokens,
-    )  # fmt: skip
+        soli,
+        encoder_outputs,
+        batch["references"],
+        processor.tokenizer,
+        reward_scorer,
+        config.scst_samples,
+        config.scst_baseline,
+        config.max_caption_tokens,
+    )
     return loss, {"loss": float(loss.detach()), "reward": mean_reward}
 
 
@@ -290,7 +317,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def save_model_folder(
-    model: SoliForConditionalGeneration, processor: SoliProcessor, config: TrainingConfig, folder: Path, state: TrainerState
+    model: SoliForConditionalGeneration,
+    processor: SoliProcessor,
+    config: TrainingConfig,
+    folder: Path,
+    state: TrainerState,
 ) -> None:
     """Write the loadable model folder atomically: weights, code, processor, tokenizer, generation config, the
     recipe and the metrics so far."""

@@ -21,7 +21,7 @@ def plot_training_curves(step_log: Path, history: list[dict[str, Any]], out: Pat
         for key in LOSS_KEYS:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=True)
                 left.plot(steps, _smooth(values), label=key)
         left.set(xlabel="step", title="training (EMA 0.9)")
         left.legend()
@@ -79,11 +79,17 @@ def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     (out_dir / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
     header = ["run", "variant", "phase", "best epoch", *SUMMARY_METRICS, "train img/s", "peak MB"]
     rows = [
-        [run["run"], run["model_variant"], run["phase"], f"{run['best_epoch']}/{run['epochs_run']}",
-         *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
-         f"{run['train_images_per_second']:.1f}", f"{run['peak_memory_mb']:.0f}"]
+        [
+            run["run"],
+            run["model_variant"],
+            run["phase"],
+            f"{run['best_epoch']}/{run['epochs_run']}",
+            *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
+            f"{run['train_images_per_second']:.1f}",
+            f"{run['peak_memory_mb']:.0f}",
+        ]
         for run in runs
-    ]  # fmt: skip
+    ]
     (out_dir / "comparison.md").write_text(markdown_table(header, rows) + "\n", encoding="utf-8")
     with saved_figure(out_dir / "comparison.png", figsize=(6, 4)) as axis:
         for run in runs:
