@@ -82,7 +82,6 @@ class Captioner(ABC):
             ImageInputError: an image that cannot be read or used, naming it and why.
         """
 
-    @abstractmethod
     def generate(
         self,
         pixel_values: Any,
@@ -91,7 +90,14 @@ class Captioner(ABC):
         max_new_tokens: int | None = None,
         min_new_tokens: int | None = None,
     ) -> np.ndarray:
-        """Token ids (B, length), each row starting with the start token, as `model.generate()` gives them."""
+        """Token ids (B, length), each row starting with the start token, as `model.generate()` gives them
+        (greedy or beam search, never sampling); a setting left None is the model's own."""
+        settings = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+        return self._generate(pixel_values, {key: value for key, value in settings.items() if value is not None})
+
+    @abstractmethod
+    def _generate(self, pixel_values: Any, settings: dict[str, int]) -> np.ndarray:
+        """`generate` with the decoding settings that were set (a subset of `DECODING_SETTINGS`)."""
 
     @abstractmethod
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
@@ -100,12 +106,12 @@ class Captioner(ABC):
     def decoding(self, **decoding: int | None) -> dict[str, int]:
         """The decoding settings that `generate(..., **decoding)` uses: `generation_defaults` with those set here
         (not None) in their place; a `ValueError` for an unknown setting."""
-        return self.generation_defaults | checked_decoding(decoding)
+        return self.generation_defaults | _checked_decoding(decoding)
 
     def caption_pixels(self, pixel_values: Any, **decoding: int | None) -> list[str]:
         """One caption per row of `pixel_values` (from `preprocess`); a `ValueError` for an unknown decoding
         setting."""
-        return self.decode(self.generate(pixel_values, **checked_decoding(decoding)))
+        return self.decode(self.generate(pixel_values, **_checked_decoding(decoding)))
 
     def caption(self, images: Any, **decoding: int | None) -> list[str]:
         """One caption per image: `preprocess`, `generate`, `decode`."""
@@ -117,9 +123,9 @@ class Captioner(ABC):
         return [unnormalize_pixels(np.asarray(row), mean, std) for row in pixel_values]
 
 
-def checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
-    """The decoding settings that were set (not None); a `ValueError` for an unknown one. Every `Captioner.generate`
-    (peers' included) filters its arguments through it."""
+def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
+    """The decoding settings that were set (not None); a `ValueError` (not Python's `TypeError`) for an unknown
+    one, for the callers that pass settings through (`caption`, `caption_pixels`, `decoding`)."""
     unknown = sorted(set(decoding) - set(DECODING_SETTINGS))
     if unknown:
         raise ValueError(f"unknown decoding settings {unknown}; these can be set: {list(DECODING_SETTINGS)}")
@@ -206,23 +212,12 @@ class PytorchCaptioner(Captioner):
         """`SoliImageProcessor(images)["pixel_values"]`."""
         return self.processor.image_processor(images)["pixel_values"]
 
-    def generate(
-        self,
-        pixel_values: Any,
-        *,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-    ) -> np.ndarray:
-        """`model.generate(pixel_values=...)` (greedy or beam search, no sampling) on the model's device."""
+    def _generate(self, pixel_values: Any, settings: dict[str, int]) -> np.ndarray:
+        """`model.generate(pixel_values=...)` (no sampling) on the model's device."""
         import torch
 
-        settings = checked_decoding(
-            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
-        )
         pixels = torch.as_tensor(pixel_values).to(self.model.device)
-        ids = self.model.generate(pixel_values=pixels, do_sample=False, **settings)
-        return ids.cpu().numpy()
+        return self.model.generate(pixel_values=pixels, do_sample=False, **settings).cpu().numpy()
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """`processor.batch_decode(sequences, skip_special_tokens=True)`."""
@@ -263,18 +258,8 @@ class OnnxCaptioner(Captioner):
         """`pixel_values`, bit-identical to `SoliImageProcessor`'s."""
         return self.runtime.preprocess(images)
 
-    def generate(
-        self,
-        pixel_values: Any,
-        *,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-    ) -> np.ndarray:
+    def _generate(self, pixel_values: Any, settings: dict[str, int]) -> np.ndarray:
         """Greedy or beam search over the exported graphs, as `generate()` does it."""
-        settings = checked_decoding(
-            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
-        )
         return self.runtime.generate(np.asarray(pixel_values, dtype=np.float32), **settings)
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:

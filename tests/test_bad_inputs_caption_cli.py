@@ -200,26 +200,19 @@ def test_an_output_file_that_is_not_results_is_refused(saved_tiny_model: Path, t
     assert output.read_text() == "my notes\n"
 
 
+def caption_command(model: Path, photos: Path) -> list[str]:
+    """`soli caption` of the photos, one per batch, 4 tokens each: many small steps for a subprocess test."""
+    options = "--batch-size 1 --max-new-tokens 4".split()
+    return [sys.executable, "-m", "soli_hf.cli", "caption", str(photos), "--model", str(model), *options]
+
+
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes_it(
     saved_tiny_model: Path, tmp_path: Path
 ) -> None:
     write_photos(tmp_path / "photos", 40)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    command = [
-        sys.executable,
-        "-m",
-        "soli_hf.cli",
-        "caption",
-        str(tmp_path / "photos"),
-        "--model",
-        str(saved_tiny_model),
-        "--json",
-        "--batch-size",
-        "1",
-        "--max-new-tokens",
-        "4",
-    ]
+    command = [*caption_command(saved_tiny_model, tmp_path / "photos"), "--json"]
     output, clean = tmp_path / "out.jsonl", tmp_path / "clean.jsonl"
     killed = subprocess.Popen([*command, "--output", str(output)], env=env, stderr=subprocess.DEVNULL, cwd=ROOT)
     reference = subprocess.Popen([*command, "--output", str(clean)], env=env, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -248,19 +241,7 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(saved_tiny_model: Path, 
     """`soli caption ... | head -n 2`: no BrokenPipeError traceback once head has its lines."""
     write_photos(tmp_path / "photos", 40)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    command = [
-        sys.executable,
-        "-m",
-        "soli_hf.cli",
-        "caption",
-        str(tmp_path / "photos"),
-        "--model",
-        str(saved_tiny_model),
-        "--batch-size",
-        "1",
-        "--max-new-tokens",
-        "4",
-    ]
+    command = caption_command(saved_tiny_model, tmp_path / "photos")
     caption = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     first_lines = [caption.stdout.readline() for _ in range(2)]
     caption.stdout.close()  # the reader leaves, as `head` does

@@ -176,28 +176,24 @@ else:
 """
 
 
+def default_model_outside_a_checkout(tmp_path: Path, photo_file: Path, cache: Path) -> dict:
+    """DEFAULT_MODEL_SCRIPT in a fresh process (huggingface_hub reads its environment when imported), offline,
+    with `cache` as the Hub cache and no checkout folder."""
+    environment = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    arguments = (str(tmp_path / "no-checkout"), str(photo_file))
+    return run_python(DEFAULT_MODEL_SCRIPT, *arguments, cwd=tmp_path, extra_env=environment)
+
+
 def test_outside_a_checkout_the_default_model_comes_from_the_hub_cache(tmp_path: Path, photo_file: Path) -> None:
     cache = hub_cache(tmp_path / "hub", CHECKOUT_MODEL_DIR)
-    result = run_python(
-        DEFAULT_MODEL_SCRIPT,
-        str(tmp_path / "no-checkout"),
-        str(photo_file),
-        cwd=tmp_path,
-        extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
-    )
+    result = default_model_outside_a_checkout(tmp_path, photo_file, cache)
     assert result.get("default") == DEFAULT_MODEL_ID, result
     assert result["captions"] == load_captioner(CHECKOUT_MODEL_DIR).caption([photo_file])
 
 
 def test_a_default_model_neither_here_nor_cached_is_a_one_line_error(tmp_path: Path, photo_file: Path) -> None:
     cache = hub_cache(tmp_path / "empty", None)
-    result = run_python(
-        DEFAULT_MODEL_SCRIPT,
-        str(tmp_path / "no-checkout"),
-        str(photo_file),
-        cwd=tmp_path,
-        extra_env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
-    )
+    result = default_model_outside_a_checkout(tmp_path, photo_file, cache)
     error = result["error"]
     assert "\n" not in error
     assert error.startswith(f"{DEFAULT_MODEL_ID}: no such folder, and not in the Hugging Face cache ({cache})")

@@ -98,7 +98,7 @@ class FixedLengthCaptioner(Captioner):
     def preprocess(self, images):
         return np.zeros((1, 3, 8, 8), dtype=np.float32)
 
-    def generate(self, pixel_values, **decoding):
+    def _generate(self, pixel_values, settings):
         return np.zeros((len(pixel_values), 1 + self.length), dtype=np.int64)
 
     def decode(self, sequences):

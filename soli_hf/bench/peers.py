@@ -33,7 +33,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from ..captioner import Captioner, checked_decoding
+from ..captioner import Captioner
 
 #: Overrides of a peer's vision and text configs (empty: the base sizes; tests pass tiny ones).
 ConfigOverrides = dict[str, Any]
@@ -107,20 +107,9 @@ class PeerCaptioner(Captioner):
         """The peer's own image processor: `pixel_values` at its native input size."""
         return self.image_processor(images=images, return_tensors="np")["pixel_values"]
 
-    def generate(
-        self,
-        pixel_values: Any,
-        *,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-    ) -> np.ndarray:
+    def _generate(self, pixel_values: Any, settings: dict[str, int]) -> np.ndarray:
         """`model.generate(pixel_values=...)`, no sampling: ids (B, 1 + new tokens)."""
-        settings = checked_decoding(
-            {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
-        )
-        ids = self.model.generate(pixel_values=torch.as_tensor(pixel_values), do_sample=False, **settings)
-        return ids.numpy()
+        return self.model.generate(pixel_values=torch.as_tensor(pixel_values), do_sample=False, **settings).numpy()
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """The token ids as text ("12 7 431"): random weights come without a tokenizer, so there are no words."""
