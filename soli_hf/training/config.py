@@ -41,6 +41,8 @@ CHANGEABLE_ON_RESUME = frozenset(
         "eval_batch_size",  # evaluation batches; the captions are the same
         "save_every_steps",
         "keep_checkpoints",  # checkpoints
+        "channels_last",  # memory layout and compilation: the same model, up to float rounding
+        "torch_compile",
     }
 )
 
@@ -124,6 +126,17 @@ class TrainingConfig:
     report_to: str = field(default="tensorboard", metadata={"help": "an accelerate tracker, or none"})
     seed: int = 0
     log_every_steps: int = 10
+    # --- speed and weight averaging
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "keep an EMA of the weights (e.g. 0.999), scored beside them each epoch; none: off"},
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "model and pixel batches in channels_last memory format (faster convs)"}
+    )
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the encoder (eager, with a warning, where unavailable)"}
+    )
 
     def __post_init__(self) -> None:
         """Check every field: its type, its range and the fields that must agree, naming the field and value."""
@@ -230,6 +243,8 @@ def _check_ranges(config: TrainingConfig) -> None:
     for name in _NON_EMPTY:
         if getattr(config, name) is not None and not getattr(config, name).strip():
             raise ValueError(f"{name} must not be empty, got {getattr(config, name)!r}")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1), got {config.ema_decay!r}")
     if config.label_smoothing is not None and not 0 <= config.label_smoothing <= 1:
         raise ValueError(f"label_smoothing must be in [0, 1], got {config.label_smoothing!r}")
     if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
