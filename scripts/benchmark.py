@@ -22,6 +22,13 @@ one decoder step, the numpy search loop) and onnxruntime's kernel time per opera
 given exported folders or, by default, the shipped model's int8 exports (both and lr). Writes the JSON (default
 benchmarks/onnx_profile.json) and a Markdown report next to it (``--render-only``: the report from the JSON).
 Run: ``python scripts/benchmark.py profile [--onnx DIR ...] [--threads 1] [--repeats 30] [--tokens 12]``.
+
+Training (``soli_hf.bench.training_speed``): the training throughput of the CPU recipe (real backbone and data) under
+each speed setting (fp32, channels_last, bf16, bf16+channels_last, compile, workers_1, workers_2), each one short
+epoch in its own process: median images/s after the warm-up steps, peak RSS, dev loss (the bf16 quality check), the
+CPU's bf16 / AMX flags. Writes the JSON (default benchmarks/training_speed_cpu.json) and a Markdown report next to it.
+Run on an idle machine: ``python scripts/benchmark.py training [--settings fp32 bf16 ...] [--max-train-images 320]
+[--warmup-steps 3] [--max-eval-images 50]``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import json
 from pathlib import Path
 
+from soli_hf.bench.training_speed import SETTINGS
 from soli_hf.captioner import CHECKOUT_MODEL_DIR
 
 DEFAULT_TOKENS = 12  # = soli_hf.bench.latency_suite.DEFAULT_TOKENS, which imports what `profile --onnx` must not
@@ -63,6 +71,14 @@ def parse_arguments() -> argparse.Namespace:
     profile.add_argument("--repeats", type=int, default=30, help="timed runs of each stage per photo")
     profile.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
     profile.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
+    training = benchmarks.add_parser("training", help="training throughput of the CPU recipe per speed setting")
+    training.add_argument("--config", type=Path, default=Path("configs/flickr8k_cpu.yaml"), help="the recipe")
+    training.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="to measure")
+    training.add_argument("--max-train-images", type=int, default=320, help="the epoch's images (batch size steps)")
+    training.add_argument("--warmup-steps", type=int, default=3, help="first steps left out of the median")
+    training.add_argument("--max-eval-images", type=int, default=50, help="dev images of the quality check")
+    training.add_argument("--out", type=Path, default=Path("benchmarks/training_speed_cpu.json"), help="JSON path")
+    training.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
     return parser.parse_args()
 
 
@@ -90,6 +106,16 @@ def main() -> None:
             return latency_suite.benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
 
         report_text, write_report = latency_report.latency_markdown, latency_report.write_latency_report
+    elif args.benchmark == "training":
+        from soli_hf.bench import training_speed
+
+        def measure() -> dict:
+            return training_speed.benchmark_training_speed(
+                args.config, args.settings, args.max_train_images, args.max_eval_images, args.warmup_steps
+            )
+
+        report_text = training_speed.training_speed_markdown
+        write_report = training_speed.write_training_speed_report
     else:  # with --onnx this imports onnxruntime and not torch: it runs on a device
         from soli_hf.bench import onnx_profile
 

@@ -2,10 +2,10 @@
 or a full disk at any moment, and a resume that only continues an intact checkpoint of the same recipe.
 
 A checkpoint folder `checkpoints/step-XXXXXXXX` holds `accelerator.save_state` (model, optimizer, scheduler, RNG
-states), `trainer_state.json` (where in training it was taken) and `checkpoint.json` (the recipe that wrote it and
-the size of every file). It is written as every folder of a run is (`storage.write_folder_atomically`): under a
-temporary name, flushed, then renamed, so only complete folders carry that name; a resume still verifies that every
-file loads, in case the disk damaged one since.
+states, and the EMA of the weights when the recipe keeps one), `trainer_state.json` (where in training it was taken)
+and `checkpoint.json` (the recipe that wrote it and the size of every file). It is written as every folder of a run
+is (`storage.write_folder_atomically`): under a temporary name, flushed, then renamed, so only complete folders carry
+that name; a resume still verifies that every file loads, in case the disk damaged one since.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ logger = logging.getLogger(__name__)
 
 # ---- the run folder
 CHECKPOINT_DIR = "checkpoints"
-MODEL_DIR = "model"  # the best epoch's `save_pretrained` folder
+MODEL_DIR = "model"  # the best epoch's `save_pretrained` folder (its better weights when an EMA is kept)
+EMA_MODEL_DIR = "model_ema"  # with `ema_decay`: the EMA weights of the epoch where they scored best
 STEP_LOG_FILE = "losses.jsonl"
 LOG_DIR = "logs"  # the trackers' (tensorboard)
 RECIPE_FILE = "training_config.json"
-RUN_FILES = (CHECKPOINT_DIR, MODEL_DIR, STEP_LOG_FILE, LOG_DIR, RECIPE_FILE)  # what --overwrite_output_dir deletes
+# what --overwrite_output_dir deletes
+RUN_FILES = (CHECKPOINT_DIR, MODEL_DIR, EMA_MODEL_DIR, STEP_LOG_FILE, LOG_DIR, RECIPE_FILE)
 
 # ---- a checkpoint
 CHECKPOINT_PREFIX = "step-"
@@ -59,6 +61,8 @@ class TrainerState:
     global_step: int = 0  # batches trained on, over all epochs
     best_metric: float | None = None
     best_epoch: int | None = None
+    best_weights: str | None = None  # "raw" or "ema": the weights of the best epoch that `MODEL_DIR` holds
+    best_ema_metric: float | None = None  # the EMA weights' best score (`EMA_MODEL_DIR`)
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished epoch
@@ -196,8 +200,8 @@ def prepare_run_folder(accelerator: Accelerator, config: TrainingConfig) -> Path
 
     With `resume`: the newest intact checkpoint of the same recipe (see `resume_checkpoint`); None, with a warning,
     when there is no checkpoint at all. Otherwise `output_dir` must be absent or empty, unless
-    `overwrite_output_dir` is set: then the run in it (`RUN_FILES`: checkpoints, model, losses, logs, recipe) is
-    deleted first, and other files stay.
+    `overwrite_output_dir` is set: then the run in it (`RUN_FILES`: checkpoints, model, EMA model, losses, logs,
+    recipe) is deleted first, and other files stay.
 
     Raises:
         FileExistsError: `output_dir` holds files and neither `resume` nor `overwrite_output_dir` is set.

@@ -1,5 +1,5 @@
 """Per-epoch evaluation: validation caption loss and CIDEr-D / BLEU-4 of the dev captions, made by the same
-`Captioner` that `soli caption` and `soli evaluate` use."""
+`Captioner` that `soli caption` and `soli evaluate` use; with an EMA of the weights, of both sets of weights."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..captioner import PytorchCaptioner
 from ..metrics import compute_caption_metrics
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
+from .ema import EMA_PREFIX
 
 
 @torch.no_grad()
@@ -62,3 +63,20 @@ def evaluate_captioner(
     metrics = compute_caption_metrics(predictions, references, meteor=False)
     metrics["val_loss"] = loss_sum / loss_count
     return metrics, predictions
+
+
+def evaluate_epoch(
+    model: SoliForConditionalGeneration,
+    averaged: SoliForConditionalGeneration | None,
+    batches: Iterable[dict[str, Any] | None],
+    processor: SoliProcessor,
+    **settings: Any,
+) -> dict[str, float]:
+    """An epoch's dev metrics: `evaluate_captioner(model, ...)`'s, and, when an EMA of the weights is kept
+    (`averaged`), the EMA model's under `EMA_PREFIX` (`ema/CIDEr`, ...). `settings`: `evaluate_captioner`'s
+    keyword arguments."""
+    metrics, _ = evaluate_captioner(model, batches, processor, **settings)
+    if averaged is not None:
+        averaged_metrics, _ = evaluate_captioner(averaged, batches, processor, **settings)
+        metrics |= {EMA_PREFIX + name: value for name, value in averaged_metrics.items()}
+    return metrics

@@ -6,6 +6,12 @@ Phase `xe` trains with caption cross-entropy + contrastive + SR losses under the
 curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. Every epoch ends with a
 dev-split evaluation (captions by the `Captioner`, `eval_num_beams` wide, up to `max_caption_tokens` words); the best
 epoch (by CIDEr-D) is kept as a `save_pretrained` folder, `OUTPUT/model`.
+
+With `ema_decay` an exponential moving average of the weights is updated after every optimizer step and scored
+beside the trained weights each epoch; an epoch's score is the better of the two, and `OUTPUT/model` holds the
+weights that earned it (`best_weights` in its metrics), `OUTPUT/model_ema` the EMA weights of their own best epoch.
+`mixed_precision`, `channels_last`, `torch_compile` and `num_workers` make training faster without changing the
+recipe's model.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +40,7 @@ from ..processing_soli import SoliProcessor
 from ..storage import disk_full_as_oserror, write_folder_atomically, write_text_atomically
 from .checkpointing import (
     CHECKPOINT_DIR,
+    EMA_MODEL_DIR,
     LOG_DIR,
     MODEL_DIR,
     RECIPE_FILE,
@@ -42,12 +52,15 @@ from .checkpointing import (
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
 from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
-from .epoch_scores import evaluate_captioner
+from .ema import EMA, EMA_PREFIX, RAW, exponential_moving_average, selected_weights
+from .epoch_scores import evaluate_epoch
 from .model_setup import build_model, build_processor, check_model_sources, trainable_parameter_groups
 from .reporting import plot_training_curves
 from .scst import build_reward_scorer, scst_loss
 
 logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "CIDEr"  # model selection, early stopping and the plateau schedule follow dev CIDEr-D
 
 
 def train(config: TrainingConfig) -> Path:
@@ -88,19 +101,13 @@ def train(config: TrainingConfig) -> Path:
     eval_set = CaptionImageDataset(eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip")
     train_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
     eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
-    sampler = EpochShuffleSampler(len(train_set), config.seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        collate_fn=train_collator,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    train_loader = training_loader(train_set, train_collator, config)
     eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=eval_collator)
 
     # ---- model and optimiser
     model = build_model(config, processor)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights; pixel batches in training_loss
     optimizer = torch.optim.AdamW(trainable_parameter_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     if config.schedule == "cosine":
@@ -111,6 +118,14 @@ def train(config: TrainingConfig) -> Path:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    # The EMA copies the prepared model (its mixed-precision forward too) and is saved and loaded with every
+    # checkpoint; it is made before compiling, whose compiled call a copy would share with the original.
+    ema = None if config.ema_decay is None else exponential_moving_average(unwrapped, config.ema_decay)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if config.torch_compile:
+        compile_encoder(unwrapped)
     reward_scorer = build_reward_scorer(train_rows["captions"], processor.tokenizer) if config.phase == "scst" else None
 
     # ---- resume
@@ -128,7 +143,6 @@ def train(config: TrainingConfig) -> Path:
     accelerator.init_trackers("soli", config={k: str(v) for k, v in recipe.items()})
 
     # ---- epochs
-    unwrapped = accelerator.unwrap_model(model)
     for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
         set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
@@ -148,6 +162,7 @@ def train(config: TrainingConfig) -> Path:
             dynamic_ncols=True,
         )
         epoch_start, images_seen, running = time.perf_counter(), 0, {}
+        step_clock = epoch_start  # a step's time runs from the end of the one before: its batch's loading included
         for batch in progress:
             set_seed(config.seed + state.global_step)  # dropout and sampling depend on the step alone: exact resume
             alpha = curriculum_alpha(
@@ -155,7 +170,10 @@ def train(config: TrainingConfig) -> Path:
             )
             if batch is not None:
                 with accelerator.accumulate(model):
-                    loss, parts = training_loss(model, batch, alpha, config, processor, reward_scorer)
+                    # accelerate autocasts the model's forward; this also covers SCST, which calls the encoder
+                    # and decoder directly (no-op in full precision)
+                    with accelerator.autocast():
+                        loss, parts = training_loss(model, batch, alpha, config, processor, reward_scorer)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -163,24 +181,30 @@ def train(config: TrainingConfig) -> Path:
                     if config.schedule == "cosine" and accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad()
-                images_seen += len(batch["image_ids"]) * accelerator.num_processes
+                    if ema is not None and accelerator.sync_gradients:  # after each real optimizer step
+                        ema.update_parameters(unwrapped)
+                batch_images = len(batch["image_ids"]) * accelerator.num_processes
+                images_seen += batch_images
                 running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
                 progress.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"alpha": f"{alpha:.2f}"})
                 record = {"step": state.global_step, "epoch": epoch, "curriculum_alpha": alpha, **parts}
                 record["lr"] = optimizer.param_groups[0]["lr"]
+                record["images_per_second"] = batch_images / (time.perf_counter() - step_clock)
                 log_step(accelerator, output_dir, record, config.log_every_steps)
             state.global_step += 1
             state.step_in_epoch += 1
             if state.global_step % config.save_every_steps == 0 and accelerator.sync_gradients:
                 save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints, recipe)
+            step_clock = time.perf_counter()
 
         # ---- end of epoch: evaluate, keep the best, stop early
         train_seconds = time.perf_counter() - epoch_start
         metrics: dict[str, Any] = {}
         eval_start = time.perf_counter()
         if accelerator.is_main_process:
-            metrics, _ = evaluate_captioner(
+            metrics = evaluate_epoch(
                 unwrapped,
+                None if ema is None else ema.module,
                 eval_loader,
                 processor,
                 num_beams=config.eval_num_beams,
@@ -196,16 +220,23 @@ def train(config: TrainingConfig) -> Path:
             peak_memory_mb=peak_memory_mb(accelerator.device),
         )
         if config.schedule == "plateau":
-            scheduler.step(metrics["CIDEr"])
+            scheduler.step(metrics[SELECTION_METRIC])  # the trained weights' score: the schedule steers them
         state.history.append(metrics)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
-        improved = state.best_metric is None or metrics["CIDEr"] > state.best_metric
-        if improved:
-            state.best_metric, state.best_epoch, state.epochs_without_improvement = metrics["CIDEr"], epoch + 1, 0
+        weights, score = selected_weights(metrics, SELECTION_METRIC)
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric, state.best_epoch, state.best_weights = score, epoch + 1, weights
+            state.epochs_without_improvement = 0
             if accelerator.is_main_process:
-                save_model_folder(unwrapped, processor, config, output_dir / MODEL_DIR, state)
+                best = ema.module if weights == EMA else unwrapped
+                save_model_folder(best, processor, config, output_dir / MODEL_DIR, state, weights)
         else:
             state.epochs_without_improvement += 1
+        ema_score = metrics.get(EMA_PREFIX + SELECTION_METRIC)
+        if ema_score is not None and (state.best_ema_metric is None or ema_score > state.best_ema_metric):
+            state.best_ema_metric = ema_score
+            if accelerator.is_main_process:
+                save_model_folder(ema.module, processor, config, output_dir / EMA_MODEL_DIR, state, EMA)
         logger.info("epoch %d: %s", epoch + 1, json.dumps(metrics))
         if show_progress:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -222,6 +253,7 @@ def train(config: TrainingConfig) -> Path:
         summary = {
             "best_epoch": state.best_epoch,
             "best": state.history[state.best_epoch - 1] if state.best_epoch else None,
+            "best_weights": state.best_weights,
             "history": state.history,
             "skipped_train_samples": skipped,
             "skipped_eval_samples": eval_report.counts,
@@ -244,6 +276,8 @@ def training_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch and its parts (as floats, for logging)."""
     inputs = model_inputs(batch)
+    if config.channels_last:
+        inputs = {name: to_channels_last(tensor) for name, tensor in inputs.items()}
     if config.phase == "xe":
         output = model(**inputs, curriculum_alpha=alpha)
         parts = {"loss": output.loss, "caption_loss": output.caption_loss}
@@ -262,6 +296,52 @@ def training_loss(
         config.max_caption_tokens,
     )
     return loss, {"loss": float(loss.detach()), "reward": mean_reward}
+
+
+def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A batch of images (4-D) in channels_last memory format; other tensors as they are."""
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+
+
+def training_loader(dataset: CaptionImageDataset, collator: CaptionBatchCollator, config: TrainingConfig) -> DataLoader:
+    """The training batches: a seeded per-epoch permutation (`EpochShuffleSampler`), `num_workers` loading processes.
+
+    The workers are not persistent: a worker holds the copy of the dataset made when an epoch's iteration starts,
+    and only a new copy sees the epoch that `set_epoch` gave the dataset (its degradations and caption picks);
+    starting them again costs about a second an epoch.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=EpochShuffleSampler(len(dataset), config.seed),
+        collate_fn=collator,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why `torch.compile` cannot run here, or None: dynamo unsupported (this Python or platform), or, on a CPU,
+    no C++ compiler for inductor's kernels (`$CXX`, else g++ / clang++ on macOS)."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} does not support torch.compile on Python {sys.version.split()[0]} here"
+    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if device.type == "cpu" and shutil.which(compiler) is None:
+        return f"inductor compiles CPU kernels with a C++ compiler and {compiler!r} is not installed (set $CXX)"
+    return None
+
+
+def compile_encoder(model: SoliForConditionalGeneration) -> bool:
+    """`torch.compile` the encoder in place (`nn.Module.compile`: the parameter names, checkpoints and saved folders
+    stay as they are); the LSTM decoder's step loop stays eager (its length varies with every batch). Returns
+    False, with a warning saying why, where compile is unavailable: the run goes on eagerly."""
+    reason = compile_unavailable_reason(model.device)
+    if reason is not None:
+        logger.warning("torch_compile: %s; training without compiling", reason)
+        return False
+    model.get_encoder().compile()
+    return True
 
 
 def set_backbone_trainable(model: SoliForConditionalGeneration, trainable: bool) -> None:
@@ -322,15 +402,17 @@ def save_model_folder(
     config: TrainingConfig,
     folder: Path,
     state: TrainerState,
+    weights: str = RAW,
 ) -> None:
     """Write the loadable model folder atomically: weights, code, processor, tokenizer, generation config, the
-    recipe and the metrics so far."""
+    recipe and the metrics so far (`best`: this epoch's, whose `weights` -- `raw` or `ema` -- these are)."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-        metrics = {"best_epoch": state.best_epoch, "best": state.history[-1], "history": state.history}
+        best = state.history[-1]
+        metrics = {"best_epoch": best["epoch"], "best": best, "best_weights": weights, "history": state.history}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
     with disk_full_as_oserror("the model folder", folder, "free space, then resume with --resume true"):

@@ -9,13 +9,15 @@ from typing import Any
 
 from ..bench.markdown import markdown_table
 from ..bench.plots import saved_figure
+from .ema import EMA, EMA_PREFIX, RAW, metrics_of
 
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward")
 EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")
 
 
 def plot_training_curves(step_log: Path, history: list[dict[str, Any]], out: Path) -> None:
-    """Left: the step losses (smoothed); right: dev CIDEr-D, BLEU-4 and validation loss per epoch."""
+    """Left: the step losses (smoothed); right: dev CIDEr-D, BLEU-4 and validation loss per epoch (and those of the
+    EMA weights, dashed, when the run kept an EMA)."""
     records = [json.loads(line) for line in step_log.read_text(encoding="utf-8").splitlines() if line.strip()]
     with saved_figure(out, 1, 2, figsize=(11, 4)) as (left, right):
         for key in LOSS_KEYS:
@@ -26,9 +28,10 @@ def plot_training_curves(step_log: Path, history: list[dict[str, Any]], out: Pat
         left.set(xlabel="step", title="training (EMA 0.9)")
         left.legend()
         epochs = [entry["epoch"] for entry in history]
-        for key in EPOCH_KEYS:
+        for key in (*EPOCH_KEYS, *(EMA_PREFIX + key for key in EPOCH_KEYS)):
             if history and key in history[0]:
-                right.plot(epochs, [entry[key] for entry in history], marker="o", label=key)
+                style = "--" if key.startswith(EMA_PREFIX) else "-"
+                right.plot(epochs, [entry[key] for entry in history], style, marker="o", label=key)
         right.set(xlabel="epoch", title="dev split (greedy)")
         right.legend()
 
@@ -45,14 +48,17 @@ SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "val_loss")
 
 
 def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
-    """From a run's `metrics.json`: best epoch and its dev metrics, epochs run, median training throughput
-    (images/s, data pipeline included) and peak memory."""
+    """From a run's `metrics.json`: best epoch and the dev metrics of its selected weights (the trained ones, or the
+    EMA's: `best_weights`), epochs run, median training throughput (images/s, data pipeline included) and peak
+    memory."""
     history = metrics["history"]
+    best = metrics_of(metrics["best"], metrics.get("best_weights") or RAW)
     speeds = sorted(entry["train_images_per_second"] for entry in history)
     return {
         "epochs_run": len(history),
         "best_epoch": metrics["best_epoch"],
-        "dev_greedy": {key: metrics["best"][key] for key in SUMMARY_METRICS if key in metrics["best"]},
+        "best_weights": metrics.get("best_weights") or RAW,
+        "dev_greedy": {key: best[key] for key in SUMMARY_METRICS if key in best},
         "train_images_per_second": speeds[len(speeds) // 2],
         "peak_memory_mb": max(entry["peak_memory_mb"] for entry in history),
     }
@@ -83,7 +89,7 @@ def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
             run["run"],
             run["model_variant"],
             run["phase"],
-            f"{run['best_epoch']}/{run['epochs_run']}",
+            f"{run['best_epoch']}/{run['epochs_run']}" + (" (EMA)" if run["best_weights"] == EMA else ""),
             *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
             f"{run['train_images_per_second']:.1f}",
             f"{run['peak_memory_mb']:.0f}",
