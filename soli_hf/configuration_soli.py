@@ -57,6 +57,23 @@ class SoliConfig(PretrainedConfig):
             Weight of the L1 super-resolution loss in the total loss (used when `hr_pixel_values` is given).
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the caption cross-entropy.
+        distillation_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the high-resolution teacher distillation loss: each branch's pooled backbone grid (before the
+            projection to `hidden_size`) is pulled towards a frozen teacher's grid of the full-resolution photo
+            (`teacher_features` in `forward`), as the mean over grid cells of 1 - cosine similarity. 0 turns it off
+            (no teacher input needed).
+        num_tags (`int`, *optional*, defaults to 0):
+            Size of the semantic tag vocabulary (the most frequent content words of the training captions): a
+            multi-label head on the pooled image memory predicts which of them an image's references contain,
+            trained with binary cross-entropy against `tag_labels`. 0 turns tags off (no head).
+        tag_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the tag loss in the total loss (used when `num_tags > 0` and `tag_labels` is given).
+        tag_words (`list[str]`, *optional*):
+            The `num_tags` words the tag head predicts, in order, saved with the model so that it knows its tags.
+        tags_in_memory (`bool`, *optional*, defaults to `False`):
+            Append one token to the decoder's attention memory: the mean of a learned tag-embedding table weighted
+            by the predicted tag probabilities. The tag head then runs at inference too; with `False` it is a
+            training-only head, like the contrastive head.
         use_sr_branch (`bool`, *optional*, defaults to `True`):
             `True` is SOLI. `False` is the baseline captioner of the same recipe: the LR branch alone, with no
             super-resolution module, no contrastive head and no SR or contrastive loss (`inference_branches` must
@@ -92,6 +109,11 @@ class SoliConfig(PretrainedConfig):
         contrastive_weight: float = 0.1,
         sr_loss_weight: float = 1.0,
         label_smoothing: float = 0.0,
+        distillation_weight: float = 0.0,
+        num_tags: int = 0,
+        tag_loss_weight: float = 1.0,
+        tag_words: list[str] | None = None,
+        tags_in_memory: bool = False,
         use_sr_branch: bool = True,
         inference_branches: str | None = None,
         freeze_backbone_batch_norm: bool = True,
@@ -115,6 +137,13 @@ class SoliConfig(PretrainedConfig):
             raise ValueError("a model without the SR branch (use_sr_branch=False) can only use inference_branches='lr'")
         if sr_scale < 1:
             raise ValueError(f"sr_scale must be a positive integer, got {sr_scale!r}")
+        if num_tags < 0:
+            raise ValueError(f"num_tags must be >= 0 (0: no tags), got {num_tags!r}")
+        tag_words = list(tag_words) if tag_words is not None else []
+        if tag_words and len(tag_words) != num_tags:
+            raise ValueError(f"tag_words must hold num_tags={num_tags} words, got {len(tag_words)}")
+        if tags_in_memory and num_tags < 1:
+            raise ValueError("tags_in_memory needs a tag head: set num_tags > 0")
         self.image_size = image_size
         self.sr_scale = sr_scale
         self.sr_hidden_channels = sr_hidden_channels
@@ -128,6 +157,11 @@ class SoliConfig(PretrainedConfig):
         self.contrastive_weight = contrastive_weight
         self.sr_loss_weight = sr_loss_weight
         self.label_smoothing = label_smoothing
+        self.distillation_weight = distillation_weight
+        self.num_tags = num_tags
+        self.tag_loss_weight = tag_loss_weight
+        self.tag_words = tag_words
+        self.tags_in_memory = tags_in_memory
         self.use_sr_branch = use_sr_branch
         self.inference_branches = inference_branches
         self.freeze_backbone_batch_norm = freeze_backbone_batch_norm

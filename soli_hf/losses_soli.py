@@ -1,4 +1,5 @@
-"""The three training losses of SOLI: caption cross-entropy, branch-contrastive InfoNCE, SR reconstruction."""
+"""The training losses of SOLI: caption cross-entropy, branch-contrastive InfoNCE, SR reconstruction, and the two
+optional ones: high-resolution teacher distillation and semantic tags."""
 
 from __future__ import annotations
 
@@ -38,3 +39,24 @@ def super_resolution_l1(sr_pixel_values: torch.Tensor, hr_pixel_values: torch.Te
             "(image_size * sr_scale)"
         )
     return F.l1_loss(sr_pixel_values.float(), hr_pixel_values.float())
+
+
+def teacher_distillation(student_grids: list[torch.Tensor], teacher_features: torch.Tensor) -> torch.Tensor:
+    """Mean over grid cells of 1 - cosine similarity between each student grid and the teacher's, averaged over the
+    student grids (the branches present). All grids are (batch, cells, channels)."""
+    for grid in student_grids:
+        if grid.shape != teacher_features.shape:
+            raise ValueError(
+                f"teacher_features has shape {tuple(teacher_features.shape)}, expected {tuple(grid.shape)} "
+                "(batch, grid_size**2, backbone channels)"
+            )
+    teacher = teacher_features.float()
+    losses = [(1.0 - F.cosine_similarity(grid.float(), teacher, dim=-1)).mean() for grid in student_grids]
+    return torch.stack(losses).mean()
+
+
+def tag_binary_cross_entropy(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label binary cross-entropy of the tag head, averaged over images and tags."""
+    if tag_logits.shape != tag_labels.shape:
+        raise ValueError(f"tag_labels has shape {tuple(tag_labels.shape)}, expected {tuple(tag_logits.shape)}")
+    return F.binary_cross_entropy_with_logits(tag_logits.float(), tag_labels.float())

@@ -1,8 +1,8 @@
 """SOLI: super-resolution + siamese MobileNetV2 encoder + attention LSTM decoder (see DESIGN.md, "The method").
 
-Reading order: the super-resolution module, the siamese encoder (both branches, one backbone), the additive
-attention and the LSTM decoder, then `SoliForConditionalGeneration`, which adds the losses and plugs the
-decoder's LSTM state into transformers' `generate()` as its "cache".
+Reading order: the super-resolution module, the semantic tag head, the siamese encoder (both branches, one
+backbone), the additive attention and the LSTM decoder, then `SoliForConditionalGeneration`, which adds the losses
+and plugs the decoder's LSTM state into transformers' `generate()` as its "cache".
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_soli import SoliConfig
-from .losses_soli import IGNORE_INDEX, caption_cross_entropy, super_resolution_l1, symmetric_info_nce
+from .losses_soli import (
+    IGNORE_INDEX,
+    caption_cross_entropy,
+    super_resolution_l1,
+    symmetric_info_nce,
+    tag_binary_cross_entropy,
+    teacher_distillation,
+)
 
 _AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForImageTextToText")
 DEFAULT_MAX_NEW_TOKENS = 24  # Flickr8k captions: 10.8 words on average, 99% have at most 22
@@ -36,9 +43,10 @@ class SoliEncoderOutput(ModelOutput):
     Output of the siamese encoder.
 
     Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch, grid_size**2, hidden_size)`):
-            The attention memory M: the LR grid, or the average of the LR and SR grids.
-        attention_keys (`torch.FloatTensor` of shape `(batch, grid_size**2, attention_size)`):
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, cells, hidden_size)`):
+            The attention memory M: the LR grid, or the average of the LR and SR grids (`cells = grid_size**2`),
+            followed by the tag token with `tags_in_memory` (`cells = grid_size**2 + 1`).
+        attention_keys (`torch.FloatTensor` of shape `(batch, cells, attention_size)`):
             M projected into the additive-attention space, computed once per image.
         lr_image_embeds (`torch.FloatTensor` of shape `(batch, hidden_size)`):
             Mean-pooled embedding of the LR branch.
@@ -46,6 +54,10 @@ class SoliEncoderOutput(ModelOutput):
             Mean-pooled embedding of the SR branch (absent with `inference_branches="lr"` at inference).
         sr_pixel_values (`torch.FloatTensor` of shape `(batch, 3, H*r, W*r)`, *optional*):
             Output of the super-resolution module.
+        lr_backbone_grid / sr_backbone_grid (`torch.FloatTensor` of shape `(batch, grid_size**2, channels)`,
+            *optional*): each branch's pooled backbone grid before the projection (with `output_backbone_grids`).
+        tag_logits (`torch.FloatTensor` of shape `(batch, num_tags)`, *optional*):
+            The tag head's logits (with `output_tag_logits`, or always with `tags_in_memory`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -53,6 +65,9 @@ class SoliEncoderOutput(ModelOutput):
     lr_image_embeds: torch.FloatTensor | None = None
     sr_image_embeds: torch.FloatTensor | None = None
     sr_pixel_values: torch.FloatTensor | None = None
+    lr_backbone_grid: torch.FloatTensor | None = None
+    sr_backbone_grid: torch.FloatTensor | None = None
+    tag_logits: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -61,17 +76,22 @@ class SoliCaptioningOutput(ModelOutput):
     Output of [`SoliForConditionalGeneration`].
 
     Args:
-        loss (`torch.FloatTensor`, *optional*): total loss,
-            `caption_loss + contrastive_weight * contrastive_loss + sr_loss_weight * sr_loss` (when `labels` given).
+        loss (`torch.FloatTensor`, *optional*): total loss (when `labels` given), `caption_loss +
+            contrastive_weight * contrastive_loss + sr_loss_weight * sr_loss + distillation_weight *
+            distillation_loss + tag_loss_weight * tag_loss`, over the parts present.
         logits (`torch.FloatTensor` of shape `(batch, seq_len, vocab_size)`): `logits[:, t]` predicts token t+1.
-        caption_loss / contrastive_loss / sr_loss (`torch.FloatTensor`, *optional*): the loss parts, each present
-            when its inputs are (labels; both branches and batch > 1; `hr_pixel_values`).
+        caption_loss / contrastive_loss / sr_loss / distillation_loss / tag_loss (`torch.FloatTensor`,
+            *optional*): the loss parts, each present when its inputs are (labels; both branches and batch > 1;
+            `hr_pixel_values`; `teacher_features` and `distillation_weight > 0`; `tag_labels`, a tag head and
+            `tag_loss_weight > 0`).
         past_key_values (`SoliDecoderState`, *optional*): the LSTM state after the last token, for `generate()`.
         lr_image_embeds / sr_image_embeds (`torch.FloatTensor`): pooled embeddings of the two branches.
         sr_pixel_values (`torch.FloatTensor`, *optional*): the super-resolved image.
         encoder_last_hidden_state (`torch.FloatTensor`): the attention memory.
-        attentions (`torch.FloatTensor` of shape `(batch, seq_len, grid_size**2)`, *optional*): attention weights
+        attentions (`torch.FloatTensor` of shape `(batch, seq_len, cells)`, *optional*): attention weights
             of each decoding step (with `output_attentions=True`).
+        tag_logits (`torch.FloatTensor` of shape `(batch, num_tags)`, *optional*): the tag head's logits, per image
+            (when the model has a tag head and encoded the images itself).
     """
 
     loss: torch.FloatTensor | None = None
@@ -79,12 +99,15 @@ class SoliCaptioningOutput(ModelOutput):
     caption_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     sr_loss: torch.FloatTensor | None = None
+    distillation_loss: torch.FloatTensor | None = None
+    tag_loss: torch.FloatTensor | None = None
     past_key_values: SoliDecoderState | None = None
     lr_image_embeds: torch.FloatTensor | None = None
     sr_image_embeds: torch.FloatTensor | None = None
     sr_pixel_values: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
     attentions: torch.FloatTensor | None = None
+    tag_logits: torch.FloatTensor | None = None
 
 
 class SoliDecoderState:
@@ -154,6 +177,33 @@ class SoliSuperResolution(nn.Module):
         return upsampled + self.shuffle(self.to_subpixels(self.body(pixel_values))), upsampled
 
 
+def projection_head(in_features: int, hidden_features: int, out_features: int) -> nn.Sequential:
+    """Linear -> ReLU -> Linear: the small MLP of the contrastive and tag heads."""
+    return nn.Sequential(nn.Linear(in_features, hidden_features), nn.ReLU(), nn.Linear(hidden_features, out_features))
+
+
+class SoliSemanticTags(nn.Module):
+    """Multi-label head over the `num_tags` tag words, on the mean of the image memory. With `tags_in_memory` it
+    also holds a learned embedding per tag; their mean, weighted by the predicted tag probabilities, is one more
+    memory token for the decoder to attend to."""
+
+    def __init__(self, config: SoliConfig) -> None:
+        super().__init__()
+        self.classifier = projection_head(config.hidden_size, config.hidden_size, config.num_tags)
+        self.embeddings = nn.Embedding(config.num_tags, config.hidden_size) if config.tags_in_memory else None
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        """Tag logits (batch, num_tags) of the memory grid (batch, cells, hidden_size)."""
+        return self.classifier(memory.mean(dim=1))
+
+    def memory_token(self, tag_logits: torch.Tensor) -> torch.Tensor:
+        """The probability-weighted mean of the tag embeddings: (batch, 1, hidden_size)."""
+        probabilities = tag_logits.sigmoid()
+        # A weighted mean, not a sum, keeps the token's scale independent of how many tags an image seems to have.
+        weights = probabilities / probabilities.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+        return (weights @ self.embeddings.weight).unsqueeze(1)
+
+
 class SoliSiameseEncoder(nn.Module):
     """One MobileNetV2 applied to the LR image and to its super-resolved copy; the two grids are averaged."""
 
@@ -167,12 +217,17 @@ class SoliSiameseEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(config.grid_size)
         self.projection = nn.Linear(self.backbone.conv_1x1.convolution.out_channels, config.hidden_size)
         self.attention_keys = nn.Linear(config.hidden_size, config.attention_size)
+        self.tags = SoliSemanticTags(config) if config.num_tags > 0 else None
+
+    def backbone_grid(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Backbone -> average pool to grid x grid: (batch, grid**2, channels), what distillation compares with the
+        teacher's grid."""
+        features = self.backbone(pixel_values, return_dict=True).last_hidden_state
+        return self.pool(features).flatten(2).transpose(1, 2)
 
     def encode_branch(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone -> average pool to grid x grid -> project: (batch, grid**2, hidden_size)."""
-        features = self.backbone(pixel_values, return_dict=True).last_hidden_state
-        grid = self.pool(features).flatten(2).transpose(1, 2)
-        return self.projection(grid)
+        return self.projection(self.backbone_grid(pixel_values))
 
     def uses_both_branches(self) -> bool:
         """Training uses both branches (when the model has the SR branch); inference follows
@@ -186,27 +241,43 @@ class SoliSiameseEncoder(nn.Module):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_backbone_grids: bool = False,
+        output_tag_logits: bool = False,
     ) -> SoliEncoderOutput:
-        """Encode LR pixels. `curriculum_alpha` blends branch B's input from bicubic (0) to super-resolved (1)."""
+        """Encode LR pixels. `curriculum_alpha` blends branch B's input from bicubic (0) to super-resolved (1).
+
+        `output_backbone_grids` and `output_tag_logits` add what the training-only losses need; they are off by
+        default so that `generate()` and the ONNX encoder compute nothing else (the tag head still runs, and adds
+        its token to the memory, with `tags_in_memory`)."""
         if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {shape}")
-        lr_grid = self.encode_branch(pixel_values)
-        sr_grid = sr_pixel_values = None
+        lr_backbone_grid = self.backbone_grid(pixel_values)
+        lr_grid = self.projection(lr_backbone_grid)
+        sr_backbone_grid = sr_grid = sr_pixel_values = None
         if self.uses_both_branches():
             alpha = 1.0 if curriculum_alpha is None else float(curriculum_alpha)
             if not 0.0 <= alpha <= 1.0:
                 raise ValueError(f"curriculum_alpha must be in [0, 1], got {alpha}")
             sr_pixel_values, upsampled = self.super_resolution(pixel_values)
             branch_b = sr_pixel_values if alpha == 1.0 else alpha * sr_pixel_values + (1.0 - alpha) * upsampled
-            sr_grid = self.encode_branch(branch_b)
+            sr_backbone_grid = self.backbone_grid(branch_b)
+            sr_grid = self.projection(sr_backbone_grid)
         memory = lr_grid if sr_grid is None else 0.5 * (lr_grid + sr_grid)
+        tag_logits = None
+        if self.tags is not None and (output_tag_logits or self.config.tags_in_memory):
+            tag_logits = self.tags(memory)
+            if self.config.tags_in_memory:
+                memory = torch.cat([memory, self.tags.memory_token(tag_logits)], dim=1)
         return SoliEncoderOutput(
             last_hidden_state=memory,
             attention_keys=self.attention_keys(memory),
             lr_image_embeds=lr_grid.mean(dim=1),
             sr_image_embeds=None if sr_grid is None else sr_grid.mean(dim=1),
             sr_pixel_values=sr_pixel_values,
+            lr_backbone_grid=lr_backbone_grid if output_backbone_grids else None,
+            sr_backbone_grid=sr_backbone_grid if output_backbone_grids else None,
+            tag_logits=tag_logits,
         )
 
 
@@ -321,11 +392,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         self.encoder = SoliSiameseEncoder(config)
         self.decoder = SoliAttentionDecoder(config)
         self.contrastive_head = (
-            nn.Sequential(
-                nn.Linear(config.hidden_size, config.hidden_size),
-                nn.ReLU(),
-                nn.Linear(config.hidden_size, config.projection_dim),
-            )
+            projection_head(config.hidden_size, config.hidden_size, config.projection_dim)
             if config.use_sr_branch
             else None
         )
@@ -392,6 +459,8 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         hr_pixel_values: torch.FloatTensor | None = None,
         curriculum_alpha: float | None = None,
+        teacher_features: torch.FloatTensor | None = None,
+        tag_labels: torch.FloatTensor | None = None,
         encoder_outputs: SoliEncoderOutput | None = None,
         past_key_values: SoliDecoderState | None = None,
         use_cache: bool | None = None,
@@ -417,6 +486,12 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
                 The real higher-resolution image (`image_size * sr_scale`), target of the SR loss.
             curriculum_alpha (`float`, *optional*, defaults to 1.0):
                 What branch B sees: 0 = bicubic upsample of the LR image, 1 = the SR output, a blend between.
+            teacher_features (`torch.FloatTensor` of shape `(batch, grid_size**2, channels)`, *optional*):
+                A frozen high-resolution teacher's pooled feature grid of each image (one row per image), target of
+                the distillation loss (computed when `config.distillation_weight > 0`).
+            tag_labels (`torch.FloatTensor` of shape `(batch, num_tags)`, *optional*):
+                Multi-hot targets of the tag head (one row per image): 1 where the image's references contain
+                the tag word.
             encoder_outputs / past_key_values / use_cache:
                 Used by `generate()`: reuse the encoded images, continue from the LSTM state, and return the
                 new state (only when `use_cache=True`).
@@ -425,10 +500,16 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             raise ValueError("SoliForConditionalGeneration.forward needs `input_ids` or `labels` (caption tokens)")
         if input_ids is None:
             input_ids = labels.masked_fill(labels == IGNORE_INDEX, self.config.pad_token_id)
+        distill = teacher_features is not None and self.config.distillation_weight > 0
         if encoder_outputs is None:
             if pixel_values is None:
                 raise ValueError("SoliForConditionalGeneration.forward needs `pixel_values` or `encoder_outputs`")
-            encoder_outputs = self.encoder(pixel_values, curriculum_alpha=curriculum_alpha)
+            encoder_outputs = self.encoder(
+                pixel_values,
+                curriculum_alpha=curriculum_alpha,
+                output_backbone_grids=distill,
+                output_tag_logits=self.encoder.tags is not None,
+            )
         memory, keys = _repeat_per_caption(
             (encoder_outputs.last_hidden_state, encoder_outputs.attention_keys), input_ids.shape[0]
         )
@@ -438,7 +519,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             state, seen_tokens = (past_key_values.hidden, past_key_values.cell), past_key_values.seen_tokens
         logits, (hidden, cell), attention_weights = self.decoder(input_ids, memory, keys, state)
 
-        caption_loss = contrastive_loss = sr_loss = loss = None
+        caption_loss = contrastive_loss = sr_loss = distillation_loss = tag_loss = loss = None
         if labels is not None:
             if attention_mask is not None:
                 labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
@@ -451,12 +532,21 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             )
         if hr_pixel_values is not None and encoder_outputs.sr_pixel_values is not None:
             sr_loss = super_resolution_l1(encoder_outputs.sr_pixel_values, hr_pixel_values)
+        if distill and encoder_outputs.lr_backbone_grid is not None:
+            grids = [encoder_outputs.lr_backbone_grid, encoder_outputs.sr_backbone_grid]
+            distillation_loss = teacher_distillation([grid for grid in grids if grid is not None], teacher_features)
+        if tag_labels is not None and encoder_outputs.tag_logits is not None and self.config.tag_loss_weight > 0:
+            tag_loss = tag_binary_cross_entropy(encoder_outputs.tag_logits, tag_labels)
         if caption_loss is not None:
             loss = caption_loss
-            if contrastive_loss is not None:
-                loss = loss + self.config.contrastive_weight * contrastive_loss
-            if sr_loss is not None:
-                loss = loss + self.config.sr_loss_weight * sr_loss
+            for part, weight in (
+                (contrastive_loss, self.config.contrastive_weight),
+                (sr_loss, self.config.sr_loss_weight),
+                (distillation_loss, self.config.distillation_weight),
+                (tag_loss, self.config.tag_loss_weight),
+            ):
+                if part is not None:
+                    loss = loss + weight * part
 
         return SoliCaptioningOutput(
             loss=loss,
@@ -464,12 +554,15 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             caption_loss=caption_loss,
             contrastive_loss=contrastive_loss,
             sr_loss=sr_loss,
+            distillation_loss=distillation_loss,
+            tag_loss=tag_loss,
             past_key_values=SoliDecoderState(hidden, cell, seen_tokens + input_ids.shape[1]) if use_cache else None,
             lr_image_embeds=encoder_outputs.lr_image_embeds,
             sr_image_embeds=encoder_outputs.sr_image_embeds,
             sr_pixel_values=encoder_outputs.sr_pixel_values,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             attentions=attention_weights if output_attentions else None,
+            tag_logits=encoder_outputs.tag_logits,
         )
 
     def prepare_inputs_for_generation(

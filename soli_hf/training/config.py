@@ -41,6 +41,7 @@ CHANGEABLE_ON_RESUME = frozenset(
         "eval_batch_size",  # evaluation batches; the captions are the same
         "save_every_steps",
         "keep_checkpoints",  # checkpoints
+        "teacher_cache_dir",  # a cache: the same features wherever it is
         "channels_last",  # memory layout and compilation: the same model, up to float rounding
         "torch_compile",
     }
@@ -87,6 +88,23 @@ class TrainingConfig:
     contrastive_weight: float | None = None
     sr_loss_weight: float | None = None
     label_smoothing: float | None = None
+    # --- optional losses (GitHub issue 15); `None` keeps the model's own value, which is off for a new model
+    distillation_weight: float | None = field(
+        default=None, metadata={"help": "weight of the high-resolution teacher distillation loss; 0: off"}
+    )
+    teacher: str = field(
+        default="../shared/weights/mobilenet_v2_1.0_224", metadata={"help": "frozen MobileNetV2 folder (distillation)"}
+    )
+    teacher_cache_dir: str = field(
+        default=".cache/teacher", metadata={"help": "where the teacher's features of the training images are cached"}
+    )
+    num_tags: int = field(
+        default=0, metadata={"help": "semantic tags: the most frequent content words of the training captions; 0: off"}
+    )
+    tag_loss_weight: float | None = field(default=None, metadata={"help": "weight of the tag loss (model: 1.0)"})
+    tags_in_memory: bool = field(
+        default=False, metadata={"help": "append a tag-probability-weighted tag embedding to the decoder's memory"}
+    )
     # --- optimisation
     phase: str = field(default="xe", metadata={"help": "xe (cross-entropy) or scst (self-critical, CIDEr-D)"})
     num_epochs: int = 8
@@ -180,6 +198,9 @@ _NON_NEGATIVE = (
     "degradation_ramp_epochs",
     "contrastive_weight",
     "sr_loss_weight",
+    "distillation_weight",
+    "num_tags",
+    "tag_loss_weight",
     "backbone_learning_rate",  # 0 keeps the backbone as it is (configs/flickr8k_cpu_scst.yaml)
     "weight_decay",
     "warmup_steps",
@@ -189,7 +210,18 @@ _NON_NEGATIVE = (
     "curriculum_epochs",
     "seed",
 )
-_NON_EMPTY = ("data", "train_split", "eval_split", "backbone", "model_config", "init_from", "tokenizer", "output_dir")
+_NON_EMPTY = (
+    "data",
+    "train_split",
+    "eval_split",
+    "backbone",
+    "model_config",
+    "init_from",
+    "tokenizer",
+    "output_dir",
+    "teacher",
+    "teacher_cache_dir",
+)
 JPEG_QUALITY = (1, 95)  # the range pillow's JPEG encoder documents
 
 
@@ -265,6 +297,8 @@ def _check_combinations(config: TrainingConfig) -> None:
         raise ValueError("phase scst fine-tunes a cross-entropy model: give --init_from MODEL_DIR")
     if config.phase == "scst" and config.scst_baseline == "mean" and config.scst_samples < 2:
         raise ValueError(f"the mean-of-samples SCST baseline needs scst_samples >= 2, got {config.scst_samples}")
+    if config.tags_in_memory and config.num_tags == 0 and config.init_from is None:
+        raise ValueError("tags_in_memory needs a tag head: give --num_tags N (e.g. 300)")
     if config.resume and config.overwrite_output_dir:
         raise ValueError("give --resume true (continue the run in output_dir) or --overwrite_output_dir true, not both")
 

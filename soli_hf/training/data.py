@@ -1,4 +1,5 @@
-"""Training and evaluation batches: dataset rows -> LR/HR pixels (SoliImageProcessor) + caption tokens.
+"""Training and evaluation batches: dataset rows -> LR/HR pixels (SoliImageProcessor) + caption tokens, and the
+per-image targets of the optional losses (teacher features, tag labels).
 
 Randomness is a pure function of (seed, epoch, row): the degradation a sample gets and which captions are drawn
 do not depend on worker processes, batch order or restarts, which is what makes resuming exact.
@@ -17,8 +18,11 @@ from datasets import Dataset, Image
 from torch.utils.data import Sampler
 
 from ..data import safe_load_image
+from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
 from .config import TrainingConfig
+from .tags import tag_targets
+from .teacher import TeacherFeatures, load_or_compute_teacher_features
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +136,81 @@ def choose_captions(captions: Sequence[str], count: int, rng: np.random.Generato
     return [captions[i] for i in picks]
 
 
+@dataclass(frozen=True)
+class TrainingTargets:
+    """Per-image targets of the optional losses, looked up by image id: the teacher's feature grids (distillation)
+    and the multi-hot tag labels (semantic tags); either may be None when its loss is off."""
+
+    teacher_features: TeacherFeatures | None
+    tag_labels: dict[str, np.ndarray] | None
+
+    def batch_inputs(self, image_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`teacher_features` (images, grid_size**2, channels) and `tag_labels` (images, num_tags) of a batch's
+        images, one row per image like `pixel_values` (the model repeats nothing: these losses are per image)."""
+        inputs = {}
+        if self.teacher_features is not None:
+            inputs["teacher_features"] = self.teacher_features.lookup(image_ids)
+        if self.tag_labels is not None:
+            inputs["tag_labels"] = torch.from_numpy(np.stack([self.tag_labels[image_id] for image_id in image_ids]))
+        return inputs
+
+
+def build_training_targets(
+    config: TrainingConfig,
+    rows: Dataset,
+    model: SoliForConditionalGeneration,
+    processor: SoliProcessor,
+    show_progress: bool = True,
+) -> TrainingTargets | None:
+    """The targets `model` trains with on `rows` (phase `xe`): the teacher's features (cached under
+    `teacher_cache_dir`) when `distillation_weight > 0`, the tag labels of `model.config.tag_words` when the model
+    has a tag head; None when neither loss is on.
+
+    Raises:
+        ValueError: when the teacher's channel count differs from the student backbone's.
+    """
+    model_config = model.config
+    distill = config.phase == "xe" and model_config.distillation_weight > 0
+    tags = config.phase == "xe" and model_config.num_tags > 0 and model_config.tag_loss_weight > 0
+    if not distill and not tags:
+        return None
+    teacher_features = None
+    if distill:
+        teacher_features = load_or_compute_teacher_features(
+            rows,
+            config.teacher,
+            model_config.grid_size,
+            config.teacher_cache_dir,
+            on_bad_sample=config.on_bad_sample,
+            show_progress=show_progress,
+        )
+        channels = model.encoder.projection.in_features
+        if teacher_features.channels != channels:
+            raise ValueError(
+                f"teacher {config.teacher} gives {teacher_features.channels} channels, the model's backbone "
+                f"{channels}: distillation needs the same architecture"
+            )
+    tag_labels = None
+    if tags:
+        tokenizer, words = processor.tokenizer, model_config.tag_words
+        tag_labels = {
+            image_id: tag_targets(tokenizer, references, words)
+            for image_id, references in zip(rows["image_id"], rows["captions"], strict=True)
+        }
+    return TrainingTargets(teacher_features, tag_labels)
+
+
 class CaptionBatchCollator:
     """Stacks samples into model inputs; captions are tokenised by the processor (`<bos> ... <eos>`, padded, labels
-    with the padding ignored)."""
+    with the padding ignored). With `targets`, each batch also holds its images' `teacher_features` and
+    `tag_labels`."""
 
-    def __init__(self, processor: SoliProcessor, max_caption_tokens: int) -> None:
+    def __init__(
+        self, processor: SoliProcessor, max_caption_tokens: int, targets: TrainingTargets | None = None
+    ) -> None:
         self.processor = processor
         self.max_length = max_caption_tokens + 2  # + <bos>, <eos>
+        self.targets = targets
         self.skipped_images = 0
 
     def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -158,6 +230,8 @@ class CaptionBatchCollator:
         }
         if kept[0]["hr_pixel_values"] is not None:
             batch["hr_pixel_values"] = torch.from_numpy(np.stack([sample["hr_pixel_values"] for sample in kept]))
+        if self.targets is not None:
+            batch |= self.targets.batch_inputs(batch["image_ids"])
         return batch
 
 
@@ -182,5 +256,13 @@ class EpochShuffleSampler(Sampler[int]):
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The tensors of a batch that `SoliForConditionalGeneration.forward` takes."""
-    names = ("pixel_values", "input_ids", "attention_mask", "labels", "hr_pixel_values")
+    names = (
+        "pixel_values",
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "hr_pixel_values",
+        "teacher_features",
+        "tag_labels",
+    )
     return {name: batch[name] for name in names if name in batch}

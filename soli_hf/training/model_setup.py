@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from ..processing_soli import SoliProcessor
 from ..storage import read_json
 from ..tokenization_soli import build_tokenizer
 from .config import TrainingConfig
+from .tags import build_tag_vocabulary
 
 Loaded = TypeVar("Loaded")
 # what transformers and safetensors raise for a folder or file that is missing, truncated or not what it should be
@@ -89,16 +90,48 @@ def build_processor(config: TrainingConfig, training_captions: Iterable[str]) ->
 
 
 def _loss_overrides(config: TrainingConfig) -> dict[str, Any]:
-    names = ("contrastive_weight", "sr_loss_weight", "label_smoothing")
+    names = ("contrastive_weight", "sr_loss_weight", "label_smoothing", "distillation_weight", "tag_loss_weight")
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
-def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForConditionalGeneration:
+def _tag_settings(
+    config: TrainingConfig, processor: SoliProcessor, training_references: Sequence[Sequence[str]] | None
+) -> dict[str, Any]:
+    """The tag head of a new model: `num_tags` words of the training references (`tags.build_tag_vocabulary`), or
+    nothing when `num_tags` is 0."""
+    if config.num_tags == 0:
+        return {}
+    if training_references is None:
+        raise ValueError("num_tags > 0: build_model needs the training references to choose the tag words")
+    tag_words = build_tag_vocabulary(processor.tokenizer, training_references, config.num_tags)
+    return {"num_tags": config.num_tags, "tag_words": tag_words, "tags_in_memory": config.tags_in_memory}
+
+
+def _check_init_from_tags(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
+    """A loaded model keeps its tag head; a recipe asking for another one is refused (the head cannot be resized)."""
+    asked = (config.num_tags, config.tags_in_memory)
+    if config.num_tags and asked != (model.config.num_tags, model.config.tags_in_memory):
+        raise ValueError(
+            f"init_from {config.init_from} has num_tags={model.config.num_tags}, tags_in_memory="
+            f"{model.config.tags_in_memory}; the recipe asks for num_tags={config.num_tags}, tags_in_memory="
+            f"{config.tags_in_memory} (leave num_tags at 0 to keep the model's tags)"
+        )
+
+
+def build_model(
+    config: TrainingConfig,
+    processor: SoliProcessor,
+    training_references: Sequence[Sequence[str]] | None = None,
+) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
-    to the tokenizer's vocabulary, and the architecture of `model_config` when given."""
+    to the tokenizer's vocabulary, and the architecture of `model_config` when given.
+
+    `training_references` (the captions of each training image) choose the tag words of a new model when the
+    recipe asks for tags (`num_tags > 0`)."""
     overrides = _loss_overrides(config)
     if config.init_from is not None:
         model = load_source("init_from", config.init_from, SoliForConditionalGeneration.from_pretrained)
+        _check_init_from_tags(config, model)
         for name, value in overrides.items():
             setattr(model.config, name, value)
         return model
@@ -110,6 +143,7 @@ def build_model(config: TrainingConfig, processor: SoliProcessor) -> SoliForCond
         "eos_token_id": tokenizer.eos_token_id,
         "use_sr_branch": config.model_variant == "soli",
         **overrides,
+        **_tag_settings(config, processor, training_references),
     }
     if config.model_config is not None:
         model = load_source("model_config", config.model_config, lambda path: _new_model(path, values))

@@ -1,0 +1,204 @@
+"""High-resolution teacher features for the distillation loss, computed once and cached on disk.
+
+A frozen MobileNetV2 (by default the ImageNet one the backbone starts from) sees each training photo at its own
+input size (224x224); its last feature map, average-pooled to the student's `grid_size`, is the target that the LR
+and SR branches' backbone grids are pulled towards (`losses_soli.teacher_distillation`).
+
+The cache is one folder per teacher, grid size and list of images under `cache_dir`: `features.safetensors`
+((num_images, grid_size**2, channels) float16) and `key.json`. The key holds a fingerprint of the teacher's files
+(their content) and of the image files (path, size and modification time of each), so a changed image or teacher
+makes the folder stale and it is recomputed; the folder is written atomically, so a kill never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, Image
+from PIL import Image as PILImage
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import MobileNetV2Model
+
+from ..data import safe_load_image
+from ..storage import read_json, write_folder_atomically
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+FEATURES_FILE = "features.safetensors"
+KEY_FILE = "key.json"
+#: The teacher folder's files whose content decides its features (weights, architecture, pixel normalisation).
+_TEACHER_FILE_PATTERNS = ("*.safetensors", "config.json", "preprocessor_config.json")
+
+
+class TeacherFeatures:
+    """The teacher grids of a list of images, looked up by image id."""
+
+    def __init__(self, image_ids: list[str], features: torch.Tensor) -> None:
+        """`features[i]` (grid_size**2, channels), float16, is the grid of `image_ids[i]`."""
+        self.image_ids = image_ids
+        self.features = features
+        self._rows = {image_id: row for row, image_id in enumerate(image_ids)}
+
+    @property
+    def channels(self) -> int:
+        """Channel count of the teacher's feature map."""
+        return self.features.shape[-1]
+
+    def lookup(self, image_ids: Sequence[str]) -> torch.Tensor:
+        """The grids of `image_ids`, in order, as float32 (len(image_ids), grid_size**2, channels)."""
+        rows = torch.tensor([self._rows[image_id] for image_id in image_ids], dtype=torch.long)
+        return self.features.index_select(0, rows).float()
+
+
+def load_or_compute_teacher_features(
+    rows: Dataset,
+    teacher: str,
+    grid_size: int,
+    cache_dir: str | Path,
+    batch_size: int = 64,
+    on_bad_sample: str = "skip",
+    show_progress: bool = True,
+) -> TeacherFeatures:
+    """The teacher grids of every row's image: from the cache when its key matches, else computed (batched, under
+    `torch.no_grad`, with a progress bar) and cached.
+
+    Args:
+        rows: a caption dataset (`image_id`, `image`) as `soli_hf.data.load_caption_dataset` returns it.
+        teacher: a local MobileNetV2 folder (transformers format).
+        grid_size: the student's grid; the teacher's feature map is average-pooled to it.
+        cache_dir: where cache folders live.
+        batch_size: images per teacher forward pass.
+        on_bad_sample: "skip" gives an unreadable image a zero grid (the training batches drop that image anyway);
+            "error" raises.
+        show_progress: show a tqdm bar while computing.
+
+    Raises:
+        FileNotFoundError: when `teacher` is not a folder.
+    """
+    teacher_dir = Path(teacher)
+    if not teacher_dir.is_dir():
+        raise FileNotFoundError(f"teacher {teacher}: no such folder (a MobileNetV2 in transformers format)")
+    rows = rows.cast_column("image", Image(decode=False))
+    image_ids = list(rows["image_id"])
+    key = {
+        "version": CACHE_VERSION,
+        "teacher": str(teacher_dir.resolve()),
+        "teacher_files": teacher_fingerprint(teacher_dir),
+        "grid_size": grid_size,
+        "images": images_fingerprint(rows),
+        "image_ids": image_ids,
+    }
+    # The folder name fixes what is cached (teacher, grid, which images); the key's fingerprints say whether it is
+    # still valid, so a changed file replaces the stale folder instead of adding another one.
+    slot = _digest(json.dumps([key["teacher"], grid_size, image_ids]).encode())[:16]
+    folder = Path(cache_dir) / f"teacher-{slot}"
+    cached = _read_cache(folder, key)
+    if cached is not None:
+        return TeacherFeatures(image_ids, cached)
+    features = compute_teacher_features(rows, teacher_dir, grid_size, batch_size, on_bad_sample, show_progress)
+
+    def write(tmp: Path) -> None:
+        save_file({"features": features.contiguous()}, tmp / FEATURES_FILE)
+        (tmp / KEY_FILE).write_text(json.dumps(key), encoding="utf-8")
+
+    write_folder_atomically(folder, write)
+    return TeacherFeatures(image_ids, features)
+
+
+def _read_cache(folder: Path, key: dict[str, Any]) -> torch.Tensor | None:
+    """The cached features when `folder` holds them under the same key, else None (missing, stale or unreadable)."""
+    if not (folder / KEY_FILE).is_file() or not (folder / FEATURES_FILE).is_file():
+        return None
+    try:
+        if read_json(folder / KEY_FILE) != key:
+            logger.info("teacher cache %s is stale (a changed image or teacher): recomputing", folder)
+            return None
+        features = load_file(folder / FEATURES_FILE)["features"]
+    except (ValueError, OSError, KeyError, SafetensorError) as error:
+        logger.warning("teacher cache %s is unreadable (%s): recomputing", folder, error)
+        return None
+    logger.info("teacher features from the cache %s", folder)
+    return features
+
+
+def compute_teacher_features(
+    rows: Dataset, teacher_dir: Path, grid_size: int, batch_size: int, on_bad_sample: str, show_progress: bool
+) -> torch.Tensor:
+    """Run the frozen teacher over every row's image: (num_images, grid_size**2, channels) float16."""
+    model = MobileNetV2Model.from_pretrained(teacher_dir, add_pooling_layer=False).eval()
+    size = model.config.image_size
+    mean, std = _normalisation(teacher_dir)
+    pool = torch.nn.AdaptiveAvgPool2d(grid_size)
+    grids = []
+    with torch.no_grad():
+        for batch in tqdm(
+            _batches(len(rows), batch_size),
+            total=-(-len(rows) // batch_size),
+            desc="teacher features",
+            disable=not show_progress,
+        ):
+            pixels = torch.stack([_teacher_pixels(rows[index], size, mean, std, on_bad_sample) for index in batch])
+            features = model(pixels, return_dict=True).last_hidden_state
+            grids.append(pool(features).flatten(2).transpose(1, 2).half())
+    return torch.cat(grids)
+
+
+def _batches(count: int, batch_size: int) -> Iterator[range]:
+    for start in range(0, count, batch_size):
+        yield range(start, min(start + batch_size, count))
+
+
+def _teacher_pixels(
+    row: dict[str, Any], size: int, mean: np.ndarray, std: np.ndarray, on_bad_sample: str
+) -> torch.Tensor:
+    """The whole photo (not a crop: the LR input shows all of it) resized to the teacher's input size and normalised;
+    zeros for an unreadable image under `on_bad_sample="skip"`."""
+    image = safe_load_image(row, on_bad_sample)
+    if image is None:
+        return torch.zeros(3, size, size)
+    resized = image.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC)
+    pixels = (np.asarray(resized, dtype=np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+def _normalisation(teacher_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's pixel mean and std (its preprocessor_config.json; MobileNetV2's 0.5 / 0.5 without one)."""
+    path = teacher_dir / "preprocessor_config.json"
+    settings = read_json(path) if path.is_file() else {}
+    mean = np.asarray(settings.get("image_mean", [0.5] * 3), dtype=np.float32)
+    std = np.asarray(settings.get("image_std", [0.5] * 3), dtype=np.float32)
+    return mean, std
+
+
+def teacher_fingerprint(teacher_dir: Path) -> dict[str, str]:
+    """{file name: sha256 of its content} of the teacher files that decide its features."""
+    files = sorted({path for pattern in _TEACHER_FILE_PATTERNS for path in teacher_dir.glob(pattern)})
+    return {path.name: _digest(path.read_bytes()) for path in files}
+
+
+def images_fingerprint(rows: Dataset) -> str:
+    """One digest of every image's path, size and modification time (or its content, for images stored in the
+    dataset itself), in row order."""
+    stamps = []
+    for image in rows["image"]:
+        if image.get("bytes") is not None:
+            stamps.append(_digest(image["bytes"]))
+            continue
+        path = Path(image["path"])
+        stat = path.stat() if path.exists() else None
+        stamps.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    return _digest(json.dumps(stamps).encode())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
