@@ -400,7 +400,8 @@ def compare(onnx_dir: Path, cpu: str, images: list[str], x86: dict, arm: dict, b
     done = len(arm["captions"][beam_sizes[0]])
     row["images_captioned_on_arm64"] = done
     for k in beam_sizes:
-        pairs = list(zip(images, x86["captions"][k][: len(images)], arm["captions"][k], strict=True))
+        # An aarch64 run that failed part-way captioned only its first images: compare those.
+        pairs = list(zip(images, x86["captions"][k][: len(images)], arm["captions"][k], strict=False))
         row["modes"][f"num_beams={k}"] = {
             "identical": sum(a == b for _, a, b in pairs),
             "compared": len(pairs),
