@@ -51,7 +51,14 @@ from .checkpointing import (
 )
 from .config import TrainingConfig
 from .curriculum import curriculum_alpha
-from .data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, EpochShuffleSampler, model_inputs
+from .data import (
+    CaptionBatchCollator,
+    CaptionImageDataset,
+    DegradationPolicy,
+    EpochShuffleSampler,
+    build_training_targets,
+    model_inputs,
+)
 from .ema import EMA, EMA_PREFIX, RAW, exponential_moving_average, selected_weights
 from .epoch_scores import evaluate_epoch
 from .model_setup import build_model, build_processor, check_model_sources, trainable_parameter_groups
@@ -94,18 +101,20 @@ def train(config: TrainingConfig) -> Path:
     if config.max_eval_images is not None:
         eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
     processor = build_processor(config, iter_captions(train_rows))
+    model = build_model(config, processor, train_rows["captions"])  # the tag words come from the training captions
+    with accelerator.main_process_first():  # one process computes the teacher's features, the others read the cache
+        targets = build_training_targets(config, train_rows, model, processor, show_progress)
     policy = DegradationPolicy.from_config(config) if config.random_degradation else None
     train_set = CaptionImageDataset(
         train_rows, processor, policy, True, config.captions_per_image, config.seed, config.on_bad_sample
     )
     eval_set = CaptionImageDataset(eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip")
-    train_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
+    train_collator = CaptionBatchCollator(processor, config.max_caption_tokens, targets)
     eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
     train_loader = training_loader(train_set, train_collator, config)
     eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=eval_collator)
 
     # ---- model and optimiser
-    model = build_model(config, processor)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights; pixel batches in training_loss
     optimizer = torch.optim.AdamW(trainable_parameter_groups(model, config), weight_decay=config.weight_decay)
@@ -282,6 +291,7 @@ def training_loss(
         output = model(**inputs, curriculum_alpha=alpha)
         parts = {"loss": output.loss, "caption_loss": output.caption_loss}
         parts |= {"contrastive_loss": output.contrastive_loss, "sr_loss": output.sr_loss}
+        parts |= {"distillation_loss": output.distillation_loss, "tag_loss": output.tag_loss}
         return output.loss, {k: float(v.detach()) for k, v in parts.items() if v is not None}
     soli = getattr(model, "module", model)
     encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
