@@ -56,7 +56,8 @@ def decode(
     sample: bool,
 ) -> SampledCaptions:
     """Sample (`sample=True`) or greedily decode `num_per_image` captions per image, keeping the graph of the
-    chosen tokens' log-probabilities (run it under `torch.no_grad()` when they are not needed)."""
+    chosen tokens' log-probabilities (run it under `torch.no_grad()` when they are not needed). The model's
+    `generation_config.suppress_tokens` are never chosen: their log-probabilities are -inf, as in `generate()`."""
     config = model.config
     memory = encoder_outputs.last_hidden_state.repeat_interleave(num_per_image, dim=0)
     keys = encoder_outputs.attention_keys.repeat_interleave(num_per_image, dim=0)
@@ -64,10 +65,13 @@ def decode(
     state = decoder.initial_state(memory)
     tokens = torch.full((memory.shape[0], 1), config.decoder_start_token_id, device=memory.device)
     finished = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
+    # The tokens `generate()` never picks (`<unk>`: suppress_unknown_token) are never sampled nor chosen here either:
+    # a caption with `<unk>` could earn a reward and be reinforced, and inference would drop the word anyway.
+    suppressed = torch.tensor(model.generation_config.suppress_tokens or [], dtype=torch.long, device=memory.device)
     chosen, chosen_log_probs, alive = [], [], []
     for _ in range(max_new_tokens):
         logits, state, _ = decoder(tokens, memory, keys, state)
-        log_probs = logits[:, -1].float().log_softmax(dim=-1)
+        log_probs = logits[:, -1].float().index_fill(1, suppressed, -torch.inf).log_softmax(dim=-1)
         if sample:
             tokens = torch.multinomial(log_probs.exp(), 1)
         else:

@@ -1,0 +1,128 @@
+"""Issue 15, caption quality: SCST never decodes `<unk>`, the ablation recipes are valid training recipes, and the
+ablation table is written from finished run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from soli_hf.bench.quality_ablation import write_quality_ablation
+from soli_hf.training.config import parse_training_config
+from soli_hf.training.scst import decode
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("sample", [True, False], ids=["sampled", "greedy"])
+def test_scst_decode_never_picks_a_suppressed_token(tiny_model, tokenizer, processor, images, sample) -> None:
+    unk = tokenizer.unk_token_id
+    tiny_model.generation_config.suppress_tokens = [unk]
+    with torch.no_grad():
+        tiny_model.decoder.lm_head.bias[unk] = 1e4  # without the suppression every token would be <unk>
+        encoded = tiny_model.get_encoder()(processor(images=images[:2], return_tensors="pt")["pixel_values"])
+        torch.manual_seed(0)
+        captions = decode(tiny_model, encoded, 4, 6, sample=sample)
+    assert not (captions.token_ids == unk).any()
+    assert torch.isfinite(captions.log_probs).all()
+
+
+def test_scst_decode_without_suppressed_tokens_can_pick_unk(tiny_model, tokenizer, processor, images) -> None:
+    """The check above is not vacuous: with nothing suppressed, the huge bias makes every token `<unk>`."""
+    unk = tokenizer.unk_token_id
+    tiny_model.generation_config.suppress_tokens = None
+    with torch.no_grad():
+        tiny_model.decoder.lm_head.bias[unk] = 1e4
+        encoded = tiny_model.get_encoder()(processor(images=images[:1], return_tensors="pt")["pixel_values"])
+        captions = decode(tiny_model, encoded, 1, 3, sample=False)
+    assert (captions.token_ids == unk).all()
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("**/*.yaml")), ids=lambda path: str(path.relative_to(CONFIGS)))
+def test_every_recipe_parses_into_a_valid_training_config(recipe: Path) -> None:
+    config = parse_training_config(["--config", str(recipe)])
+    if recipe.parent.name == "ablation":
+        assert config.output_dir == f"runs/ablation/{recipe.stem}"
+        assert (config.mixed_precision, config.channels_last, config.num_epochs) == ("bf16", True, 12)
+        assert config.early_stopping_patience == 4
+
+
+def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> None:
+    base = parse_training_config(["--config", str(CONFIGS / "ablation" / "soli.yaml")]).to_dict()
+    levers = {
+        "baseline": {"model_variant": "baseline"},
+        "soli_bicubic_b": {"curriculum_start_epoch": 12.0},
+        "soli_no_contrastive": {"contrastive_weight": 0.0},
+        "soli": {},
+        "soli_ema": {"ema_decay": 0.999},
+        "soli_distill": {"distillation_weight": 1.0},
+        "soli_tags": {"num_tags": 300},
+    }
+    assert {path.stem for path in (CONFIGS / "ablation").glob("*.yaml")} == set(levers)
+    for name, lever in levers.items():
+        config = parse_training_config(["--config", str(CONFIGS / "ablation" / f"{name}.yaml")]).to_dict()
+        differences = {key: value for key, value in config.items() if value != base[key] and key != "output_dir"}
+        assert differences == lever, name
+
+
+def write_fake_run(root: Path, name: str, ciders: list[float], seconds: float = 60.0) -> Path:
+    """A run folder as scripts/train.py leaves it: the recipe and `model/metrics.json`, best epoch = best CIDEr."""
+    run = root / name
+    (run / "model").mkdir(parents=True)
+    history = [
+        {
+            "epoch": epoch,
+            "CIDEr": cider,
+            "Bleu_4": cider / 4,
+            "val_loss": 3.0 - cider,
+            "train_images_per_second": 20.0,
+            "peak_memory_mb": 900.0,
+            "train_seconds": seconds,
+            "eval_seconds": seconds / 6,
+        }
+        for epoch, cider in enumerate(ciders, start=1)
+    ]
+    best_epoch = max(range(len(ciders)), key=ciders.__getitem__) + 1
+    metrics = {"history": history, "best": history[best_epoch - 1], "best_epoch": best_epoch}
+    (run / "model" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    config = {"model_variant": "baseline" if name == "baseline" else "soli", "phase": "xe"}
+    (run / "training_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return run
+
+
+def write_fake_evaluation(folder: Path, cider: float) -> Path:
+    """A `soli evaluate` output folder: `metrics.json` with the metrics of one model."""
+    folder.mkdir(parents=True)
+    results = {"results": [{"model": "m", "metrics": {"CIDEr": cider, "Bleu_4": 0.2}}]}
+    (folder / "metrics.json").write_text(json.dumps(results), encoding="utf-8")
+    return folder
+
+
+def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
+    baseline = write_fake_run(tmp_path / "runs", "baseline", [0.2, 0.3, 0.25])
+    soli = write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4], seconds=120.0)
+    beam = write_fake_evaluation(tmp_path / "eval" / "soli", 0.45)
+    out = tmp_path / "benchmarks" / "quality_ablation.json"
+
+    results = write_quality_ablation([baseline, soli], {soli: beam}, out)
+
+    rows = {row["name"]: row for row in results["runs"]}
+    assert rows["baseline"]["best_epoch"] == 2 and rows["baseline"]["cider_beam3"] is None
+    assert rows["baseline"]["recipe"] == "configs/ablation/baseline.yaml"
+    assert rows["soli"]["cider_greedy"] == pytest.approx(0.4) and rows["soli"]["cider_beam3"] == pytest.approx(0.45)
+    assert rows["soli"]["bleu4"] == pytest.approx(0.1)
+    assert rows["soli"]["wall_minutes"] == pytest.approx(2 * 140 / 60)
+    assert json.loads(out.read_text(encoding="utf-8")) == results
+    table = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| baseline | configs/ablation/baseline.yaml | 2/3 | 0.3000 | - |" in table
+    assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | 0.4500 |" in table
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_quality_ablation_refuses_a_beam_evaluation_of_an_unknown_run(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path, "soli", [0.3])
+    beam = write_fake_evaluation(tmp_path / "eval", 0.4)
+    with pytest.raises(ValueError, match="not among the runs"):
+        write_quality_ablation([run], {tmp_path / "other": beam}, tmp_path / "out.json")
