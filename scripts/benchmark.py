@@ -29,6 +29,13 @@ epoch in its own process: median images/s after the warm-up steps, peak RSS, dev
 CPU's bf16 / AMX flags. Writes the JSON (default benchmarks/training_speed_cpu.json) and a Markdown report next to it.
 Run on an idle machine: ``python scripts/benchmark.py training [--settings fp32 bf16 ...] [--max-train-images 320]
 [--warmup-steps 3] [--max-eval-images 50]``.
+
+Ablation (``soli_hf.bench.quality_ablation``): the caption-quality ablation table of finished runs of
+configs/ablation/ (best epoch, dev CIDEr-D greedy and, given its ``soli evaluate --num_beams 3`` output folder, beam 3,
+BLEU-4, wall time) and their dev CIDEr-D per epoch. Writes the JSON (default benchmarks/quality_ablation.json) and
+the table (.md) and plot (.png) next to it.
+Run: ``python scripts/benchmark.py ablation runs/ablation/baseline runs/ablation/soli ...
+[--beam-evaluations runs/ablation/soli=runs/eval/soli_beam3 ...]``.
 """
 
 from __future__ import annotations
@@ -79,7 +86,26 @@ def parse_arguments() -> argparse.Namespace:
     training.add_argument("--max-eval-images", type=int, default=50, help="dev images of the quality check")
     training.add_argument("--out", type=Path, default=Path("benchmarks/training_speed_cpu.json"), help="JSON path")
     training.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
+    ablation = benchmarks.add_parser("ablation", help="caption-quality ablation table of finished training runs")
+    ablation.add_argument("runs", type=Path, nargs="+", help="run folders (scripts/train.py's OUTPUT)")
+    ablation.add_argument(
+        "--beam-evaluations",
+        type=run_and_evaluation,
+        nargs="+",
+        default=[],
+        metavar="RUN=EVAL_DIR",
+        help="a run's beam-3 `soli evaluate` output folder",
+    )
+    ablation.add_argument("--out", type=Path, default=Path("benchmarks/quality_ablation.json"), help="JSON path")
     return parser.parse_args()
+
+
+def run_and_evaluation(value: str) -> tuple[Path, Path]:
+    """`RUN=EVAL_DIR` as two paths."""
+    run, separator, evaluation = value.partition("=")
+    if not (run and separator and evaluation):
+        raise argparse.ArgumentTypeError(f"expected RUN=EVAL_DIR, got {value!r}")
+    return Path(run), Path(evaluation)
 
 
 def write_json(results: dict, out: Path) -> None:
@@ -98,6 +124,12 @@ def main() -> None:
         print(metrics_table(results))
         write_json(results, args.out)
         print(f"wrote {args.out}")
+        return
+    if args.benchmark == "ablation":
+        from soli_hf.bench.quality_ablation import quality_ablation_markdown, write_quality_ablation
+
+        print(quality_ablation_markdown(write_quality_ablation(args.runs, dict(args.beam_evaluations), args.out)))
+        print(f"wrote {args.out} and its .md and .png")
         return
     if args.benchmark == "latency":
         from soli_hf.bench import latency_report, latency_suite

@@ -4,6 +4,8 @@ ablation table is written from finished run folders."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from soli_hf.bench.quality_ablation import write_quality_ablation
 from soli_hf.training.config import parse_training_config
 from soli_hf.training.scst import decode
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 @pytest.mark.parametrize("sample", [True, False], ids=["sampled", "greedy"])
@@ -126,3 +129,16 @@ def test_quality_ablation_refuses_a_beam_evaluation_of_an_unknown_run(tmp_path: 
     beam = write_fake_evaluation(tmp_path / "eval", 0.4)
     with pytest.raises(ValueError, match="not among the runs"):
         write_quality_ablation([run], {tmp_path / "other": beam}, tmp_path / "out.json")
+
+
+def test_benchmark_ablation_subcommand(tmp_path: Path) -> None:
+    baseline = write_fake_run(tmp_path, "baseline", [0.2, 0.3])
+    soli = write_fake_run(tmp_path, "soli", [0.3, 0.4])
+    beam = write_fake_evaluation(tmp_path / "eval", 0.45)
+    out = tmp_path / "ablation.json"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "ablation", str(baseline), str(soli)]
+    command += ["--beam-evaluations", f"{soli}={beam}", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | 0.4500 |" in result.stdout
+    assert [row["cider_beam3"] for row in json.loads(out.read_text(encoding="utf-8"))["runs"]] == [None, 0.45]
