@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .image_transforms_soli import unnormalize_pixels
-from .onnx.manifest import preprocessing_settings
+from .onnx.manifest import decoding_defaults, preprocessing_settings
 
 if TYPE_CHECKING:
     from .modeling_soli import SoliForConditionalGeneration
@@ -157,11 +157,7 @@ class PytorchCaptioner(Captioner):
         self.processor = processor
         self.name = name
         self.preprocessing = preprocessing_settings(processor.image_processor)
-        config = model.generation_config
-        # Unset values resolved as generate() resolves them (and as the ONNX manifest records them,
-        # onnx.manifest.generation_defaults): one beam; max_length (20 by default) counts the start token.
-        max_new_tokens = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 20) - 1
-        self.generation_defaults = {"num_beams": config.num_beams or 1, "max_new_tokens": max_new_tokens}
+        self.generation_defaults = decoding_defaults(model.generation_config)
 
     @property
     def inference_branches(self) -> str:

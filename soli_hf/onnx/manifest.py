@@ -101,6 +101,14 @@ def write_manifest(
     return path
 
 
+def decoding_defaults(config: Any) -> dict[str, int]:
+    """`num_beams` and `max_new_tokens` of a `GenerationConfig`, unset ones resolved as `generate()` resolves them:
+    one beam; `max_length` (20 by default) counts the start token. The manifest and `Captioner.generation_defaults`
+    both come from here."""
+    max_new_tokens = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 20) - 1
+    return {"num_beams": config.num_beams or 1, "max_new_tokens": max_new_tokens}
+
+
 def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
     """The decoding settings of `model.generation_config` that the runtime reproduces, resolved as `generate()`
     resolves them; raises `ValueError` for settings the runtime does not implement."""
@@ -114,16 +122,12 @@ def generation_defaults(model: SoliForConditionalGeneration) -> dict[str, Any]:
         raise ValueError(f"export_onnx: the ONNX runtime cannot reproduce these generation settings: {unsupported}")
     if not isinstance(config.eos_token_id, int):
         raise ValueError(f"export_onnx: generation_config.eos_token_id must be one id, got {config.eos_token_id!r}")
-    max_new_tokens = config.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = (config.max_length or 20) - 1  # generate()'s default max_length counts the start token
     early_stopping = config.early_stopping
     return {
         "decoder_start_token_id": config.decoder_start_token_id,
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
-        "num_beams": config.num_beams or 1,
-        "max_new_tokens": max_new_tokens,
+        **decoding_defaults(config),
         "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
         "suppress_tokens": list(config.suppress_tokens or []),
         "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
