@@ -114,6 +114,9 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
 
     summary = json.loads((out / "metrics.json").read_text())
     assert {"Bleu_4", "ROUGE_L", "CIDEr"} <= set(summary["human_leave_one_out"])
+    for result in results:  # the share of distinct captions is that of the captions the result holds
+        distinct = len(set(result.predictions.values())) / len(result.predictions)
+        assert result.metrics["distinct_captions"] == pytest.approx(distinct)
     assert [r["condition"]["name"] for r in summary["results"][:3]] == ["bicubic@input", "bicubic@16px", "bicubic@32px"]
     assert len({r["model"] for r in summary["results"]}) == 2
     captions = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
@@ -144,6 +147,7 @@ def test_report_of_two_models_over_sizes(tmp_path: Path, saved_tiny_model: Path)
     report = (out / "report.md").read_text()
     assert f"## Caption agreement with the first model ({records[0]['model']})" in report and "5/5 (100.0%)" in report
     assert "people (each reference vs the others)" in report and "sweep_sizes.png" in report
+    assert "| distinct captions | words used |" in report
     assert (out / "sweep_sizes.png").stat().st_size > 0 and not (out / "sweep_paper.png").exists()
 
 

@@ -21,6 +21,7 @@ import pytest
 from soli_hf.metrics import (
     METRIC_KEYS,
     CiderD,
+    caption_diversity,
     compute_caption_metrics,
     leave_one_out_human_scores,
     tokenize,
@@ -403,3 +404,13 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch):
     for path in (EVALUATE_MODULE, EVALUATE_MODULE / "caption_metrics.py"):
         metric = evaluate.load(str(path))
         assert metric.compute(predictions=predictions, references=references, meteor=False) == expected
+
+
+def test_caption_diversity_counts_sentences_after_ptb_tokenisation():
+    predictions = {"a": "A dog runs.", "b": "a dog runs", "c": "a cat sleeps", "d": "A dog runs !"}
+    # "A dog runs." == "a dog runs" == "A dog runs !" once tokenised: 2 distinct sentences of 4, words {a, dog,
+    # runs, cat, sleeps}
+    assert caption_diversity(predictions) == {"distinct_captions": 0.5, "vocabulary_size": 5.0}
+    assert caption_diversity({"x": "a dog"})["distinct_captions"] == 1.0
+    with pytest.raises(ValueError, match="at least one caption"):
+        caption_diversity({})

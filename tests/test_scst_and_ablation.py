@@ -13,6 +13,7 @@ import torch
 
 from soli_hf.bench.quality_ablation import write_quality_ablation
 from soli_hf.training.config import parse_training_config
+from soli_hf.training.ema import EMA, RAW
 from soli_hf.training.scst import decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,11 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
         assert differences == lever, name
 
 
-def write_fake_run(root: Path, name: str, ciders: list[float], seconds: float = 60.0) -> Path:
-    """A run folder as scripts/train.py leaves it: the recipe and `model/metrics.json`, best epoch = best CIDEr."""
+def write_fake_run(
+    root: Path, name: str, ciders: list[float], seconds: float = 60.0, ema_ciders: list[float] | None = None
+) -> Path:
+    """A run folder as scripts/train.py leaves it: the recipe and `model/metrics.json`, best epoch = best CIDEr
+    (of the trained weights, or of their EMA when `ema_ciders` are given and beat them)."""
     run = root / name
     (run / "model").mkdir(parents=True)
     history = [
@@ -92,11 +96,22 @@ def write_fake_run(root: Path, name: str, ciders: list[float], seconds: float = 
             "peak_memory_mb": 900.0,
             "train_seconds": seconds,
             "eval_seconds": seconds / 6,
+            "distinct_captions": 0.5 + cider,
         }
         for epoch, cider in enumerate(ciders, start=1)
     ]
-    best_epoch = max(range(len(ciders)), key=ciders.__getitem__) + 1
-    metrics = {"history": history, "best": history[best_epoch - 1], "best_epoch": best_epoch}
+    scores = [(cider, RAW) for cider in ciders]
+    if ema_ciders is not None:
+        for entry, cider in zip(history, ema_ciders, strict=True):
+            entry |= {"ema/CIDEr": cider, "ema/Bleu_4": cider / 4, "ema/distinct_captions": 0.5 + cider}
+        scores = [max((raw, RAW), (ema, EMA)) for raw, ema in zip(ciders, ema_ciders, strict=True)]
+    best_epoch = max(range(len(scores)), key=lambda index: scores[index][0]) + 1
+    metrics = {
+        "history": history,
+        "best": history[best_epoch - 1],
+        "best_epoch": best_epoch,
+        "best_weights": scores[best_epoch - 1][1],
+    }
     (run / "model" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     config = {"model_variant": "baseline" if name == "baseline" else "soli", "phase": "xe"}
     (run / "training_config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -106,14 +121,14 @@ def write_fake_run(root: Path, name: str, ciders: list[float], seconds: float = 
 def write_fake_evaluation(folder: Path, cider: float) -> Path:
     """A `soli evaluate` output folder: `metrics.json` with the metrics of one model."""
     folder.mkdir(parents=True)
-    results = {"results": [{"model": "m", "metrics": {"CIDEr": cider, "Bleu_4": 0.2}}]}
+    results = {"results": [{"model": "m", "metrics": {"CIDEr": cider, "Bleu_4": 0.2, "distinct_captions": 0.8}}]}
     (folder / "metrics.json").write_text(json.dumps(results), encoding="utf-8")
     return folder
 
 
 def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
     baseline = write_fake_run(tmp_path / "runs", "baseline", [0.2, 0.3, 0.25])
-    soli = write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4], seconds=120.0)
+    soli = write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4], seconds=120.0, ema_ciders=[0.2, 0.42])
     beam = write_fake_evaluation(tmp_path / "eval" / "soli", 0.45)
     out = tmp_path / "benchmarks" / "quality_ablation.json"
 
@@ -122,13 +137,20 @@ def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
     rows = {row["name"]: row for row in results["runs"]}
     assert rows["baseline"]["best_epoch"] == 2 and rows["baseline"]["cider_beam3"] is None
     assert rows["baseline"]["recipe"] == "configs/ablation/baseline.yaml"
-    assert rows["soli"]["cider_greedy"] == pytest.approx(0.4) and rows["soli"]["cider_beam3"] == pytest.approx(0.45)
-    assert rows["soli"]["bleu4"] == pytest.approx(0.1)
+    assert rows["baseline"]["cider_greedy_ema"] is None and rows["baseline"]["ema_cider_per_epoch"] == []
+    # soli: the trained weights peak at 0.40, their EMA at 0.42, which earns epoch 2 (the saved model: beam 0.45)
+    soli_row = rows["soli"]
+    assert soli_row["cider_greedy"] == pytest.approx(0.4) and soli_row["cider_greedy_ema"] == pytest.approx(0.42)
+    assert rows["soli"]["best_weights"] == "ema" and rows["soli"]["cider_beam3"] == pytest.approx(0.45)
+    assert rows["soli"]["bleu4"] == pytest.approx(0.42 / 4)  # the selected (EMA) weights' BLEU-4
+    assert rows["soli"]["distinct_greedy"] == pytest.approx(0.92) and rows["soli"]["distinct_beam3"] == 0.8
     assert rows["soli"]["wall_minutes"] == pytest.approx(2 * 140 / 60)
     assert json.loads(out.read_text(encoding="utf-8")) == results
     table = out.with_suffix(".md").read_text(encoding="utf-8")
-    assert "| baseline | configs/ablation/baseline.yaml | 2/3 | 0.3000 | - |" in table
-    assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | 0.4500 |" in table
+    assert "| baseline | configs/ablation/baseline.yaml | 2/3 | 0.3000 | - | - | 0.0750 | 80.0% / - | 3.5 |" in table
+    assert (
+        "| soli | configs/ablation/soli.yaml | 2/2 (EMA) | 0.4000 | 0.4200 | 0.4500 | 0.1050 | 92.0% / 80.0% |" in table
+    )
     assert out.with_suffix(".png").stat().st_size > 0
 
 
@@ -148,5 +170,5 @@ def test_benchmark_ablation_subcommand(tmp_path: Path) -> None:
     command += ["--beam-evaluations", f"{soli}={beam}", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | 0.4500 |" in result.stdout
+    assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | - | 0.4500 |" in result.stdout
     assert [row["cider_beam3"] for row in json.loads(out.read_text(encoding="utf-8"))["runs"]] == [None, 0.45]

@@ -1,6 +1,7 @@
 """The caption-quality ablation of issue 15: one row per finished run of configs/ablation/ (which lever it pulls,
-best epoch, dev CIDEr-D greedy and, when the run was evaluated with `soli evaluate --num_beams 3`, beam 3, BLEU-4,
-wall time) and dev CIDEr-D per epoch of every run, as benchmarks/quality_ablation.{json,md,png}.
+best epoch, dev CIDEr-D greedy of the trained weights and of their EMA, and, when the run was evaluated with
+`soli evaluate --num_beams 3`, beam 3, BLEU-4, the share of distinct captions, wall time) and dev CIDEr-D per epoch
+of every run, as benchmarks/quality_ablation.{json,md,png}.
 
 The runs are read with `training.reporting.summarize_run`, the figures behind `write_run_comparison`.
 """
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..training.ema import EMA, EMA_PREFIX
 from ..training.reporting import summarize_run
 from .markdown import markdown_table
 from .plots import saved_figure
@@ -21,41 +23,66 @@ RECIPE_FOLDER = "configs/ablation"
 MISSING = "-"
 
 
-def beam_cider(evaluation_dir: Path) -> float:
-    """Corpus CIDEr-D of a `soli evaluate` output folder (its `metrics.json`'s first result)."""
+def beam_metrics(evaluation_dir: Path) -> dict[str, float]:
+    """The metrics of a `soli evaluate` output folder (its `metrics.json`'s first result)."""
     summary = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
-    return summary["results"][0]["metrics"]["CIDEr"]
+    return summary["results"][0]["metrics"]
+
+
+def _best(history: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [entry[key] for entry in history if key in entry]
+    return max(values) if values else None
 
 
 def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
-    """One run's row: its name and recipe, best epoch, dev CIDEr-D (greedy; beam 3 when `beam_evaluation` is
-    given, else None), BLEU-4, training + evaluation minutes (None when the run did not time its epochs) and its
-    dev CIDEr-D per epoch."""
+    """One run's row: its name and recipe, best epoch and which weights earned it (trained or EMA), the best dev
+    CIDEr-D (greedy) of the trained weights and of their EMA (None without one), beam-3 CIDEr-D and distinct
+    captions of the saved model when `beam_evaluation` is given (else None), BLEU-4 and distinct captions of the
+    selected epoch (greedy), training + evaluation minutes (None when the run did not time its epochs) and its dev
+    CIDEr-D per epoch (trained weights; EMA's, when kept)."""
     summary = summarize_run(run_dir)
+    history = summary["history"]
+    beam = None if beam_evaluation is None else beam_metrics(beam_evaluation)
     return {
         "name": run_dir.name,
         "recipe": f"{RECIPE_FOLDER}/{run_dir.name}.yaml",
         "run": str(run_dir),
         "model_variant": summary["model_variant"],
         "best_epoch": summary["best_epoch"],
+        "best_weights": summary["best_weights"],
         "epochs_run": summary["epochs_run"],
-        "cider_greedy": summary["dev_greedy"]["CIDEr"],
-        "cider_beam3": None if beam_evaluation is None else beam_cider(beam_evaluation),
+        "cider_greedy": _best(history, "CIDEr"),
+        "cider_greedy_ema": _best(history, EMA_PREFIX + "CIDEr"),
+        "cider_beam3": None if beam is None else beam["CIDEr"],
         "bleu4": summary["dev_greedy"].get("Bleu_4"),
+        "distinct_greedy": summary["dev_greedy"].get("distinct_captions"),
+        "distinct_beam3": None if beam is None else beam.get("distinct_captions"),
         "wall_minutes": summary.get("train_and_eval_minutes"),
-        "cider_per_epoch": [[entry["epoch"], entry["CIDEr"]] for entry in summary["history"]],
+        "cider_per_epoch": [[entry["epoch"], entry["CIDEr"]] for entry in history],
+        "ema_cider_per_epoch": [[e["epoch"], e[EMA_PREFIX + "CIDEr"]] for e in history if EMA_PREFIX + "CIDEr" in e],
     }
 
 
 def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
     """The ablation table (Markdown), `-` where a figure was not measured."""
-    header = ["run", "recipe", "best epoch", "dev CIDEr-D (greedy)", "dev CIDEr-D (beam 3)", "BLEU-4", "wall min"]
+    header = [
+        "run",
+        "recipe",
+        "best epoch",
+        "dev CIDEr-D (greedy)",
+        "EMA (greedy)",
+        "dev CIDEr-D (beam 3)",
+        "BLEU-4",
+        "distinct (greedy / beam 3)",
+        "wall min",
+    ]
     rows = [
         [
             row["name"],
             row["recipe"],
-            f"{row['best_epoch']}/{row['epochs_run']}",
-            *(_cell(row[key], digits) for key, digits in (("cider_greedy", 4), ("cider_beam3", 4), ("bleu4", 4))),
+            f"{row['best_epoch']}/{row['epochs_run']}" + (" (EMA)" if row["best_weights"] == EMA else ""),
+            *(_cell(row[key], 4) for key in ("cider_greedy", "cider_greedy_ema", "cider_beam3", "bleu4")),
+            f"{_percent(row['distinct_greedy'])} / {_percent(row['distinct_beam3'])}",
             _cell(row["wall_minutes"], 1),
         ]
         for row in results["runs"]
@@ -65,6 +92,10 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
 
 def _cell(value: float | None, digits: int) -> str:
     return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _percent(share: float | None) -> str:
+    return MISSING if share is None else f"{100 * share:.1f}%"
 
 
 def write_quality_ablation(
@@ -82,7 +113,14 @@ def write_quality_ablation(
     with saved_figure(out.with_suffix(".png"), figsize=(7, 4.5)) as axis:
         for row in results["runs"]:
             epochs, ciders = zip(*row["cider_per_epoch"], strict=True)
-            axis.plot(epochs, ciders, marker="o", label=row["name"])
-        axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="caption-quality ablation, Flickr8k dev, 64x64")
+            (line,) = axis.plot(epochs, ciders, marker="o", label=row["name"])
+            if row["ema_cider_per_epoch"]:
+                epochs, ciders = zip(*row["ema_cider_per_epoch"], strict=True)
+                axis.plot(epochs, ciders, "--", color=line.get_color(), label=f"{row['name']} (EMA)")
+        axis.set(
+            xlabel="epoch",
+            ylabel="dev CIDEr-D (greedy)",
+            title="caption-quality ablation, Flickr8k dev, 64x64 (EMA dashed)",
+        )
         axis.legend()
     return results

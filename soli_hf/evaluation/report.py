@@ -24,6 +24,8 @@ from ..data import BadSampleReport
 from .conditions import LowResCondition
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+#: Beside the metrics against all references: how varied the captions are (`metrics.caption_diversity`).
+DIVERSITY_HEADER = ("distinct captions", "words used")
 PLOT_METRICS = ("CIDEr", "Bleu_4")
 #: How many of the skipped bad samples the report names (metrics.json and report.md).
 SKIPPED_EXAMPLES = 10
@@ -136,7 +138,8 @@ def markdown_report(
     lines += _skipped_lines(bad_samples or BadSampleReport(), results)
     header = ["model", "LR input", *REPORT_METRICS]
     lines += ["", "## All references", ""]
-    lines += [markdown_table(header, [_metric_row(r.model, r.condition.name, r.metrics) for r in results])]
+    rows = [_metric_row(r.model, r.condition.name, r.metrics) + _diversity_cells(r.metrics) for r in results]
+    lines += [markdown_table([*header, *DIVERSITY_HEADER], rows)]
     lines += ["", "## Leave-one-out: the model and people scored against the same 4 references", ""]
     rows = [_metric_row("people (each reference vs the others)", "-", human)]
     rows += [_metric_row(r.model, r.condition.name, r.leave_one_out) for r in results]
@@ -218,6 +221,13 @@ def _skipped_lines(bad_samples: BadSampleReport, results: Sequence[ConditionResu
 
 def _metric_row(name: str, condition: str, metrics: dict[str, float]) -> list[str]:
     return [name, condition, *metric_cells(metrics, REPORT_METRICS, 4)]
+
+
+def _diversity_cells(metrics: dict[str, float]) -> list[str]:
+    """The share of distinct captions (as a percentage) and the number of words used."""
+    if "distinct_captions" not in metrics:
+        return ["n/a", "n/a"]
+    return [f"{100 * metrics['distinct_captions']:.1f}%", f"{metrics['vocabulary_size']:.0f}"]
 
 
 def write_resolution_plots(out: Path, results: Sequence[ConditionResult]) -> list[str]:

@@ -10,7 +10,12 @@ from typing import Any
 
 from ..captioner import Captioner, load_captioner
 from ..data import load_caption_dataset_with_report
-from ..metrics import compute_caption_metrics, leave_one_out_human_scores, leave_one_out_model_scores
+from ..metrics import (
+    caption_diversity,
+    compute_caption_metrics,
+    leave_one_out_human_scores,
+    leave_one_out_model_scores,
+)
 from ..metrics.meteor import meteor_unavailable_reason
 from .captioning import caption_dataset
 from .conditions import LowResCondition
@@ -121,7 +126,7 @@ def run_evaluation(
                 label,
                 condition,
                 run.predictions,
-                compute_caption_metrics(run.predictions, seen, meteor=meteor),
+                compute_caption_metrics(run.predictions, seen, meteor=meteor) | caption_diversity(run.predictions),
                 leave_one_out_model_scores(run.predictions, seen, meteor=False),
                 run.skipped_images,
                 run.lr_images,

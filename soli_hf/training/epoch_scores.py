@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..captioner import PytorchCaptioner
-from ..metrics import compute_caption_metrics
+from ..metrics import caption_diversity, compute_caption_metrics
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
 from .ema import EMA_PREFIX
@@ -60,7 +60,7 @@ def evaluate_captioner(
         model.train(was_training)
     if not predictions:
         raise ValueError("evaluation data has no usable image")
-    metrics = compute_caption_metrics(predictions, references, meteor=False)
+    metrics = compute_caption_metrics(predictions, references, meteor=False) | caption_diversity(predictions)
     metrics["val_loss"] = loss_sum / loss_count
     return metrics, predictions
 

@@ -44,7 +44,7 @@ def _smooth(values: tuple[float, ...], decay: float = 0.9) -> list[float]:
     return smoothed
 
 
-SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "val_loss")
+SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "distinct_captions", "val_loss")
 
 
 def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
