@@ -36,6 +36,12 @@ BLEU-4, wall time) and their dev CIDEr-D per epoch. Writes the JSON (default ben
 the table (.md) and plot (.png) next to it.
 Run: ``python scripts/benchmark.py ablation runs/ablation/baseline runs/ablation/soli ...
 [--beam-evaluations runs/ablation/soli=runs/eval/soli_beam3 ...]``.
+
+Photos (``soli_hf.bench.outside_photos``): each model captions every photo outside Flickr8k of
+benchmarks/photos_outside_flickr (its SOURCES.md lists them), with its own generation config. Writes the JSON
+(default benchmarks/photos_outside_flickr/report.json) and, next to it, a Markdown table (.md) and a page of each
+photo, its LR input and the captions (.html). ``--name`` labels the models in order (default: the folder names).
+Run: ``python scripts/benchmark.py photos --model OLD_DIR --model NEW_DIR [--onnx ONNX_DIR] [--name old --name new]``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import argparse
 import json
 from pathlib import Path
 
+from soli_hf.bench.sample_photos import OUTSIDE_FLICKR_PHOTOS
 from soli_hf.bench.training_speed import SETTINGS
 from soli_hf.captioner import CHECKOUT_MODEL_DIR
 
@@ -97,6 +104,24 @@ def parse_arguments() -> argparse.Namespace:
         help="a run's beam-3 `soli evaluate` output folder",
     )
     ablation.add_argument("--out", type=Path, default=Path("benchmarks/quality_ablation.json"), help="JSON path")
+    photos = benchmarks.add_parser("photos", help="captions of photos outside Flickr8k, model beside model")
+    photos.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        type=lambda value: ("model", value),
+        default=[],
+        help="a saved SOLI folder or Hub id (repeatable; the order of --model and --onnx is the column order)",
+    )
+    photos.add_argument(
+        "--onnx", dest="models", action="append", type=lambda value: ("onnx", value), help="an exported ONNX folder"
+    )
+    photos.add_argument("--name", action="append", default=[], help="each model's column name, in order")
+    photos.add_argument("--photos", type=Path, default=OUTSIDE_FLICKR_PHOTOS, help="a photo set (photos.json)")
+    photos.add_argument("--batch-size", type=int, default=8, help="photos per batch")
+    photos.add_argument(
+        "--out", type=Path, default=OUTSIDE_FLICKR_PHOTOS / "report.json", help="JSON path (.md, .html beside)"
+    )
     return parser.parse_args()
 
 
@@ -130,6 +155,18 @@ def main() -> None:
 
         print(quality_ablation_markdown(write_quality_ablation(args.runs, dict(args.beam_evaluations), args.out)))
         print(f"wrote {args.out} and its .md and .png")
+        return
+    if args.benchmark == "photos":
+        from soli_hf.bench import outside_photos
+        from soli_hf.bench.sample_photos import read_photo_set
+
+        try:
+            models = outside_photos.report_models(args.models, args.name)
+            result = outside_photos.caption_photo_set(models, read_photo_set(args.photos), batch_size=args.batch_size)
+        except ValueError as error:  # a bad flag, manifest, photo or model, each named
+            raise SystemExit(f"benchmark.py photos: {error}") from error
+        print(outside_photos.outside_photos_markdown(outside_photos.write_outside_photos_report(result, args.out)))
+        print(f"wrote {args.out} and its .md and .html")
         return
     if args.benchmark == "latency":
         from soli_hf.bench import latency_report, latency_suite

@@ -16,25 +16,27 @@ from PIL import Image
 STYLE = (
     "body{font-family:sans-serif;margin:1em} .grid{display:flex;flex-wrap:wrap;gap:12px}"
     ".card{width:300px;border:1px solid #ccc;padding:8px} img{width:192px;image-rendering:pixelated}"
-    ".refs{color:#555;font-size:90%} .heading{color:#888;font-size:80%}"
+    ".refs{color:#555;font-size:90%} .heading{color:#888;font-size:80%} img.photo{image-rendering:auto}"
 )
 
 
 @dataclass
 class GalleryCard:
-    """One image, a small heading, labelled captions and (optionally) reference captions."""
+    """One image, a small heading, labelled captions and (optionally) reference captions; `photo`, when given, is
+    the original shown smooth above `image` (the LR input)."""
 
     image: Image.Image
     heading: str
     captions: Sequence[tuple[str, str]]
     references: Sequence[str] = field(default_factory=tuple)
+    photo: Image.Image | None = None
 
 
-def image_data_uri(image: Image.Image) -> str:
-    """`data:image/png;base64,...` of an image, for an <img src>."""
+def image_data_uri(image: Image.Image, image_format: str = "PNG") -> str:
+    """`data:image/png;base64,...` of an image (or `image/jpeg` with `image_format="JPEG"`), for an <img src>."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format=image_format)
+    return f"data:image/{image_format.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def card_html(card: GalleryCard) -> str:
@@ -44,8 +46,9 @@ def card_html(card: GalleryCard) -> str:
         for label, text in card.captions
     )
     references = "".join(f"<li>{html.escape(reference)}</li>" for reference in card.references)
+    photo = "" if card.photo is None else f'<img class="photo" src="{image_data_uri(card.photo, "JPEG")}" alt="photo">'
     return (
-        f'<div class="card"><img src="{image_data_uri(card.image)}" alt="{html.escape(card.heading)}">'
+        f'<div class="card">{photo}<img src="{image_data_uri(card.image)}" alt="{html.escape(card.heading)}">'
         f'<p class="heading">{html.escape(card.heading)} ({card.image.width}x{card.image.height} input)</p>'
         f"<ul>{captions}</ul>"
         + (f'<p>references</p><ol class="refs">{references}</ol>' if references else "")
