@@ -31,9 +31,9 @@ Run on an idle machine: ``python scripts/benchmark.py training [--settings fp32 
 [--warmup-steps 3] [--max-eval-images 50]``.
 
 Ablation (``soli_hf.bench.quality_ablation``): the caption-quality ablation table of finished runs of
-configs/ablation/ (best epoch, dev CIDEr-D greedy and, given its ``soli evaluate --num_beams 3`` output folder, beam 3,
-BLEU-4, wall time) and their dev CIDEr-D per epoch. Writes the JSON (default benchmarks/quality_ablation.json) and
-the table (.md) and plot (.png) next to it.
+configs/ablation/ (best epoch, dev CIDEr-D greedy of the trained weights and of their EMA and, given its
+``soli evaluate --num_beams 3`` output folder, beam 3, BLEU-4, distinct captions, wall time) and their dev CIDEr-D
+per epoch. Writes the JSON (default benchmarks/quality_ablation.json) and the table (.md) and plot (.png) next to it.
 Run: ``python scripts/benchmark.py ablation runs/ablation/baseline runs/ablation/soli ...
 [--beam-evaluations runs/ablation/soli=runs/eval/soli_beam3 ...]``.
 
