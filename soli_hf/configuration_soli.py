@@ -7,6 +7,7 @@ from typing import Any
 from transformers import MobileNetV2Config, PretrainedConfig
 
 INFERENCE_BRANCHES = ("both", "lr")
+BRANCH_B_INPUTS = ("super_resolved", "bicubic")
 
 # The image-to-text pipeline shipped beside the weights, for processes that load a saved
 # folder with `trust_remote_code=True` and cannot import soli_hf (see `SoliConfig.to_dict`).
@@ -78,6 +79,16 @@ class SoliConfig(PretrainedConfig):
             `True` is SOLI. `False` is the baseline captioner of the same recipe: the LR branch alone, with no
             super-resolution module, no contrastive head and no SR or contrastive loss (`inference_branches` must
             then be `"lr"`), so that SOLI's gain can be measured.
+        branch_b_input (`str`, *optional*, defaults to `"super_resolved"`):
+            What branch B encodes (only with `use_sr_branch=True`). `"super_resolved"` is SOLI: the SR module's
+            output (blended with the bicubic upsample by `curriculum_alpha` during training). `"bicubic"` is an
+            ablation: branch B always encodes the plain bicubic `sr_scale`x upsample of the LR input, in training
+            and at inference; the model has no SR module (no SR weights, no SR loss), keeps the contrastive loss
+            between the two branches, and ignores `curriculum_alpha`.
+        lr_branch_upsample (`int`, *optional*, defaults to 1):
+            The LR branch encodes the LR input bicubic-upsampled by this factor (1: the LR image itself). Values
+            above 1 are an ablation of the baseline (`use_sr_branch=False`): one branch on a finer grid, with no SR
+            module and no contrastive loss.
         inference_branches (`str`, *optional*, defaults to `"both"`, or `"lr"` without the SR branch):
             `"both"` encodes the LR and SR branches and averages them (the paper); `"lr"` encodes the LR branch
             only, halving the encoder cost. Training always uses every branch the model has.
@@ -115,6 +126,8 @@ class SoliConfig(PretrainedConfig):
         tag_words: list[str] | None = None,
         tags_in_memory: bool = False,
         use_sr_branch: bool = True,
+        branch_b_input: str = "super_resolved",
+        lr_branch_upsample: int = 1,
         inference_branches: str | None = None,
         freeze_backbone_batch_norm: bool = True,
         vocab_size: int = 10000,
@@ -135,6 +148,22 @@ class SoliConfig(PretrainedConfig):
             raise ValueError(f"inference_branches must be one of {INFERENCE_BRANCHES}, got {inference_branches!r}")
         if not use_sr_branch and inference_branches != "lr":
             raise ValueError("a model without the SR branch (use_sr_branch=False) can only use inference_branches='lr'")
+        if branch_b_input not in BRANCH_B_INPUTS:
+            raise ValueError(f"branch_b_input must be one of {BRANCH_B_INPUTS}, got {branch_b_input!r}")
+        if branch_b_input != "super_resolved" and not use_sr_branch:
+            raise ValueError(
+                f"branch_b_input={branch_b_input!r} needs branch B (use_sr_branch=True); a model without it "
+                "(use_sr_branch=False) has only the LR branch"
+            )
+        if isinstance(lr_branch_upsample, bool) or not isinstance(lr_branch_upsample, int) or lr_branch_upsample < 1:
+            raise ValueError(
+                f"lr_branch_upsample must be a positive integer (1: no upsampling), got {lr_branch_upsample!r}"
+            )
+        if lr_branch_upsample > 1 and use_sr_branch:
+            raise ValueError(
+                f"lr_branch_upsample={lr_branch_upsample} needs use_sr_branch=False: it is the single-branch ablation "
+                "(the LR branch on a finer grid); with both branches the LR branch must see the LR image itself"
+            )
         if sr_scale < 1:
             raise ValueError(f"sr_scale must be a positive integer, got {sr_scale!r}")
         if num_tags < 0:
@@ -163,6 +192,8 @@ class SoliConfig(PretrainedConfig):
         self.tag_words = tag_words
         self.tags_in_memory = tags_in_memory
         self.use_sr_branch = use_sr_branch
+        self.branch_b_input = branch_b_input
+        self.lr_branch_upsample = lr_branch_upsample
         self.inference_branches = inference_branches
         self.freeze_backbone_batch_norm = freeze_backbone_batch_norm
         self.vocab_size = vocab_size

@@ -51,9 +51,9 @@ class SoliEncoderOutput(ModelOutput):
         lr_image_embeds (`torch.FloatTensor` of shape `(batch, hidden_size)`):
             Mean-pooled embedding of the LR branch.
         sr_image_embeds (`torch.FloatTensor` of shape `(batch, hidden_size)`, *optional*):
-            Mean-pooled embedding of the SR branch (absent with `inference_branches="lr"` at inference).
+            Mean-pooled embedding of branch B, the SR branch (absent with `inference_branches="lr"` at inference).
         sr_pixel_values (`torch.FloatTensor` of shape `(batch, 3, H*r, W*r)`, *optional*):
-            Output of the super-resolution module.
+            Output of the super-resolution module (absent without it: `branch_b_input="bicubic"`, the baseline).
         lr_backbone_grid / sr_backbone_grid (`torch.FloatTensor` of shape `(batch, grid_size**2, channels)`,
             *optional*): each branch's pooled backbone grid before the projection (with `output_backbone_grids`).
         tag_logits (`torch.FloatTensor` of shape `(batch, num_tags)`, *optional*):
@@ -141,7 +141,8 @@ class SmallInitConv2d(nn.Conv2d):
 
 class BicubicUpsample(nn.Module):
     """Plain bicubic upsampling by an integer `scale` (`F.interpolate`, `align_corners=False`): what branch B sees at
-    curriculum_alpha = 0. A module without weights, so that an exporter can put an equal one in its place."""
+    curriculum_alpha = 0 (and always with `branch_b_input="bicubic"`), and the LR branch's input with
+    `lr_branch_upsample > 1`. A module without weights, so that an exporter can put an equal one in its place."""
 
     def __init__(self, scale: int) -> None:
         super().__init__()
@@ -205,14 +206,22 @@ class SoliSemanticTags(nn.Module):
 
 
 class SoliSiameseEncoder(nn.Module):
-    """One MobileNetV2 applied to the LR image and to its super-resolved copy; the two grids are averaged."""
+    """One MobileNetV2 applied to the LR image (branch A) and to its super-resolved copy (branch B); the two grids
+    are averaged.
+
+    The ablations of `config.branch_b_input` and `config.lr_branch_upsample` change only what the branches see:
+    branch B the plain bicubic upsample (`bicubic_upsample`, no SR module), or the single LR branch a bicubic
+    upsample of the LR image (`lr_upsample`)."""
 
     main_input_name = "pixel_values"
 
     def __init__(self, config: SoliConfig) -> None:
         super().__init__()
         self.config = config
-        self.super_resolution = SoliSuperResolution(config) if config.use_sr_branch else None
+        has_sr_module = config.use_sr_branch and config.branch_b_input == "super_resolved"
+        self.super_resolution = SoliSuperResolution(config) if has_sr_module else None
+        self.bicubic_upsample = BicubicUpsample(config.sr_scale) if config.branch_b_input == "bicubic" else None
+        self.lr_upsample = BicubicUpsample(config.lr_branch_upsample) if config.lr_branch_upsample > 1 else None
         self.backbone = MobileNetV2Model(config.backbone_config, add_pooling_layer=False)
         self.pool = nn.AdaptiveAvgPool2d(config.grid_size)
         self.projection = nn.Linear(self.backbone.conv_1x1.convolution.out_channels, config.hidden_size)
@@ -230,9 +239,25 @@ class SoliSiameseEncoder(nn.Module):
         return self.projection(self.backbone_grid(pixel_values))
 
     def uses_both_branches(self) -> bool:
-        """Training uses both branches (when the model has the SR branch); inference follows
+        """Training uses both branches (when the model has branch B); inference follows
         `config.inference_branches`."""
-        return self.super_resolution is not None and (self.training or self.config.inference_branches == "both")
+        return self.config.use_sr_branch and (self.training or self.config.inference_branches == "both")
+
+    def branch_b_pixels(
+        self, pixel_values: torch.Tensor, curriculum_alpha: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What branch B encodes, and the SR module's output (None without the SR module).
+
+        With the SR module, `curriculum_alpha` blends from the bicubic upsample (0) to the SR output (1, the
+        default); with `branch_b_input="bicubic"` branch B is always the bicubic upsample and alpha is ignored."""
+        if self.super_resolution is None:
+            return self.bicubic_upsample(pixel_values), None
+        alpha = 1.0 if curriculum_alpha is None else float(curriculum_alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"curriculum_alpha must be in [0, 1], got {alpha}")
+        sr_pixel_values, upsampled = self.super_resolution(pixel_values)
+        branch_b = sr_pixel_values if alpha == 1.0 else alpha * sr_pixel_values + (1.0 - alpha) * upsampled
+        return branch_b, sr_pixel_values
 
     def forward(
         self,
@@ -244,7 +269,8 @@ class SoliSiameseEncoder(nn.Module):
         output_backbone_grids: bool = False,
         output_tag_logits: bool = False,
     ) -> SoliEncoderOutput:
-        """Encode LR pixels. `curriculum_alpha` blends branch B's input from bicubic (0) to super-resolved (1).
+        """Encode LR pixels. `curriculum_alpha` blends branch B's input from bicubic (0) to super-resolved (1)
+        (`branch_b_pixels`).
 
         `output_backbone_grids` and `output_tag_logits` add what the training-only losses need; they are off by
         default so that `generate()` and the ONNX encoder compute nothing else (the tag head still runs, and adds
@@ -252,15 +278,12 @@ class SoliSiameseEncoder(nn.Module):
         if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {shape}")
-        lr_backbone_grid = self.backbone_grid(pixel_values)
+        branch_a = pixel_values if self.lr_upsample is None else self.lr_upsample(pixel_values)
+        lr_backbone_grid = self.backbone_grid(branch_a)
         lr_grid = self.projection(lr_backbone_grid)
         sr_backbone_grid = sr_grid = sr_pixel_values = None
         if self.uses_both_branches():
-            alpha = 1.0 if curriculum_alpha is None else float(curriculum_alpha)
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(f"curriculum_alpha must be in [0, 1], got {alpha}")
-            sr_pixel_values, upsampled = self.super_resolution(pixel_values)
-            branch_b = sr_pixel_values if alpha == 1.0 else alpha * sr_pixel_values + (1.0 - alpha) * upsampled
+            branch_b, sr_pixel_values = self.branch_b_pixels(pixel_values, curriculum_alpha)
             sr_backbone_grid = self.backbone_grid(branch_b)
             sr_grid = self.projection(sr_backbone_grid)
         memory = lr_grid if sr_grid is None else 0.5 * (lr_grid + sr_grid)

@@ -66,7 +66,8 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
     assert {key: value for key, value in base.items() if value != cpu_recipe[key] and key != "output_dir"} == shared
     levers = {
         "baseline": {"model_variant": "baseline"},
-        "soli_bicubic_b": {"curriculum_start_epoch": 12.0},
+        "baseline_bicubic2x": {"model_variant": "baseline", "lr_branch_upsample": 2},
+        "soli_bicubic_b": {"branch_b_input": "bicubic"},
         "soli_no_contrastive": {"contrastive_weight": 0.0},
         "soli": {},
         "soli_distill": {"distillation_weight": 1.0},

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..configuration_soli import INFERENCE_BRANCHES
+from ..configuration_soli import INFERENCE_BRANCHES, SoliConfig
 from ..modeling_soli import SoliForConditionalGeneration
 
 DEFAULT_CAPTION_TOKENS = 12  # about one Flickr8k caption (10.8 words) plus <eos>
@@ -56,8 +56,20 @@ def count_flops(
     }
 
 
+def branch_inputs(config: SoliConfig) -> dict[str, dict[str, Any]]:
+    """What each branch of the model encodes: {"lr": ..., "b": ... (with branch B)}, each {"input", "size"}; the
+    LR branch's input is "lr" (the LR image) or "bicubic" (`lr_branch_upsample` > 1), branch B's is
+    `config.branch_b_input`."""
+    lr_side, sr_side = config.image_size * config.lr_branch_upsample, config.image_size * config.sr_scale
+    branches = {"lr": {"input": "lr" if config.lr_branch_upsample == 1 else "bicubic", "size": [3, lr_side, lr_side]}}
+    if config.use_sr_branch:
+        branches["b"] = {"input": config.branch_b_input, "size": [3, sr_side, sr_side]}
+    return branches
+
+
 def model_summary(model: SoliForConditionalGeneration) -> dict[str, Any]:
-    """Parameters, vocabulary, input size and FLOPs per image for each inference mode."""
+    """Parameters, vocabulary, input size, what each branch encodes and FLOPs per image for each inference mode
+    (a model without the SR module, e.g. `branch_b_input="bicubic"`, has no `super_resolution` parameters)."""
     parts = {
         "total": model,
         "super_resolution": model.encoder.super_resolution,
@@ -74,6 +86,7 @@ def model_summary(model: SoliForConditionalGeneration) -> dict[str, Any]:
         "vocab_size": model.config.vocab_size,
         "input_size": [3, lr_side, lr_side],
         "sr_size": [3, sr_side, sr_side],
+        "branch_inputs": branch_inputs(model.config),
         "default_inference_branches": model.config.inference_branches,
         "flops_per_image": {branches: count_flops(model, branches) for branches in modes},
     }

@@ -7,7 +7,8 @@ same numbers in operators ONNX runtimes handle well:
 - `StaticGridPool` for `nn.AdaptiveAvgPool2d`: the TorchScript exporter loses the feature map's spatial size after
   MobileNetV2's TF-style padding once the batch axis is dynamic, and then fails on `AdaptiveAvgPool2d` ("input
   size not accessible"); a pool with a fixed kernel exports with a dynamic batch.
-- `ConvBicubicUpsample` for the SR module's `F.interpolate(..., mode="bicubic")`: onnxruntime's cubic `Resize`
+- `ConvBicubicUpsample` for every `BicubicUpsample` (`F.interpolate(..., mode="bicubic")`: the SR module's, and
+  the bicubic branch B or upsampled LR branch of the ablation variants): onnxruntime's cubic `Resize`
   took 5.0 of the 14.4 ms of the one-thread encoder with both branches; a fixed depthwise convolution +
   depth-to-space does the same in about 0.3 ms (`python scripts/benchmark.py profile` shows the operators).
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling_soli import SoliForConditionalGeneration, SoliSiameseEncoder
+from ..modeling_soli import BicubicUpsample, SoliForConditionalGeneration, SoliSiameseEncoder
 from ..processing_soli import SoliProcessor
 
 #: PyTorch's bicubic convolution constant (`A` in Keys' kernel), as `F.interpolate` uses it.
@@ -102,15 +103,24 @@ class ConvBicubicUpsample(nn.Module):
         return F.pixel_shuffle(phases, self.scale)
 
 
+def _with_conv_upsampling(module: nn.Module, device: torch.device) -> dict[str, nn.Module | None]:
+    """`module`'s direct submodules, each `BicubicUpsample` replaced by an equal `ConvBicubicUpsample`."""
+    return {
+        name: ConvBicubicUpsample(child.scale).to(device) if isinstance(child, BicubicUpsample) else child
+        for name, child in module._modules.items()
+    }
+
+
 def exportable_encoder(encoder: SoliSiameseEncoder) -> SoliSiameseEncoder:
-    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool` and, when
-    it has the SR module, upsamples with `ConvBicubicUpsample`; the model itself is left as it is."""
+    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool` and
+    upsamples with `ConvBicubicUpsample` wherever it upsamples (the SR module's bicubic path, a bicubic branch B,
+    an upsampled LR branch); the model itself is left as it is."""
+    device = next(encoder.parameters()).device
     exported = copy.copy(encoder)
-    exported._modules = {**encoder._modules, "pool": StaticGridPool(encoder.config.grid_size)}
+    exported._modules = {**_with_conv_upsampling(encoder, device), "pool": StaticGridPool(encoder.config.grid_size)}
     if encoder.super_resolution is not None:
         super_resolution = copy.copy(encoder.super_resolution)
-        upsample = ConvBicubicUpsample(super_resolution.scale).to(next(encoder.parameters()).device)
-        super_resolution._modules = {**super_resolution._modules, "upsample": upsample}
+        super_resolution._modules = _with_conv_upsampling(encoder.super_resolution, device)
         exported._modules["super_resolution"] = super_resolution
     return exported
 

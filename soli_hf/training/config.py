@@ -16,6 +16,7 @@ import yaml
 from accelerate.utils import LoggerType
 from transformers import HfArgumentParser
 
+from ..configuration_soli import BRANCH_B_INPUTS
 from ..data import DATA_FORMATS
 from ..image_transforms_soli import DEGRADATIONS
 
@@ -78,6 +79,19 @@ class TrainingConfig:
     )
     # --- model
     model_variant: str = field(default="soli", metadata={"help": "soli, or baseline: LR branch only, no SR/NCE"})
+    branch_b_input: str = field(
+        default="super_resolved",
+        metadata={
+            "help": "what branch B of a soli model encodes: super_resolved (the SR module), or bicubic (the plain "
+            "bicubic upsample in training and inference: no SR module, contrastive loss kept)"
+        },
+    )
+    lr_branch_upsample: int = field(
+        default=1,
+        metadata={
+            "help": "the LR branch encodes the LR input bicubic-upsampled by N (1: as it is; > 1: baseline only)"
+        },
+    )
     backbone: str | None = field(
         default="../shared/weights/mobilenet_v2_1.0_224", metadata={"help": "pretrained MobileNetV2 folder"}
     )
@@ -179,6 +193,7 @@ _POSITIVE = (
     "max_train_images",
     "max_eval_images",
     "captions_per_image",
+    "lr_branch_upsample",
     "vocab_min_frequency",
     "num_epochs",
     "batch_size",
@@ -252,6 +267,7 @@ def _check_choices(config: TrainingConfig) -> None:
     for name, choices in (
         ("phase", PHASES),
         ("model_variant", MODEL_VARIANTS),
+        ("branch_b_input", BRANCH_B_INPUTS),
         ("schedule", SCHEDULES),
         ("scst_baseline", SCST_BASELINES),
         ("mixed_precision", MIXED_PRECISION),
@@ -299,6 +315,18 @@ def _check_combinations(config: TrainingConfig) -> None:
         raise ValueError(f"the mean-of-samples SCST baseline needs scst_samples >= 2, got {config.scst_samples}")
     if config.tags_in_memory and config.num_tags == 0 and config.init_from is None:
         raise ValueError("tags_in_memory needs a tag head: give --num_tags N (e.g. 300)")
+    # a new model's architecture (with init_from, `model_setup.build_model` compares them with the saved model's)
+    new_model = config.init_from is None
+    if new_model and config.branch_b_input != "super_resolved" and config.model_variant != "soli":
+        raise ValueError(
+            f"branch_b_input={config.branch_b_input!r} changes branch B, which model_variant "
+            f"{config.model_variant!r} does not have: use model_variant soli"
+        )
+    if new_model and config.lr_branch_upsample > 1 and config.model_variant != "baseline":
+        raise ValueError(
+            f"lr_branch_upsample={config.lr_branch_upsample} is the single-branch ablation: it needs model_variant "
+            f"baseline, got {config.model_variant!r}"
+        )
     if config.resume and config.overwrite_output_dir:
         raise ValueError("give --resume true (continue the run in output_dir) or --overwrite_output_dir true, not both")
 

@@ -107,6 +107,23 @@ def _tag_settings(
     return {"num_tags": config.num_tags, "tag_words": tag_words, "tags_in_memory": config.tags_in_memory}
 
 
+#: What a new model's branches see (recipe fields = `SoliConfig` fields), each with its default: the value that keeps
+#: an `init_from` model's own.
+_BRANCH_INPUTS = {"branch_b_input": "super_resolved", "lr_branch_upsample": 1}
+
+
+def _check_init_from_branch_inputs(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
+    """A loaded model keeps what its branches see; a recipe asking for other inputs is refused (they decide which
+    modules the model has)."""
+    for name, keep in _BRANCH_INPUTS.items():
+        asked, saved = getattr(config, name), getattr(model.config, name)
+        if asked != keep and asked != saved:
+            raise ValueError(
+                f"init_from {config.init_from} has {name}={saved!r}; the recipe asks for {name}={asked!r} (leave "
+                f"{name} at {keep!r} to keep the model's)"
+            )
+
+
 def _check_init_from_tags(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
     """A loaded model keeps its tag head; a recipe asking for another one is refused (the head cannot be resized)."""
     asked = (config.num_tags, config.tags_in_memory)
@@ -124,7 +141,8 @@ def build_model(
     training_references: Sequence[Sequence[str]] | None = None,
 ) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
-    to the tokenizer's vocabulary, and the architecture of `model_config` when given.
+    to the tokenizer's vocabulary, the recipe's branch inputs (`branch_b_input`, `lr_branch_upsample`), and the
+    architecture of `model_config` when given.
 
     `training_references` (the captions of each training image) choose the tag words of a new model when the
     recipe asks for tags (`num_tags > 0`)."""
@@ -132,6 +150,7 @@ def build_model(
     if config.init_from is not None:
         model = load_source("init_from", config.init_from, SoliForConditionalGeneration.from_pretrained)
         _check_init_from_tags(config, model)
+        _check_init_from_branch_inputs(config, model)
         for name, value in overrides.items():
             setattr(model.config, name, value)
         return model
@@ -142,6 +161,7 @@ def build_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "use_sr_branch": config.model_variant == "soli",
+        **{name: getattr(config, name) for name in _BRANCH_INPUTS},
         **overrides,
         **_tag_settings(config, processor, training_references),
     }
