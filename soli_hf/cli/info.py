@@ -23,7 +23,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {part:<34} {_format_count(count):>8}")
     print(f"vocabulary size:                     {summary['vocab_size']}")
     print(f"input (LR) size:                     {'x'.join(map(str, summary['input_size']))}")
-    print(f"super-resolved size:                 {'x'.join(map(str, summary['sr_size']))}")
+    for branch, encoded in summary["branch_inputs"].items():
+        label = f"{'LR branch' if branch == 'lr' else 'branch B'} encodes:"
+        print(f"{label:<37}{encoded['input']} {'x'.join(map(str, encoded['size']))}")
     print(f"default inference branches:          {summary['default_inference_branches']}")
     print("FLOPs per image (torch.utils.flop_counter):")
     for branches, flops in summary["flops_per_image"].items():
