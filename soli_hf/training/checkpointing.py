@@ -2,10 +2,13 @@
 or a full disk at any moment, and a resume that only continues an intact checkpoint of the same recipe.
 
 A checkpoint folder `checkpoints/step-XXXXXXXX` holds `accelerator.save_state` (model, optimizer, scheduler, RNG
-states, and the EMA of the weights when the recipe keeps one), `trainer_state.json` (where in training it was taken)
-and `checkpoint.json` (the recipe that wrote it and the size of every file). It is written as every folder of a run
-is (`storage.write_folder_atomically`): under a temporary name, flushed, then renamed, so only complete folders carry
-that name; a resume still verifies that every file loads, in case the disk damaged one since.
+states -- one file per process --, and the EMA of the weights when the recipe keeps one), `trainer_state.json` (where
+in training it was taken) and `checkpoint.json` (the recipe and number of processes that wrote it, and the size of
+every file). It is written as every folder of a run is (`storage.write_folder_atomically`): under a temporary name,
+flushed, then renamed, so only complete folders carry that name; a resume still verifies that every file loads, in
+case the disk damaged one since. With several processes every one of them writes its part into the main process's
+temporary folder, which is renamed once all have finished; the output folder must be one that every process sees
+(on several machines, a shared filesystem).
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def save_checkpoint(
     """Write `step-<global_step>` atomically with `recipe` stored in it, and delete all but the newest `keep`
     checkpoints. The main process writes the folder with `write_folder_atomically` (an end-of-epoch checkpoint
     replaces the periodic one of its step); every process saves its part of the state (`save_state`) into that
-    folder's temporary name, which the main process broadcasts.
+    folder's temporary name, which the main process broadcasts, and the main process completes and renames it only
+    after every process has finished (`wait_for_everyone`).
 
     A write that fails removes its temporary folder and leaves the earlier checkpoints as they were; a full disk
     is raised as `OSError` naming the checkpoint, the free space and the checkpoint to resume from.
@@ -116,7 +120,7 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state.save(Path(shared))
-            _write_checkpoint_info(Path(shared), recipe)
+            _write_checkpoint_info(Path(shared), recipe, accelerator.num_processes)
 
     with disk_full_as_oserror("checkpoint", final, _advice_after_a_full_disk(checkpoint_dir)):
         if accelerator.is_main_process:
@@ -137,10 +141,11 @@ def _advice_after_a_full_disk(checkpoint_dir: Path) -> str:
     return f"free space, then resume with --resume true from {folders[-1].name} (complete)"
 
 
-def _write_checkpoint_info(folder: Path, recipe: dict[str, Any]) -> None:
-    """`checkpoint.json`: the recipe, and the size of every file written so far (a resume checks them)."""
+def _write_checkpoint_info(folder: Path, recipe: dict[str, Any], num_processes: int) -> None:
+    """`checkpoint.json`: the recipe, the number of processes that trained, and the size of every file written so
+    far (a resume checks them)."""
     files = {path.name: path.stat().st_size for path in sorted(folder.iterdir()) if path.is_file()}
-    info = {"recipe": recipe, "files": files}
+    info = {"recipe": recipe, "files": files, "num_processes": num_processes}
     (folder / CHECKPOINT_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
@@ -235,20 +240,34 @@ def prepare_run_folder(accelerator: Accelerator, config: TrainingConfig) -> Path
 
 
 def resume_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, config: TrainingConfig) -> Path | None:
-    """The checkpoint `--resume true` continues: the newest one of `checkpoint_dir` whose files all load.
+    """The checkpoint `--resume true` continues: the newest one of `checkpoint_dir` whose files all load, chosen by
+    the main process (`choose_checkpoint`) and the same on every process.
+
+    Raises:
+        ResumeError: from `choose_checkpoint` (on several processes the main one raises it and the launcher ends
+            the others).
+    """
+    chosen = (
+        choose_checkpoint(checkpoint_dir, config, accelerator.num_processes) if accelerator.is_main_process else None
+    )
+    (name,) = broadcast_object_list([None if chosen is None else str(chosen)])
+    return None if name is None else Path(name)
+
+
+def choose_checkpoint(checkpoint_dir: Path, config: TrainingConfig, num_processes: int) -> Path | None:
+    """The newest checkpoint of `checkpoint_dir` whose files all load (None when there is none at all).
 
     Newer ones that do not load are named in a warning and kept aside as `corrupt-step-...`; the leftovers of a
     checkpoint write that was killed are removed. A checkpoint written before checkpoints stored their recipe is
-    resumed with a warning.
+    resumed with a warning; one written before they stored their number of processes was written by one.
 
     Raises:
-        ResumeError: no checkpoint loads (each one named, with why), or the checkpoint was written by a recipe whose
-            run-defining fields differ from `config` (each field named, with both values).
+        ResumeError: no checkpoint loads (each one named, with why), the checkpoint was written by a recipe whose
+            run-defining fields differ from `config` (each field named, with both values), or by another number of
+            processes than `num_processes`.
     """
-    if accelerator.is_main_process:
-        for leftover in recover_interrupted_writes(checkpoint_dir, CHECKPOINT_PREFIX):
-            logger.info("removed %s, the remains of a checkpoint write that was interrupted", leftover)
-    accelerator.wait_for_everyone()
+    for leftover in recover_interrupted_writes(checkpoint_dir, CHECKPOINT_PREFIX):
+        logger.info("removed %s, the remains of a checkpoint write that was interrupted", leftover)
     candidates = checkpoint_folders(checkpoint_dir)
     if not candidates:
         return None
@@ -266,14 +285,23 @@ def resume_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, config: Tr
             "--overwrite_output_dir true (or another --output_dir)"
         )
     _check_recipe(folder, config)
-    accelerator.wait_for_everyone()  # every process has chosen before the main one moves folders
-    if accelerator.is_main_process:
-        for bad in corrupt:
-            aside = bad.with_name(f"{CORRUPT_PREFIX}{bad.name}")
-            os.replace(bad, aside)
-            logger.warning("kept the corrupt checkpoint aside as %s (delete it when done)", aside)
-    accelerator.wait_for_everyone()
+    _check_processes(folder, num_processes)
+    for bad in corrupt:
+        aside = bad.with_name(f"{CORRUPT_PREFIX}{bad.name}")
+        os.replace(bad, aside)
+        logger.warning("kept the corrupt checkpoint aside as %s (delete it when done)", aside)
     return folder
+
+
+def _check_processes(checkpoint: Path, num_processes: int) -> None:
+    """A checkpoint resumes with the number of processes that wrote it: each one's share of an epoch's batches and
+    its random state are in it."""
+    written_by = _checkpoint_info(checkpoint).get("num_processes", 1)
+    if written_by != num_processes:
+        raise ResumeError(
+            f"cannot resume from {checkpoint}: it was written by {written_by} process(es) and this run has "
+            f"{num_processes}; resume it with {written_by} (the same launch command)"
+        )
 
 
 def _check_recipe(checkpoint: Path, config: TrainingConfig) -> None:

@@ -161,13 +161,16 @@ def build_training_targets(
     model: SoliForConditionalGeneration,
     processor: SoliProcessor,
     show_progress: bool = True,
+    compute_teacher: bool = True,
 ) -> TrainingTargets | None:
     """The targets `model` trains with on `rows` (phase `xe`): the teacher's features (cached under
     `teacher_cache_dir`) when `distillation_weight > 0`, the tag labels of `model.config.tag_words` when the model
-    has a tag head; None when neither loss is on.
+    has a tag head; None when neither loss is on. `compute_teacher` False only reads the teacher's features from the
+    cache (the processes other than the main one, which computed them).
 
     Raises:
         ValueError: when the teacher's channel count differs from the student backbone's.
+        FileNotFoundError: `compute_teacher` is False and the cache does not hold the features.
     """
     model_config = model.config
     distill = config.phase == "xe" and model_config.distillation_weight > 0
@@ -183,6 +186,7 @@ def build_training_targets(
             config.teacher_cache_dir,
             on_bad_sample=config.on_bad_sample,
             show_progress=show_progress,
+            compute_if_missing=compute_teacher,
         )
         channels = model.encoder.projection.in_features
         if teacher_features.channels != channels:
@@ -236,7 +240,8 @@ class CaptionBatchCollator:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of the rows that depends only on (seed, epoch)."""
+    """A permutation of the rows that depends only on (seed, epoch): the same on every process, whose share of its
+    batches accelerate's `BatchSamplerShard` picks (process i of N: batches i, i + N, ...)."""
 
     def __init__(self, num_rows: int, seed: int) -> None:
         self.num_rows = num_rows

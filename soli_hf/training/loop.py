@@ -12,6 +12,12 @@ beside the trained weights each epoch; an epoch's score is the better of the two
 weights that earned it (`best_weights` in its metrics), `OUTPUT/model_ema` the EMA weights of their own best epoch.
 `mixed_precision`, `channels_last`, `torch_compile` and `num_workers` make training faster without changing the
 recipe's model.
+
+Data parallel (`accelerate launch --multi_gpu --num_processes N`, or `torchrun --nproc_per_node N` on GPUs or CPUs):
+every process trains on its 1/N of each epoch's batches (accelerate's `prepare` shards the one seeded permutation
+of `EpochShuffleSampler`, so an epoch has 1/N of the steps), gradients are averaged over the processes, and the
+logged losses are the mean over the processes. Only the main process writes `losses.jsonl`, the trackers, the
+evaluation and the model folders; all of them write each checkpoint (`checkpointing.save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +35,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    gather_object,
+    get_int_from_env,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -79,13 +92,8 @@ def train(config: TrainingConfig) -> Path:
     """
     output_dir = Path(config.output_dir)
     check_model_sources(config)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOG_DIR)),
-    )
-    set_seed(config.seed)
+    accelerator = build_accelerator(config)
+    set_seed(config.seed)  # the same initial weights on every process
     checkpoint = prepare_run_folder(accelerator, config)
     show_progress = accelerator.is_local_main_process
 
@@ -102,8 +110,10 @@ def train(config: TrainingConfig) -> Path:
         eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
     processor = build_processor(config, iter_captions(train_rows))
     model = build_model(config, processor, train_rows["captions"])  # the tag words come from the training captions
-    with accelerator.main_process_first():  # one process computes the teacher's features, the others read the cache
-        targets = build_training_targets(config, train_rows, model, processor, show_progress)
+    with accelerator.main_process_first():  # the main process computes the teacher's features, the others read them
+        targets = build_training_targets(
+            config, train_rows, model, processor, show_progress, compute_teacher=accelerator.is_main_process
+        )
     policy = DegradationPolicy.from_config(config) if config.random_degradation else None
     train_set = CaptionImageDataset(
         train_rows, processor, policy, True, config.captions_per_image, config.seed, config.on_bad_sample
@@ -118,14 +128,12 @@ def train(config: TrainingConfig) -> Path:
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights; pixel batches in training_loss
     optimizer = torch.optim.AdamW(trainable_parameter_groups(model, config), weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    if config.schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(
-            optimizer, min(config.warmup_steps, steps_per_epoch), steps_per_epoch * config.num_epochs
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+    # the loader is sharded over the processes: its length is this process's share of an epoch
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # not prepared: the schedule steps once per optimizer step whatever the number of processes
+    scheduler = learning_rate_schedule(
+        optimizer, config, math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    )
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
     # The EMA copies the prepared model (its mixed-precision forward too) and is saved and loaded with every
@@ -155,12 +163,13 @@ def train(config: TrainingConfig) -> Path:
     for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
         set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
+        # Accelerate re-seeds the sampler from its own epoch counter, which restarts at 0 in a resumed run: give it
+        # the true epoch so that the batches match an unbroken run. It is set on the whole loader, whose sampler a
+        # skip-batches loader shares (on several processes the latter's `set_epoch` does not reach the sampler).
+        train_loader.set_epoch(epoch)
         batches = (
             accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
         )
-        # Accelerate re-seeds the sampler from its own epoch counter, which restarts at 0 in a resumed run and in a
-        # skip-batches loader: give it the true epoch so that the batches match an unbroken run.
-        batches.set_epoch(epoch)
         train_set.set_epoch(epoch)  # the per-sample degradations and caption picks (accelerate leaves these alone)
         progress = tqdm(
             batches,
@@ -173,11 +182,12 @@ def train(config: TrainingConfig) -> Path:
         epoch_start, images_seen, running = time.perf_counter(), 0, {}
         step_clock = epoch_start  # a step's time runs from the end of the one before: its batch's loading included
         for batch in progress:
-            set_seed(config.seed + state.global_step)  # dropout and sampling depend on the step alone: exact resume
+            # dropout and sampling depend on the step (and the process) alone: exact resume
+            set_seed(config.seed + state.global_step, device_specific=True)
             alpha = curriculum_alpha(
                 epoch + state.step_in_epoch / len(train_loader), config.curriculum_start_epoch, config.curriculum_epochs
             )
-            if batch is not None:
+            if every_process_has_a_batch(accelerator, batch):
                 with accelerator.accumulate(model):
                     # accelerate autocasts the model's forward; this also covers SCST, which calls the encoder
                     # and decoder directly (no-op in full precision)
@@ -192,6 +202,7 @@ def train(config: TrainingConfig) -> Path:
                     optimizer.zero_grad()
                     if ema is not None and accelerator.sync_gradients:  # after each real optimizer step
                         ema.update_parameters(unwrapped)
+                parts = mean_over_processes(accelerator, parts)
                 batch_images = len(batch["image_ids"]) * accelerator.num_processes
                 images_seen += batch_images
                 running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
@@ -246,7 +257,8 @@ def train(config: TrainingConfig) -> Path:
             state.best_ema_metric = ema_score
             if accelerator.is_main_process:
                 save_model_folder(ema.module, processor, config, output_dir / EMA_MODEL_DIR, state, EMA)
-        logger.info("epoch %d: %s", epoch + 1, json.dumps(metrics))
+        if accelerator.is_main_process:
+            logger.info("epoch %d: %s", epoch + 1, json.dumps(metrics))
         if show_progress:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -257,7 +269,8 @@ def train(config: TrainingConfig) -> Path:
             break
 
     # ---- the final folder: best weights + the whole run's metrics and curves
-    skipped = train_report.counts | {"unreadable_at_training_time": train_collator.skipped_images}
+    unreadable = accelerator.reduce(torch.tensor(train_collator.skipped_images, device=accelerator.device), "sum")
+    skipped = train_report.counts | {"unreadable_at_training_time": int(unreadable)}
     if accelerator.is_main_process:
         summary = {
             "best_epoch": state.best_epoch,
@@ -273,6 +286,80 @@ def train(config: TrainingConfig) -> Path:
         logger.warning("skipped training samples: %s", skipped)
     accelerator.end_training()
     return output_dir / MODEL_DIR
+
+
+def build_accelerator(config: TrainingConfig) -> Accelerator:
+    """The run's `Accelerator`: gradient accumulation, mixed precision, trackers, and the process group.
+
+    Processes that a launcher started on a machine without a GPU join a CPU group (gloo), what accelerate does
+    for `Accelerator(cpu=True)`; otherwise each of them would train alone on the whole data. DDP is told to expect
+    weights without a gradient in a step: the backbone's while `freeze_backbone_epochs` freezes it, the contrastive
+    head's on a process whose batch holds one image (InfoNCE needs two).
+
+    Raises:
+        ValueError: the launched processes did not form one group, or a recipe data parallel does not support.
+    """
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=launched_processes() > 1 and not has_data_parallel_device(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOG_DIR)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.num_processes != launched_processes():
+        raise ValueError(
+            f"{launched_processes()} processes were launched but accelerate joined {accelerator.num_processes}: "
+            "each would train alone on the whole data (see the README's Training section for the launch commands)"
+        )
+    if config.phase == "scst" and accelerator.num_processes > 1:
+        # SCST calls the encoder and decoder around DDP's forward, whose gradients would then not be averaged
+        raise ValueError("phase scst trains on one process only (launch it without --num_processes / torchrun)")
+    return accelerator
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun's and accelerate's `WORLD_SIZE`, MPI's sizes); 1 without
+    one."""
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def has_data_parallel_device() -> bool:
+    """Whether this machine has an accelerator that accelerate runs data parallel on (CUDA, XPU, ...; not Apple's
+    MPS, which has no multi-process backend)."""
+    device = torch.accelerator.current_accelerator(check_available=True)
+    return device is not None and device.type != "mps"
+
+
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Warmup + cosine over `steps_per_epoch * num_epochs` optimizer steps, or halving on a dev CIDEr-D plateau."""
+    if config.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(
+            optimizer, min(config.warmup_steps, steps_per_epoch), steps_per_epoch * config.num_epochs
+        )
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+
+
+def every_process_has_a_batch(accelerator: Accelerator, batch: dict[str, Any] | None) -> bool:
+    """Whether this step trains: a batch whose images are all unreadable (None) is skipped, and on several processes
+    every process skips the step with it (they run each step's gradient averaging together)."""
+    if accelerator.num_processes == 1:
+        return batch is not None
+    missing = torch.tensor(float(batch is None), device=accelerator.device)
+    return float(accelerator.reduce(missing, "max")) == 0.0
+
+
+def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """The mean of each logged value over the processes that have it (the loss of the step's whole batch; a
+    process whose batch holds one image has no contrastive loss); unchanged on one process."""
+    if accelerator.num_processes == 1:
+        return values
+    per_process = gather_object([values])
+    names = dict.fromkeys(name for entry in per_process for name in entry)
+    return {name: statistics.fmean(entry[name] for entry in per_process if name in entry) for name in names}
 
 
 def training_loss(

@@ -68,6 +68,7 @@ def load_or_compute_teacher_features(
     batch_size: int = 64,
     on_bad_sample: str = "skip",
     show_progress: bool = True,
+    compute_if_missing: bool = True,
 ) -> TeacherFeatures:
     """The teacher grids of every row's image: from the cache when its key matches, else computed (batched, under
     `torch.no_grad`, with a progress bar) and cached.
@@ -81,9 +82,12 @@ def load_or_compute_teacher_features(
         on_bad_sample: "skip" gives an unreadable image a zero grid (the training batches drop that image anyway);
             "error" raises.
         show_progress: show a tqdm bar while computing.
+        compute_if_missing: False only reads the cache: the processes of a data-parallel run other than the main
+            one, which computed the features before them.
 
     Raises:
-        FileNotFoundError: when `teacher` is not a folder.
+        FileNotFoundError: when `teacher` is not a folder, or the cache lacks the features and
+            `compute_if_missing` is False.
     """
     teacher_dir = Path(teacher)
     if not teacher_dir.is_dir():
@@ -105,6 +109,11 @@ def load_or_compute_teacher_features(
     cached = _read_cache(folder, key)
     if cached is not None:
         return TeacherFeatures(image_ids, cached)
+    if not compute_if_missing:
+        raise FileNotFoundError(
+            f"teacher cache {folder}: not written by the main process; every process must see teacher_cache_dir "
+            "(on several machines, a shared filesystem)"
+        )
     features = compute_teacher_features(rows, teacher_dir, grid_size, batch_size, on_bad_sample, show_progress)
 
     def write(tmp: Path) -> None:
