@@ -122,7 +122,7 @@ class TrainingConfig:
     # --- optimisation
     phase: str = field(default="xe", metadata={"help": "xe (cross-entropy) or scst (self-critical, CIDEr-D)"})
     num_epochs: int = 8
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata={"help": "images per step and process (N processes: N x this)"})
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     backbone_learning_rate: float = 1e-4
