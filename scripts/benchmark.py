@@ -42,6 +42,12 @@ benchmarks/photos_outside_flickr (its SOURCES.md lists them), with its own gener
 (default benchmarks/photos_outside_flickr/report.json) and, next to it, a Markdown table (.md) and a page of each
 photo, its LR input and the captions (.html). ``--name`` labels the models in order (default: the folder names).
 Run: ``python scripts/benchmark.py photos --model OLD_DIR --model NEW_DIR [--onnx ONNX_DIR] [--name old --name new]``.
+
+Scale (``soli_hf.bench.scale``): photos/s of captioning in one process against Ray Data with 1 and 2 workers
+(``soli caption --ray``), the same photos, model and batch size, from the start of each run to its last caption.
+Writes the JSON (default benchmarks/scale_cpu.json) and a Markdown table next to it. Needs the ``scale`` extra.
+Run on an idle machine: ``python scripts/benchmark.py scale [--onnx DIR | --model DIR] [--photos PATH ...]
+[--limit 500] [--workers 1 2] [--batch-size 16] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from soli_hf.bench.training_speed import SETTINGS
 from soli_hf.captioner import CHECKOUT_MODEL_DIR
 
 DEFAULT_TOKENS = 12  # = soli_hf.bench.latency_suite.DEFAULT_TOKENS, which imports what `profile --onnx` must not
+FLICKR8K_PHOTOS = Path("../shared/data/flickr8k/Flicker8k_Dataset")
 RENDER_ONLY = "write the report(s) next to --out from the JSON already there, without measuring"
 
 
@@ -122,6 +129,15 @@ def parse_arguments() -> argparse.Namespace:
     photos.add_argument(
         "--out", type=Path, default=OUTSIDE_FLICKR_PHOTOS / "report.json", help="JSON path (.md, .html beside)"
     )
+    scale = benchmarks.add_parser("scale", help="photos/s in one process and on Ray Data with 1 and 2 workers")
+    scale.add_argument("--model", default=None, help="a saved SOLI folder or Hub id (default: the shipped model)")
+    scale.add_argument("--onnx", default=None, help="an exported ONNX folder instead")
+    scale.add_argument("--photos", nargs="+", default=[str(FLICKR8K_PHOTOS)], help="folders, globs, lists of paths")
+    scale.add_argument("--limit", type=int, default=500, help="the first photos only")
+    scale.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray pool sizes to time")
+    scale.add_argument("--batch-size", type=int, default=16, help="photos per generate call")
+    scale.add_argument("--threads", type=int, default=1, help="threads of the single process and of each worker")
+    scale.add_argument("--out", type=Path, default=Path("benchmarks/scale_cpu.json"), help="JSON path (.md beside)")
     return parser.parse_args()
 
 
@@ -167,6 +183,16 @@ def main() -> None:
             raise SystemExit(f"benchmark.py photos: {error}") from error
         print(outside_photos.outside_photos_markdown(outside_photos.write_outside_photos_report(result, args.out)))
         print(f"wrote {args.out} and its .md and .html")
+        return
+    if args.benchmark == "scale":
+        from soli_hf.bench.scale import benchmark_scale, scale_markdown
+
+        settings = {"limit": args.limit, "workers": args.workers, "batch_size": args.batch_size}
+        results = benchmark_scale(args.photos, model=args.model, onnx=args.onnx, threads=args.threads, **settings)
+        write_json(results, args.out)
+        args.out.with_suffix(".md").write_text(scale_markdown(results) + "\n", encoding="utf-8")
+        print(scale_markdown(results))
+        print(f"wrote {args.out} and its .md")
         return
     if args.benchmark == "latency":
         from soli_hf.bench import latency_report, latency_suite

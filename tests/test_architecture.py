@@ -30,7 +30,7 @@ MODEL_FILES = {
 }
 #: What may sit at the package root: the model files, the registration, the public loaders and the CLI.
 ROOT_MODULES = MODEL_FILES | {"soli_hf", "soli_hf.registration", "soli_hf.captioner", "soli_hf.hub"}
-ROOT_PACKAGES = {"bench", "cli", "data", "evaluation", "metrics", "onnx", "storage", "training"}
+ROOT_PACKAGES = {"batch", "bench", "cli", "data", "evaluation", "metrics", "onnx", "storage", "training"}
 #: Floors: a module may import its own floor and the floors below it, never one above.
 FLOORS = {
     "model": 0,
@@ -41,6 +41,7 @@ FLOORS = {
     "captioner": 2,
     "training": 3,
     "evaluation": 3,
+    "batch": 3,
     "bench": 4,
     "cli": 5,
 }

@@ -6,107 +6,33 @@ A run never loses what it made: each file is turned into its small LR input the 
 holds those, never full-size photos), a file that cannot be read is skipped with its reason, and results are
 written one line per image, flushed at once. With an output file (`ResultsFile`) a killed run is continued by
 running the same command again: the images already captioned are left out.
+
+`soli caption --ray INPUT... --out DIR` runs the same captioning on a pool of Ray Data workers
+(`soli_hf.batch.caption_archive`): Parquet part files (path, caption, error) in DIR, resumed the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
+from ..batch import SkippedImage, caption_archive, caption_files, find_images
 from ..bench.html_gallery import GalleryCard, GalleryWriter
 from ..captioner import DEFAULT_MODEL_ID, Captioner, load_captioner
-from ..image_transforms_soli import ImageInputError
 from .arguments import add_decoding_arguments, add_inference_branches_argument, positive_int
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-@dataclass
-class CaptionedImage:
-    """A captioned file and the LR input the model saw."""
-
-    path: Path
-    caption: str
-    lr_image: Image.Image
-
-
-@dataclass
-class SkippedImage:
-    """A file that could not be captioned, and why (e.g. "not an image file PIL can read")."""
-
-    path: Path
-    reason: str
-
-
-def _listed(paths: Iterator[Path]) -> list[Path]:
-    """The image files among `paths` (by suffix; folders left out), sorted."""
-    return sorted(path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir())
-
-
-def find_images(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted, not recursive) and glob patterns -> image paths, in order, once each.
-
-    A path that exists but is no regular file (a FIFO, a device) is kept: opening refuses it with its reason, so
-    it is skipped by name rather than silently.
-
-    Raises:
-        ValueError: a path that does not exist, a glob or folder that matches no image.
-    """
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = _listed(path.iterdir())
-        elif path.exists():
-            matches = [path]
-        elif glob.has_magic(pattern):
-            matches = _listed(Path(match) for match in glob.glob(pattern))
-        else:
-            raise ValueError(f"{pattern}: no such file or folder")
-        if not matches:
-            raise ValueError(f"{pattern}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        found += [match for match in matches if match not in found]
-    return found
-
-
-def caption_files(
-    captioner: Captioner, paths: Sequence[Path], *, batch_size: int = 16, **decoding: int | None
-) -> Iterator[CaptionedImage | SkippedImage]:
-    """Caption the files in batches, yielding each result as soon as it is made: a `SkippedImage` the moment a file
-    turns out unreadable (any `ImageInputError`: missing, no regular file, not an image, corrupt, too many pixels,
-    NaN values, ...), then the `CaptionedImage`s of each batch. `decoding` (`num_beams`, `max_new_tokens`; None:
-    the model's own) goes to `Captioner.caption_pixels`. Shows a progress bar when there is more than one batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    with tqdm(total=len(paths), unit="img", desc="captioning", disable=len(paths) <= batch_size) as progress:
-        for start in range(0, len(paths), batch_size):
-            opened, rows = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    # Preprocessed the moment it is opened: the batch holds the small LR input, not the photo.
-                    rows.append(captioner.preprocess(path)[0])
-                    opened.append(path)
-                except ImageInputError as error:
-                    yield SkippedImage(path, error.reason)
-            if rows:
-                pixels = np.stack(rows)
-                captions = captioner.caption_pixels(pixels, **decoding)
-                for path, caption, lr_image in zip(opened, captions, captioner.lr_images(pixels), strict=True):
-                    yield CaptionedImage(path, caption, lr_image)
-            progress.update(len(paths[start : start + batch_size]))
+#: The flags of one run in a single process, and those of a run on Ray (`--ray`), which the other refuses.
+SINGLE_PROCESS_FLAGS = {"output": "--output", "html": "--html", "json": "--json"}
+RAY_FLAGS = {"out": "--out", "workers": "--workers", "column": "--column"}
 
 
 def format_result(path: Path | str, caption: str, as_json: bool) -> str:
@@ -237,10 +163,20 @@ def _caption_and_write(
 def run_caption(args: argparse.Namespace) -> int:
     """Caption images, writing each result as soon as it is made (see `soli_hf.cli`). Returns 2 for a usage error
     (nothing captioned), 1 when a file was skipped, else 0."""
+    if args.ray:
+        return run_ray_caption(args)
+    misplaced = [flag for name, flag in RAY_FLAGS.items() if getattr(args, name) is not None]
+    if misplaced:
+        print(f"soli caption: error: {', '.join(misplaced)} apply to a run on Ray (--ray)", file=sys.stderr)
+        return 2
     try:
         paths = find_images(args.images)
         captioner = load_captioner(
-            args.model, onnx=args.onnx, inference_branches=args.inference_branches, num_threads=args.num_threads
+            args.model,
+            onnx=args.onnx,
+            inference_branches=args.inference_branches,
+            device=args.device,
+            num_threads=args.num_threads,
         )
         results, todo = _open_results(args, paths)
     except (ValueError, OSError) as error:
@@ -257,16 +193,71 @@ def run_caption(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def _ray_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of `soli caption --ray`, or None."""
+    if args.out is None:
+        return "--ray writes Parquet part files into a folder: give it with --out DIR"
+    misplaced = [flag for name, flag in SINGLE_PROCESS_FLAGS.items() if getattr(args, name) not in (None, False)]
+    return f"{', '.join(misplaced)} apply to a run in one process, not to --ray" if misplaced else None
+
+
+def run_ray_caption(args: argparse.Namespace) -> int:
+    """`soli caption --ray`: caption the inputs on Ray Data into the Parquet part files of `--out`
+    (`soli_hf.batch.caption_archive`), saying on stderr what the run did. Returns 2 for a usage error (nothing
+    captioned), 1 when a photo could not be read (an error row), else 0."""
+    problem = _ray_usage_problem(args)
+    if problem is not None:
+        print(f"soli caption: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        run = caption_archive(
+            args.images,
+            args.out,
+            model=args.model,
+            onnx=args.onnx,
+            column=args.column,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            device=args.device,
+            threads_per_worker=args.num_threads or 1,
+            inference_branches=args.inference_branches,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (ImportError, ValueError, OSError) as error:
+        print(f"soli caption: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"soli caption: {run.out}: {run.captioned} captioned and {run.errors} unreadable (error rows) by "
+        f"{run.workers} worker(s) into {run.parts} part file(s); {run.already_done} of the {run.total} photos were "
+        "there already",
+        file=sys.stderr,
+    )
+    return 1 if run.errors else 0
+
+
 def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli caption`."""
-    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders or glob patterns; with --ray also text lists of paths (.txt, .lst) and Parquet or "
+        "CSV tables with a column of paths (.parquet, .csv)",
+    )
     parser.add_argument(
         "--model",
         default=None,
         help=f"a saved SOLI folder or Hub id (default: the shipped model, {DEFAULT_MODEL_ID})",
     )
     parser.add_argument("--onnx", type=Path, default=None, help="caption with an exported ONNX folder instead")
-    parser.add_argument("--num-threads", type=positive_int, default=None, help="onnxruntime threads (with --onnx)")
+    parser.add_argument(
+        "--num-threads",
+        type=positive_int,
+        default=None,
+        help="onnxruntime threads (with --onnx); with --ray the CPUs each worker takes (default 1), which are its "
+        "onnxruntime or torch threads",
+    )
+    parser.add_argument("--device", default=None, help="the PyTorch device: cpu (default), cuda, cuda:1, ...")
     add_inference_branches_argument(
         parser,
         "run the model in this mode instead of the saved one (lr: no SR branch, faster); with --onnx, the "
@@ -289,3 +280,17 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--html", type=Path, default=None, help="also write a page of the LR inputs and captions (when the run ends)"
     )
+    ray = parser.add_argument_group(
+        "on Ray (pip install 'soli-hf[scale]')",
+        "caption on a pool of Ray Data workers (a local Ray, or the cluster RAY_ADDRESS names) into Parquet part "
+        "files (path, caption, error) of a folder; the same command again captions only the photos it lacks",
+    )
+    ray.add_argument("--ray", action="store_true", help="caption on Ray Data; needs --out")
+    ray.add_argument("--out", type=Path, default=None, help="the folder of Parquet part files (with --ray)")
+    ray.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="captioner actors (default: the cluster's CPUs divided by --num-threads, or its GPUs with --device cuda)",
+    )
+    ray.add_argument("--column", default=None, help="the column of paths of a Parquet or CSV input (default: path)")
