@@ -26,6 +26,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..captioner import load_captioner
+from ..storage import write_file_atomically
+from ..storage.atomic import TEMPORARY_MARK  # a part being written: `.<part name>.tmp-<pid>`, never read
 from .files import SkippedImage, caption_files
 from .inputs import archive_paths
 
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-#: The mark of a part being written (`.<part name>.tmp-<pid>`): never read, deleted when a run starts.
-TEMPORARY_MARK = ".tmp-"
 #: Batches of each part file: the most a kill can lose per worker, and how many rows the output files hold.
 DEFAULT_BATCHES_PER_PART = 32
 SCALE_EXTRA_HINT = "pip install 'soli-hf[scale]'"
@@ -142,17 +142,10 @@ def _results_table(results: Sequence[Any]) -> pa.Table:
 
 
 def _write_part(table: pa.Table, path: Path) -> None:
-    """Write a part file in one step: under a hidden temporary name beside it, flushed to disk, renamed into place."""
+    """Write a part file in one step (`storage.write_file_atomically`): complete or absent, never half written."""
     import pyarrow.parquet
 
-    tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
-    try:
-        pyarrow.parquet.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_file_atomically(path, lambda tmp: pyarrow.parquet.write_table(table, tmp))
 
 
 def _remove_unfinished_parts(out: Path) -> None:

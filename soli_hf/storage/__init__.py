@@ -8,6 +8,7 @@ from .atomic import (
     disk_full_as_oserror,
     recover_interrupted_writes,
     remove_path,
+    write_file_atomically,
     write_folder_atomically,
     write_text_atomically,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "read_json",
     "recover_interrupted_writes",
     "remove_path",
+    "write_file_atomically",
     "write_folder_atomically",
     "write_text_atomically",
 ]

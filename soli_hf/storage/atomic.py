@@ -99,19 +99,24 @@ def fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace the file `path` with `text` (UTF-8) in one step: written beside it, flushed, renamed over it; a crash
-    leaves the old file or the new one, never a truncated one."""
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace the file `path` in one step: `write(tmp)` writes it under a hidden temporary name beside it
+    (`.<name>.tmp-<pid>`), which is flushed to disk and renamed over `path`; a crash leaves the old file or the
+    new one, never a truncated one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace the file `path` with `text` (UTF-8) in one step (`write_file_atomically`)."""
+    write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def free_disk_space(path: Path) -> tuple[int, Path]:
