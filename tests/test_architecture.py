@@ -27,6 +27,11 @@ MODEL_FILES = {
     "soli_hf.tokenization_soli",
     "soli_hf.losses_soli",
     "soli_hf.pipeline_soli",
+    # the dual-encoder Q-Former captioner (it reuses SOLI's image processing, losses' constants and pipeline)
+    "soli_hf.configuration_dual_qformer",
+    "soli_hf.modeling_dual_qformer",
+    "soli_hf.processing_dual_qformer",
+    "soli_hf.pipeline_dual_qformer",
 }
 #: What may sit at the package root: the model files, the registration, the public loaders and the CLI.
 ROOT_MODULES = MODEL_FILES | {"soli_hf", "soli_hf.registration", "soli_hf.captioner", "soli_hf.hub"}
