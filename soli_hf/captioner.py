@@ -31,9 +31,9 @@ from .image_transforms_soli import unnormalize_pixels
 from .onnx.manifest import decoding_defaults, preprocessing_settings
 
 if TYPE_CHECKING:
-    from .modeling_soli import SoliForConditionalGeneration
+    from transformers import PreTrainedModel, ProcessorMixin
+
     from .onnx.runtime import SoliOnnxCaptioner
-    from .processing_soli import SoliProcessor
 
 #: The published default model: resolved and cached by huggingface_hub (`HF_HUB_OFFLINE=1` reads the cache).
 DEFAULT_MODEL_ID = "soli-hf/soli-flickr8k-lr64"
@@ -123,6 +123,22 @@ class Captioner(ABC):
         return [unnormalize_pixels(np.asarray(row), mean, std) for row in pixel_values]
 
 
+def _family_classes(model: str, model_type: str) -> tuple[type[PreTrainedModel], type[ProcessorMixin]]:
+    """The model and processor classes of a captioner family, by its `model_type`; a ValueError naming the model
+    for any other type."""
+    if model_type == "soli":
+        from .modeling_soli import SoliForConditionalGeneration
+        from .processing_soli import SoliProcessor
+
+        return SoliForConditionalGeneration, SoliProcessor
+    if model_type == "dual_qformer":
+        from .modeling_dual_qformer import DualQFormerForConditionalGeneration
+        from .processing_dual_qformer import DualQFormerProcessor
+
+        return DualQFormerForConditionalGeneration, DualQFormerProcessor
+    raise ValueError(f"{model}: model_type {model_type!r} is not a soli-hf captioner (soli or dual_qformer)")
+
+
 def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
     """The decoding settings that were set (not None); a `ValueError` (not Python's `TypeError`) for an unknown
     one, for the callers that pass settings through (`caption`, `caption_pixels`, `decoding`)."""
@@ -146,49 +162,61 @@ def _not_found_message(model: str, error: OSError) -> str:
 
 
 class PytorchCaptioner(Captioner):
-    """A SOLI model in PyTorch: its processor and batched `model.generate()`.
+    """A captioner of the package in PyTorch (SOLI, or the dual-encoder Q-Former): its processor and batched
+    `model.generate()`.
 
     Wraps a model as it is (training mode included: the evaluation during training switches modes itself);
     `from_pretrained` loads one in eval mode.
     """
 
-    def __init__(self, model: SoliForConditionalGeneration, processor: SoliProcessor, name: str = "soli") -> None:
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str = "soli") -> None:
         self.model = model
         self.processor = processor
         self.name = name
         self.preprocessing = preprocessing_settings(processor.image_processor)
         self.generation_defaults = decoding_defaults(model.generation_config)
+        # a processor's fixed text prompt (the dual-encoder Q-Former's, e.g. "a photo of") conditions every caption
+        prompt = getattr(processor, "prompt", "")
+        self._prompt_inputs = {}
+        if prompt:
+            prompt_ids = processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            self._prompt_inputs = {"prompt_ids": prompt_ids}
 
     @property
     def inference_branches(self) -> str:
-        """The model's inference mode (`config.inference_branches`)."""
-        return self.model.config.inference_branches
+        """SOLI's inference mode (`config.inference_branches`); "lr" for a family that encodes the LR image alone."""
+        return getattr(self.model.config, "inference_branches", "lr")
 
     @classmethod
     def from_pretrained(
         cls, model: str | os.PathLike, *, inference_branches: str | None = None, device: str | None = None
     ) -> PytorchCaptioner:
-        """Load a saved SOLI folder or Hub id (in eval mode, on `device`); `inference_branches` ("both" or "lr")
-        replaces the saved mode.
+        """Load a saved captioner folder or Hub id of any family of the package (its `model_type`: "soli" or
+        "dual_qformer"), in eval mode, on `device`; `inference_branches` ("both" or "lr", SOLI only) replaces the
+        saved mode.
 
         Raises:
-            ValueError: a folder without config.json, weights that cannot be read (truncated or corrupt), a Hub id
-                that is neither cached nor reachable, a branch setting the model lacks.
+            ValueError: a folder without config.json, a model type that is not one of the package's captioners,
+                weights that cannot be read (truncated or corrupt), a Hub id that is neither cached nor reachable,
+                a branch setting the model lacks.
         """
         from safetensors import SafetensorError
+        from transformers import AutoConfig
 
         from .configuration_soli import INFERENCE_BRANCHES
-        from .modeling_soli import SoliForConditionalGeneration
-        from .processing_soli import SoliProcessor
 
         path = Path(model)
         if path.is_dir() and not (path / "config.json").is_file():
-            raise ValueError(f"{model}: not a saved SOLI folder (no config.json)")
+            raise ValueError(f"{model}: not a saved captioner folder (no config.json)")
         if inference_branches not in (None, *INFERENCE_BRANCHES):
             raise ValueError(f"inference_branches must be one of {INFERENCE_BRANCHES}, got {inference_branches!r}")
         overrides = {} if inference_branches is None else {"inference_branches": inference_branches}
         try:
-            loaded = SoliForConditionalGeneration.from_pretrained(model, **overrides)
+            model_type = AutoConfig.from_pretrained(model).model_type
+            model_class, processor_class = _family_classes(str(model), model_type)
+            if overrides and model_type != "soli":
+                raise ValueError(f"{model} is a {model_type} model: inference_branches applies to SOLI only")
+            loaded = model_class.from_pretrained(model, **overrides)
         except SafetensorError as error:
             weights = path / WEIGHTS_NAME if path.is_dir() else f"{model} ({WEIGHTS_NAME})"
             raise ValueError(
@@ -198,11 +226,11 @@ class PytorchCaptioner(Captioner):
             if path.exists():
                 raise
             raise ValueError(_not_found_message(str(model), error)) from error
-        if loaded.config.inference_branches == "both" and not loaded.config.use_sr_branch:
+        if model_type == "soli" and loaded.config.inference_branches == "both" and not loaded.config.use_sr_branch:
             raise ValueError(f"{model} has no SR branch (the baseline variant): use inference_branches='lr'")
         if device is not None:
             loaded = loaded.to(device)
-        return cls(loaded.eval(), SoliProcessor.from_pretrained(model), name=path.name)
+        return cls(loaded.eval(), processor_class.from_pretrained(model), name=path.name)
 
     def preprocess(self, images: Any) -> np.ndarray:
         """`SoliImageProcessor(images)["pixel_values"]`."""
@@ -213,7 +241,8 @@ class PytorchCaptioner(Captioner):
         import torch
 
         pixels = torch.as_tensor(pixel_values).to(self.model.device)
-        return self.model.generate(pixel_values=pixels, do_sample=False, **settings).cpu().numpy()
+        prompt = {name: ids.to(self.model.device) for name, ids in self._prompt_inputs.items()}
+        return self.model.generate(pixel_values=pixels, do_sample=False, **prompt, **settings).cpu().numpy()
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """`processor.batch_decode(sequences, skip_special_tokens=True)`."""

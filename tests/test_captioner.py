@@ -89,7 +89,7 @@ def test_load_captioner_refuses_settings_that_do_not_fit(saved_tiny_model: Path,
         load_captioner(saved_tiny_model, num_threads=2)
     with pytest.raises(ValueError, match="runs on the CPU"):
         load_captioner(onnx=tmp_path, device="cuda")
-    with pytest.raises(ValueError, match="not a saved SOLI folder"):
+    with pytest.raises(ValueError, match="not a saved captioner folder"):
         load_captioner(tmp_path)
 
 

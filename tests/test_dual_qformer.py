@@ -28,6 +28,7 @@ from soli_hf import (
     SoliImageProcessor,
     smollm2_gguf_file,
 )
+from soli_hf.captioner import load_captioner
 from soli_hf.modeling_dual_qformer import qformer_attention_mask
 
 CAPTIONS = ["a dog runs on the grass", "a man rides a red bike", "two dogs play in the snow"]
@@ -308,6 +309,30 @@ def test_save_and_load_give_equal_outputs(saved_dual_model, tokenizer, batch):
     assert torch.equal(
         loaded.generate(batch["pixel_values"], num_beams=2), model.generate(batch["pixel_values"], num_beams=2)
     )
+
+
+def test_the_one_captioner_loader_captions_with_a_saved_dual_model(saved_dual_model, images, tmp_path):
+    captioner = load_captioner(saved_dual_model)
+    assert isinstance(captioner.model, DualQFormerForConditionalGeneration) and not captioner.model.training
+    assert captioner.inference_branches == "lr" and captioner.preprocessing["image_size"] == 64
+    captions = captioner.caption(images[:2], max_new_tokens=4)
+    model, processor = captioner.model, captioner.processor
+    expected = processor.batch_decode(
+        model.generate(**processor(images=images[:2], return_tensors="pt"), max_new_tokens=4, do_sample=False),
+        skip_special_tokens=True,
+    )
+    assert captions == expected
+    with pytest.raises(ValueError, match="inference_branches applies to SOLI only"):
+        load_captioner(saved_dual_model, inference_branches="lr")
+    # a processor's text prompt conditions the captions the loader makes, as it does `generate`
+    prompted = tmp_path / "prompted"
+    model.save_pretrained(prompted)
+    DualQFormerProcessor(processor.image_processor, processor.tokenizer, prompt="a photo of").save_pretrained(prompted)
+    prompted_captioner = load_captioner(prompted)
+    inputs = prompted_captioner.processor(images=images[:2], return_tensors="pt")
+    assert "prompt_ids" in inputs
+    expected = processor.batch_decode(model.generate(**inputs, max_new_tokens=4), skip_special_tokens=True)
+    assert prompted_captioner.caption(images[:2], max_new_tokens=4) == expected
 
 
 def test_auto_classes_and_saved_code(saved_dual_model):

@@ -126,7 +126,7 @@ def test_soli_export_quantize_and_caption_onnx(saved_model, float32_dir, image_f
     status, _, err = run_cli("caption", str(image_files[0]), "--onnx", str(tmp_path / "missing"))
     assert status == 2 and "no soli_onnx.json" in err
     status, _, err = run_cli("export", "--model", str(tmp_path), "--out", str(tmp_path / "x"))
-    assert status == 2 and "not a saved SOLI folder" in err
+    assert status == 2 and "not a saved captioner folder" in err
 
 
 @pytest.mark.slow
