@@ -36,10 +36,10 @@ def _best(history: Sequence[Mapping[str, Any]], key: str) -> float | None:
 
 def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
     """One run's row: its name and recipe, best epoch and which weights earned it (trained or EMA), the best dev
-    CIDEr-D (greedy) of the trained weights and of their EMA (None without one), beam-3 CIDEr-D and distinct
-    captions of the saved model when `beam_evaluation` is given (else None), BLEU-4 and distinct captions of the
-    selected epoch (greedy), training + evaluation minutes (None when the run did not time its epochs) and its dev
-    CIDEr-D per epoch (trained weights; EMA's, when kept)."""
+    CIDEr-D (greedy) of the trained weights and of their EMA (None without one), beam-3 CIDEr-D, BLEU-4 and
+    distinct captions of the saved model when `beam_evaluation` is given (else None), BLEU-4 and distinct captions
+    of the selected epoch (greedy), training + evaluation minutes (None when the run did not time its epochs) and
+    its dev CIDEr-D per epoch (trained weights; EMA's, when kept)."""
     summary = summarize_run(run_dir)
     history = summary["history"]
     beam = None if beam_evaluation is None else beam_metrics(beam_evaluation)
@@ -55,6 +55,7 @@ def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
         "cider_greedy_ema": _best(history, EMA_PREFIX + "CIDEr"),
         "cider_beam3": None if beam is None else beam["CIDEr"],
         "bleu4": summary["dev_greedy"].get("Bleu_4"),
+        "bleu4_beam3": None if beam is None else beam.get("Bleu_4"),
         "distinct_greedy": summary["dev_greedy"].get("distinct_captions"),
         "distinct_beam3": None if beam is None else beam.get("distinct_captions"),
         "wall_minutes": summary.get("train_and_eval_minutes"),
@@ -72,7 +73,7 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
         "dev CIDEr-D (greedy)",
         "EMA (greedy)",
         "dev CIDEr-D (beam 3)",
-        "BLEU-4",
+        "BLEU-4 (greedy / beam 3)",
         "distinct (greedy / beam 3)",
         "wall min",
     ]
@@ -81,7 +82,8 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
             row["name"],
             row["recipe"],
             f"{row['best_epoch']}/{row['epochs_run']}" + (" (EMA)" if row["best_weights"] == EMA else ""),
-            *(_cell(row[key], 4) for key in ("cider_greedy", "cider_greedy_ema", "cider_beam3", "bleu4")),
+            *(_cell(row[key], 4) for key in ("cider_greedy", "cider_greedy_ema", "cider_beam3")),
+            f"{_cell(row['bleu4'], 4)} / {_cell(row['bleu4_beam3'], 4)}",
             f"{_percent(row['distinct_greedy'])} / {_percent(row['distinct_beam3'])}",
             _cell(row["wall_minutes"], 1),
         ]
