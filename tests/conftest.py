@@ -154,6 +154,16 @@ def saved_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def saved_image_sensitive_model(tmp_path_factory, tokenizer, processor) -> Path:
+    """A tiny SOLI whose captions depend on the image (`image_sensitive_tiny_model`, both branches), saved with its
+    processor."""
+    folder = tmp_path_factory.mktemp("soli_image_sensitive")
+    image_sensitive_tiny_model(tokenizer, "both").save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model_config(tmp_path: Path) -> Path:
     """A tiny SoliConfig JSON for training runs (the vocabulary size is set from the tokenizer at training time)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import image_sensitive_tiny_model, run_python
+from conftest import run_python
 from PIL import Image
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'soli-hf[onnx]')")
@@ -34,11 +34,9 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def saved_model(tokenizer, processor, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("saved")
-    image_sensitive_tiny_model(tokenizer, "both").save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def saved_model(saved_image_sensitive_model) -> Path:
+    """A tiny SOLI whose captions depend on the image, saved with its processor (conftest's)."""
+    return saved_image_sensitive_model
 
 
 @pytest.fixture(scope="module")

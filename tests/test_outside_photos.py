@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import image_sensitive_tiny_model, write_image
+from conftest import write_image
 from PIL import Image
 
 from soli_hf.bench.outside_photos import ReportModel, caption_photo_set, report_models, write_outside_photos_report
@@ -38,12 +38,9 @@ def write_photo_set(folder: Path, names: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def second_tiny_model(tmp_path_factory, tokenizer, processor) -> Path:
-    """A tiny SOLI other than `saved_tiny_model` (its captions depend on the image; its own generation config)."""
-    folder = tmp_path_factory.mktemp("soli_tiny_second")
-    image_sensitive_tiny_model(tokenizer, "both").save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def second_tiny_model(saved_image_sensitive_model) -> Path:
+    """A tiny SOLI whose captions depend on the image, saved with its processor (conftest's)."""
+    return saved_image_sensitive_model
 
 
 def test_the_manifest_lists_every_committed_photo_and_each_opens() -> None:

@@ -57,12 +57,9 @@ def archive(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, tokenizer, processor) -> Path:
-    """A saved tiny SOLI whose captions depend on the image."""
-    folder = tmp_path_factory.mktemp("model")
-    image_sensitive_tiny_model(tokenizer, "both").save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def model_folder(saved_image_sensitive_model) -> Path:
+    """A tiny SOLI whose captions depend on the image, saved with its processor (conftest's)."""
+    return saved_image_sensitive_model
 
 
 def single_process_captions(paths: list[str], **loading: object) -> dict[str, str]:
