@@ -1,8 +1,9 @@
 """Bad-sample detection, reporting and the skip/error policy.
 
 A *bad sample* is a problem found while loading: a missing or unreadable image, an
-empty caption, an image without captions, a malformed annotation entry, or a line of
-an annotation file that is not UTF-8. Readers and the validator pass each one to a
+empty caption, an image without captions, a malformed annotation entry, a line of
+an annotation file that is not UTF-8, or (region data) a box that is inverted,
+degenerate or outside its photo. Readers and the validator pass each one to a
 :class:`BadSampleHandler`, which either raises ``ValueError`` at once
 (``on_bad_sample="error"``) or records it in a :class:`BadSampleReport`
 (``on_bad_sample="skip"``) while the sample is dropped.
@@ -61,6 +62,7 @@ class BadSampleKind(StrEnum):
     NO_CAPTIONS = "no_captions"
     MALFORMED_ENTRY = "malformed_entry"
     UNDECODABLE_LINE = "undecodable_line"
+    BAD_BOX = "bad_box"  # a region box that is inverted, degenerate or outside its photo
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .bad_samples import (
 from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
 from .readers import read_coco, read_flickr8k, read_imagefolder, read_karpathy
 from .records import CaptionRecord, records_to_dataset
+from .regions import load_region_dataset_with_report
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +39,24 @@ def load_caption_dataset(
 ) -> Dataset:
     """Load an image-captioning dataset: one row per image, with all its reference captions.
 
+    The region format "flickr30k_entities" returns region rows instead (one per photo and
+    phrase chain with a box): see :func:`~soli_hf.data.regions.load_region_dataset`.
+
     Args:
         path: A Flickr8k root folder, a COCO captions JSON, a Karpathy ``dataset_*.json``,
-            or an image folder with ``metadata.jsonl``.
+            an image folder with ``metadata.jsonl``, or a Flickr30k Entities folder.
         split: The split to load ("train", "dev"/"val"/"validation", "test", ...). Ignored
             for COCO, where one JSON file is one split.
-        data_format: "flickr8k", "coco", "karpathy" or "imagefolder"; detected from
+        data_format: "flickr8k", "coco", "karpathy", "imagefolder" or "flickr30k_entities"; detected from
             ``path`` when None (see :func:`~soli_hf.data.detect_format`).
         on_bad_sample: "skip" drops bad samples (an empty caption drops only that caption),
             then logs one warning summarising them; "error" raises ``ValueError`` naming
             the file and row of the first one.
         image_root: Folder the image file names are relative to. Defaults: Flickr8k
             ``<path>/Flicker8k_Dataset``, image folder: the metadata file's folder,
-            COCO/Karpathy: the JSON file's folder.
+            COCO/Karpathy: the JSON file's folder. For "flickr30k_entities" it is the
+            Flickr8k root folder that holds the photos and the split lists (default: the
+            ``flickr8k`` folder beside ``path``).
         karpathy_splits: For Karpathy files, the Karpathy split names each requested split
             includes, e.g. ``{"train": ("train", "restval")}`` (merged over the default
             identity mapping).
@@ -111,6 +117,8 @@ def load_caption_dataset_with_report(
         raise FileNotFoundError(f"caption data not found: {path}")
     data = read_json(path) if path.is_file() and path.suffix == ".json" else None
     data_format = data_format or (detect_json_format(data, path) if data is not None else detect_format(path))
+    if data_format == "flickr30k_entities":
+        return load_region_dataset_with_report(path, split, image_root, on_bad_sample, verify_images, num_workers)
     handle = BadSampleHandler(on_bad_sample)
     root = Path(image_root).absolute() if image_root is not None else None
     records = _read_records(path, data, data_format, split, handle, root, karpathy_splits)

@@ -72,14 +72,14 @@ def read_flickr8k(root: Path, split: str, handle: Handle, image_root: Path | Non
     """
     text_dir = root / FLICKR8K_TEXT_DIR
     split_pattern = f"{text_dir}/{FLICKR8K_SPLIT_PREFIX}<split>{FLICKR8K_SPLIT_SUFFIX}"
-    split_file = resolve_split(split, _flickr8k_split_files(text_dir), split_pattern)
+    split_file = resolve_split(split, flickr8k_split_files(text_dir), split_pattern)
     image_dir = image_root or root / FLICKR8K_IMAGE_DIR
     builder = RecordBuilder()
-    for line_no, line in _numbered_lines(split_file, handle):
+    for line_no, line in numbered_lines(split_file, handle):
         name = line.strip()
         builder.add_image(PurePosixPath(name).stem, str(image_dir / name), f"{split_file} line {line_no}")
     token_file = text_dir / FLICKR8K_TOKEN_FILE
-    for line_no, line in _numbered_lines(token_file, handle):
+    for line_no, line in numbered_lines(token_file, handle):
         row = f"{token_file} line {line_no}"
         name, caption = _parse_token_line(line)
         if name is None:
@@ -174,7 +174,7 @@ def read_imagefolder(root: Path, split: str, handle: Handle, image_root: Path | 
     metadata = resolve_split(split, imagefolder_metadata_files(root), metadata_pattern)
     image_root = image_root or metadata.parent
     builder = RecordBuilder()
-    for line_no, line in _numbered_lines(metadata, handle):
+    for line_no, line in numbered_lines(metadata, handle):
         row = f"{metadata} line {line_no}"
         entry = _parse_json_line(line)
         captions = _metadata_captions(entry)
@@ -201,13 +201,13 @@ def imagefolder_metadata_files(root: Path) -> dict[str, Path]:
     return splits
 
 
-def _flickr8k_split_files(text_dir: Path) -> dict[str, Path]:
+def flickr8k_split_files(text_dir: Path) -> dict[str, Path]:
     """Split name -> ``Flickr_8k.<split>Images.txt`` for the split files that exist."""
     prefix, suffix = FLICKR8K_SPLIT_PREFIX, FLICKR8K_SPLIT_SUFFIX
     return {path.name[len(prefix) : -len(suffix)]: path for path in sorted(text_dir.glob(f"{prefix}*{suffix}"))}
 
 
-def _numbered_lines(path: Path, handle: Handle) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path, handle: Handle) -> Iterator[tuple[int, str]]:
     """Yield ``(1-based line number, line without its line ending)`` for the non-blank lines of a UTF-8 text file.
 
     A leading BOM is dropped; a line that is not UTF-8 goes to ``handle`` as an ``undecodable_line`` instead.

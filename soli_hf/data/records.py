@@ -1,7 +1,8 @@
 """Format-independent caption records and their conversion to a `datasets.Dataset`.
 
-Every format reader produces :class:`CaptionRecord` objects through a
-:class:`RecordBuilder`, so the row layout of the final dataset is defined once, here.
+Every caption format reader produces :class:`CaptionRecord` objects through a
+:class:`RecordBuilder`, so the row layout of the final dataset is defined once, here
+(the region rows' layout, :data:`REGION_FEATURES`, too).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetInfo, Features, Image, List, NamedSplit, Value
 
-#: Columns of every dataset returned by :func:`soli_hf.data.load_caption_dataset`.
+#: Columns of every caption dataset returned by :func:`soli_hf.data.load_caption_dataset` (every format but the
+#: region format "flickr30k_entities", whose columns are :data:`REGION_FEATURES`).
 #: ``image`` decodes lazily (on row access) from ``image_path``; ``captions`` are raw.
 CAPTION_FEATURES = Features(
     {
@@ -19,6 +21,22 @@ CAPTION_FEATURES = Features(
         "image": Image(),
         "image_path": Value("string"),
         "captions": List(Value("string")),
+    }
+)
+
+#: Columns of the region datasets (``data_format="flickr30k_entities"``, see :mod:`soli_hf.data.regions`): one row
+#: per (photo, phrase chain with a box). ``image`` is the photo's path (a string: many rows share one photo), as is
+#: ``image_path``; ``box`` is [x0, y0, x1, y1] in that photo's pixels; ``references`` are the chain's phrases.
+REGION_FEATURES = Features(
+    {
+        "image_id": Value("string"),
+        "image": Value("string"),
+        "image_path": Value("string"),
+        "box": List(Value("float32"), length=4),
+        "references": List(Value("string")),
+        "phrase_type": Value("string"),
+        "num_boxes": Value("int32"),
+        "chain_id": Value("string"),
     }
 )
 
