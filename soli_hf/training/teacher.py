@@ -196,16 +196,18 @@ def teacher_fingerprint(teacher_dir: Path) -> dict[str, str]:
 
 
 def images_fingerprint(rows: Dataset) -> str:
-    """One digest of every image's path, size and modification time (or its content, for images stored in the
-    dataset itself), in row order."""
+    """One digest of every image's content, in row order (hashing 6,000 Flickr8k photos takes about a second).
+
+    Content, not path and modification time: a fresh copy of the same data (another machine, a new checkout of the
+    shared folder) keeps the cache, and an image rewritten with other pixels invalidates it. A missing file counts
+    as missing (the loader reports it as a bad sample)."""
     stamps = []
     for image in rows["image"]:
         if image.get("bytes") is not None:
             stamps.append(_digest(image["bytes"]))
             continue
         path = Path(image["path"])
-        stat = path.stat() if path.exists() else None
-        stamps.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+        stamps.append(_digest(path.read_bytes()) if path.is_file() else None)
     return _digest(json.dumps(stamps).encode())
 
 
