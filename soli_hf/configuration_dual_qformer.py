@@ -84,7 +84,7 @@ def smollm2_gguf_file() -> Path:
     )
 
 
-def _sub_config(value: PretrainedConfig | dict[str, Any] | None, default: PretrainedConfig) -> PretrainedConfig:
+def sub_config(value: PretrainedConfig | dict[str, Any] | None, default: PretrainedConfig) -> PretrainedConfig:
     """A sub-config from a config, a dict (as read from config.json, `model_type` naming its class) or None."""
     if value is None:
         return default
@@ -199,10 +199,10 @@ class DualQFormerConfig(PretrainedConfig):
             )
         if cross_attention_frequency < 1 or num_query_tokens < 1 or max_text_length < 2:
             raise ValueError("cross_attention_frequency and num_query_tokens must be >= 1, max_text_length >= 2")
-        self.global_encoder_config = _sub_config(global_encoder_config, default_global_encoder_config())
-        self.finegrained_encoder_config = _sub_config(finegrained_encoder_config, default_finegrained_encoder_config())
+        self.global_encoder_config = sub_config(global_encoder_config, default_global_encoder_config())
+        self.finegrained_encoder_config = sub_config(finegrained_encoder_config, default_finegrained_encoder_config())
         self.use_finegrained_encoder = use_finegrained_encoder
-        self.text_config = _sub_config(text_config, smollm2_135m_config())
+        self.text_config = sub_config(text_config, smollm2_135m_config())
         self.image_size = image_size
         self.global_image_size = global_image_size
         self.finegrained_image_size = finegrained_image_size

