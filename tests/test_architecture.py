@@ -32,6 +32,8 @@ MODEL_FILES = {
     "soli_hf.modeling_dual_qformer",
     "soli_hf.processing_dual_qformer",
     "soli_hf.pipeline_dual_qformer",
+    # the AlignCap region captioner
+    "soli_hf.object_evidence_aligncap",
 }
 #: What may sit at the package root: the model files, the registration, the public loaders and the CLI.
 ROOT_MODULES = MODEL_FILES | {"soli_hf", "soli_hf.registration", "soli_hf.captioner", "soli_hf.hub"}
