@@ -12,7 +12,10 @@ A cell ``(i, j)`` of an ``H`` x ``W`` map of an image of side ``image_size`` cov
 ``[j * image_size / W, (j + 1) * image_size / W)`` across and ``[i * image_size / H, (i + 1) * image_size / H)`` down
 (output stride 8: 28 x 28 cells of 8 pixels for a 224 x 224 photo).
 
-The segmentation model is frozen: nothing here needs gradients.
+The segmentation model is frozen: nothing here needs gradients. It was trained at 513 x 513 but still finds people at
+224 x 224: over the first 200 single-box people regions of Flickr8k dev, the top object class (background aside) of
+the box histogram is person for 171 at 224 x 224 (28 x 28 cells) and 190 with the photo upsampled to 513 x 513; a
+person box keeps a large background share (objectness 0.2-0.9), so read the object classes and the objectness apart.
 """
 
 from __future__ import annotations
@@ -136,8 +139,12 @@ def box_class_histograms(class_probabilities: torch.Tensor, boxes: torch.Tensor,
         raise ValueError(f"inverted boxes (x1 < x0 or y1 < y0): {boxes[inverted, 1:].tolist()}")
     across = _cell_overlaps(boxes[:, 1], boxes[:, 3], width, image_size)  # (R, W)
     down = _cell_overlaps(boxes[:, 2], boxes[:, 4], height, image_size)  # (R, H)
-    probabilities = class_probabilities.float().index_select(0, batch_index)  # (R, 21, H, W)
-    mass = torch.einsum("rchw,rh,rw->rc", probabilities, down, across)
+    rows_by_cell = class_probabilities.float().flatten(1, 2)  # (B, 21 * H, W)
+    mass = rows_by_cell.new_empty(boxes.shape[0], len(VOC_CLASSES))
+    for image in batch_index.unique().tolist():  # per image: no (R, 21, H, W) copy of the maps
+        rows = (batch_index == image).nonzero().squeeze(1)
+        per_row = (rows_by_cell[image] @ across[rows].T).view(len(VOC_CLASSES), height, -1)  # (21, H, r)
+        mass[rows] = torch.einsum("chr,rh->rc", per_row, down[rows])
     distribution = mass / mass.sum(dim=1, keepdim=True)
     return torch.cat([distribution, 1 - distribution[:, :1]], dim=1)
 
