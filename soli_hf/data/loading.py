@@ -19,7 +19,7 @@ from .bad_samples import (
     check_verify_images,
     validate_records,
 )
-from .detection import DATA_FORMATS, DataFormat, detect_format, detect_json_format
+from .detection import DATA_FORMATS, REGION_DATA_FORMATS, DataFormat, detect_format, detect_json_format
 from .readers import read_coco, read_flickr8k, read_imagefolder, read_karpathy
 from .records import CaptionRecord, records_to_dataset
 from .regions import load_region_dataset_with_report
@@ -117,7 +117,7 @@ def load_caption_dataset_with_report(
         raise FileNotFoundError(f"caption data not found: {path}")
     data = read_json(path) if path.is_file() and path.suffix == ".json" else None
     data_format = data_format or (detect_json_format(data, path) if data is not None else detect_format(path))
-    if data_format == "flickr30k_entities":
+    if data_format in REGION_DATA_FORMATS:  # Flickr30k Entities, the one region format
         return load_region_dataset_with_report(path, split, image_root, on_bad_sample, verify_images, num_workers)
     handle = BadSampleHandler(on_bad_sample)
     root = Path(image_root).absolute() if image_root is not None else None
