@@ -1,7 +1,7 @@
 """soli-hf: SOLI, a lightweight captioner for low-resolution images, as a HuggingFace-native package.
 
-Importing `soli_hf` registers its captioner families (SOLI, and the dual-encoder Q-Former captioner in progress)
-with transformers' Auto classes and pipelines (see `registration.py`).
+Importing `soli_hf` registers its captioner families (SOLI, the dual-encoder Q-Former captioner and the AlignCap
+region captioner) with transformers' Auto classes and pipelines (see `registration.py`).
 
 The ONNX runtime (`soli_hf.onnx.SoliOnnxCaptioner`) needs only numpy, pillow and onnxruntime. Where torch or
 transformers is not installed, or `SOLI_HF_NO_TORCH=1` is set, `import soli_hf` loads neither and the PyTorch
@@ -22,20 +22,28 @@ def _pytorch_stack_available() -> bool:
 
 
 if _pytorch_stack_available():
+    from .configuration_aligncap import AlignCapConfig
     from .configuration_dual_qformer import DualQFormerConfig, smollm2_gguf_file
     from .configuration_soli import SoliConfig
     from .image_processing_soli import SoliImageProcessor
+    from .modeling_aligncap import AlignCapForConditionalGeneration, AlignCapPreTrainedModel
     from .modeling_dual_qformer import DualQFormerForConditionalGeneration, DualQFormerPreTrainedModel
     from .modeling_soli import SoliForConditionalGeneration, SoliPreTrainedModel
+    from .processing_aligncap import AlignCapProcessor
     from .processing_dual_qformer import DualQFormerProcessor
     from .processing_soli import SoliProcessor
-    from .registration import register_dual_qformer, register_soli
+    from .registration import register_aligncap, register_dual_qformer, register_soli
     from .tokenization_soli import build_tokenizer
 
     register_soli()
     register_dual_qformer()
+    register_aligncap()
 
     __all__ = [
+        "AlignCapConfig",
+        "AlignCapForConditionalGeneration",
+        "AlignCapPreTrainedModel",
+        "AlignCapProcessor",
         "DualQFormerConfig",
         "DualQFormerForConditionalGeneration",
         "DualQFormerPreTrainedModel",
@@ -46,6 +54,7 @@ if _pytorch_stack_available():
         "SoliPreTrainedModel",
         "SoliProcessor",
         "build_tokenizer",
+        "register_aligncap",
         "register_dual_qformer",
         "register_soli",
         "smollm2_gguf_file",

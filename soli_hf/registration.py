@@ -1,5 +1,5 @@
-"""Registration of the captioner families (SOLI, the dual-encoder Q-Former) with transformers' Auto classes,
-`register_for_auto_class` and pipelines."""
+"""Registration of the captioner families (SOLI, the dual-encoder Q-Former, the AlignCap region captioner) with
+transformers' Auto classes, `register_for_auto_class` and pipelines."""
 
 from __future__ import annotations
 
@@ -17,13 +17,18 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .configuration_aligncap import AlignCapConfig
 from .configuration_dual_qformer import DualQFormerConfig
 from .configuration_soli import SoliConfig
 from .image_processing_soli import SoliImageProcessor
+from .modeling_aligncap import AlignCapForConditionalGeneration
 from .modeling_dual_qformer import DualQFormerForConditionalGeneration
 from .modeling_soli import SoliForConditionalGeneration
+from .pipeline_aligncap import TASK as REGION_TO_TEXT
+from .pipeline_aligncap import AlignCapRegionToTextPipeline
 from .pipeline_dual_qformer import DualQFormerImageTextToTextPipeline
 from .pipeline_soli import SoliImageTextToTextPipeline
+from .processing_aligncap import AlignCapProcessor
 from .processing_dual_qformer import DualQFormerProcessor
 from .processing_soli import SoliProcessor
 
@@ -70,6 +75,29 @@ def register_dual_qformer() -> None:
 
     PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] = DualQFormerImageTextToTextPipeline
     _repair_task_redirect_warning()
+
+
+def register_aligncap() -> None:
+    """Make the Auto classes resolve `model_type="aligncap"` to the AlignCap region captioner's classes
+    (idempotent), mark them for `save_pretrained`'s code copy and `auto_map`, and register its `region-to-text`
+    pipeline (a task of its own: a photo and boxes in, one phrase per box out; see `pipeline_aligncap.py`)."""
+    AutoConfig.register("aligncap", AlignCapConfig, exist_ok=True)
+    AutoModel.register(AlignCapConfig, AlignCapForConditionalGeneration, exist_ok=True)
+    AutoModelForImageTextToText.register(AlignCapConfig, AlignCapForConditionalGeneration, exist_ok=True)
+    _register_image_processor(AlignCapConfig)
+    AutoProcessor.register(AlignCapConfig, AlignCapProcessor, exist_ok=True)
+
+    AlignCapConfig.register_for_auto_class()
+    AlignCapForConditionalGeneration.register_for_auto_class("AutoModel")
+    AlignCapForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    AlignCapProcessor.register_for_auto_class("AutoProcessor")
+
+    PIPELINE_REGISTRY.register_pipeline(
+        REGION_TO_TEXT,
+        pipeline_class=AlignCapRegionToTextPipeline,
+        pt_model=AutoModelForImageTextToText,
+        type="multimodal",
+    )
 
 
 def _register_image_processor(config_class: type) -> None:

@@ -32,7 +32,11 @@ MODEL_FILES = {
     "soli_hf.modeling_dual_qformer",
     "soli_hf.processing_dual_qformer",
     "soli_hf.pipeline_dual_qformer",
-    # the AlignCap region captioner
+    # the AlignCap region captioner (it reuses the dual-encoder family's encoders and soft prompt, SOLI's LSTM)
+    "soli_hf.configuration_aligncap",
+    "soli_hf.modeling_aligncap",
+    "soli_hf.processing_aligncap",
+    "soli_hf.pipeline_aligncap",
     "soli_hf.object_evidence_aligncap",
 }
 #: What may sit at the package root: the model files, the registration, the public loaders and the CLI.
