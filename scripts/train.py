@@ -1,4 +1,5 @@
-"""Train SOLI: `accelerate launch scripts/train.py --config configs/flickr8k_cpu.yaml [--flag value ...]`.
+"""Train a captioner: `accelerate launch scripts/train.py --config configs/flickr8k_cpu.yaml [--flag value ...]`
+(SOLI), or `--config configs/dual_qformer/stage1.yaml` (the dual-encoder Q-Former, `model_type: dual_qformer`).
 
 Flags are the fields of `soli_hf.training.TrainingConfig` (`--help` lists them); they override the YAML recipe.
 A recipe, a model source or a run folder that cannot be used, and a full disk, end the run with one line saying

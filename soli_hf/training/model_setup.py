@@ -1,4 +1,10 @@
-"""What a training run starts from: the processor (tokenizer built or loaded) and the model."""
+"""What a training run starts from: the model and its processor, of the recipe's `model_type`.
+
+SOLI: a tokenizer built from the training captions (or loaded) and a new or loaded SOLI. The dual-encoder Q-Former:
+`DualQFormerForConditionalGeneration.from_pretrained_parts` (the recipe's encoders and language model, the
+language model's tokenizer, new Q-Formers sized by `model_config`), or a saved folder (`init_from`, e.g. stage 1's
+model for stage 2); its encoders and language model stay frozen, and only the rest goes to the optimizer.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,18 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from datasets import Dataset
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError
-from transformers import AutoProcessor
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from ..configuration_dual_qformer import DualQFormerConfig
 from ..configuration_soli import SoliConfig
+from ..data import iter_captions
 from ..image_processing_soli import SoliImageProcessor
+from ..modeling_dual_qformer import DualQFormerForConditionalGeneration
 from ..modeling_soli import SoliForConditionalGeneration
+from ..processing_dual_qformer import DualQFormerProcessor
 from ..processing_soli import SoliProcessor
 from ..storage import read_json
 from ..tokenization_soli import build_tokenizer
@@ -26,11 +37,15 @@ _LOAD_ERRORS = (OSError, ValueError, TypeError, SafetensorError)
 
 def model_sources(config: TrainingConfig) -> dict[str, str]:
     """The recipe's fields that the run loads from, {field: folder, file or Hub id}: `init_from` (model and
-    processor) when given; else `tokenizer` when given, `model_config` when given, and `backbone` without a
-    `model_config` (which builds the architecture with freshly initialised weights)."""
+    processor) when given; else, for SOLI, `tokenizer` when given, `model_config` when given, and `backbone` without
+    a `model_config` (which builds the architecture with freshly initialised weights); for the dual-encoder
+    Q-Former, its parts (`backbone`, `finegrained_encoder`, `language_model`) and `model_config` when given."""
     if config.init_from is not None:
         return {"init_from": config.init_from}
-    names = ["tokenizer", "model_config"] + (["backbone"] if config.model_config is None else [])
+    if config.model_type == "dual_qformer":
+        names = ["backbone", "finegrained_encoder", "language_model", "model_config"]
+    else:
+        names = ["tokenizer", "model_config"] + (["backbone"] if config.model_config is None else [])
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
@@ -45,13 +60,15 @@ def check_model_sources(config: TrainingConfig) -> None:
     """
     for name, source in model_sources(config).items():
         path = Path(source)
-        if name == "model_config" and not path.is_file():
-            raise FileNotFoundError(f"model_config {source}: no such file (a SoliConfig JSON)")
-        if name != "model_config" and path.exists() and not path.is_dir():
+        gguf = name == "language_model" and path.suffix == ".gguf"
+        if (name == "model_config" or gguf) and not path.is_file():
+            kind = "a GGUF language model" if gguf else "a model config JSON"
+            raise FileNotFoundError(f"{name} {source}: no such file ({kind})")
+        if not (name == "model_config" or gguf) and path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{name} {source}: a file, not a model folder")
         if not path.exists() and not _is_hub_id(source):
             raise FileNotFoundError(f"{name} {source}: the folder does not exist (nor is it a Hub id)")
-        for json_file in [path] if path.is_file() else sorted(path.glob("*.json")):
+        for json_file in [] if gguf else [path] if path.is_file() else sorted(path.glob("*.json")):
             try:
                 read_json(json_file)
             except ValueError as error:
@@ -74,6 +91,15 @@ def load_source(name: str, source: str, load: Callable[[str], Loaded]) -> Loaded
     except _LOAD_ERRORS as error:
         where = "folder" if Path(source).exists() else "Hub id (no such folder)"
         raise ValueError(f"{name} {source}: cannot load this {where}: {error}") from error
+
+
+def build_model_and_processor(config: TrainingConfig, train_rows: Dataset) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model the recipe trains and its processor, of its `model_type`; SOLI's tokenizer and tag words come from
+    the training captions (`train_rows`)."""
+    if config.model_type == "dual_qformer":
+        return build_dual_qformer(config)
+    processor = build_processor(config, iter_captions(train_rows))
+    return build_model(config, processor, train_rows["captions"]), processor
 
 
 def build_processor(config: TrainingConfig, training_captions: Iterable[str]) -> SoliProcessor:
@@ -191,8 +217,58 @@ def _new_model(model_config: str, values: dict[str, Any]) -> SoliForConditionalG
     return SoliForConditionalGeneration(SoliConfig(**(architecture | values)))
 
 
-def trainable_parameter_groups(model: SoliForConditionalGeneration, config: TrainingConfig) -> list[dict[str, Any]]:
-    """AdamW groups: the pretrained backbone at `backbone_learning_rate`, everything else at `learning_rate`."""
+#: DualQFormerConfig fields that name the pretrained parts: the recipe's `backbone`, `finegrained_encoder` and
+#: `language_model` give them, never `model_config`.
+_DUAL_QFORMER_PARTS = ("global_encoder_config", "finegrained_encoder_config", "use_finegrained_encoder", "text_config")
+#: Keys of a saved config.json that are no settings.
+_SAVED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "custom_pipelines", "transformers_version", "dtype")
+
+
+def dual_qformer_settings(model_config: str) -> dict[str, Any]:
+    """The `DualQFormerConfig` settings of a `model_config` JSON (any subset of the fields, or a saved config.json
+    whose parts are then left out); a `ValueError` naming the file for a field that is no setting."""
+    values = read_json(Path(model_config))
+    if not isinstance(values, dict):
+        raise ValueError(f"model_config {model_config}: expected a JSON object of DualQFormerConfig settings")
+    settings = {key: value for key, value in values.items() if key not in (*_DUAL_QFORMER_PARTS, *_SAVED_CONFIG_KEYS)}
+    unknown = sorted(key for key in settings if not hasattr(DualQFormerConfig(), key))
+    if unknown:
+        raise ValueError(f"model_config {model_config}: {unknown} are not DualQFormerConfig settings")
+    return settings
+
+
+def build_dual_qformer(config: TrainingConfig) -> tuple[DualQFormerForConditionalGeneration, DualQFormerProcessor]:
+    """The dual-encoder Q-Former of the recipe, at its `training_stage`, and its processor.
+
+    `init_from`: a saved dual-encoder Q-Former and its processor (its encoders and language model included);
+    `finegrained_encoder: null` drops its fine-grained encoder and Q-Former (the global-only ablation from a
+    two-encoder stage 1). Otherwise `from_pretrained_parts`: `backbone` (global encoder), `finegrained_encoder`
+    (None: global only), `language_model` (None: SmolLM2-135M-Instruct's GGUF) and its tokenizer, and new Q-Formers
+    with the settings of `model_config`.
+
+    Raises:
+        ValueError: `init_from` is no dual-encoder Q-Former, or a source cannot be loaded (naming the field).
+    """
+    stage = {"training_stage": config.training_stage}
+    if config.init_from is not None:
+        saved_type = load_source("init_from", config.init_from, AutoConfig.from_pretrained).model_type
+        if saved_type != "dual_qformer":
+            raise ValueError(f"init_from {config.init_from} is a {saved_type!r} model; the recipe trains dual_qformer")
+        dropped = {} if config.finegrained_encoder is not None else {"use_finegrained_encoder": False}
+        load = DualQFormerForConditionalGeneration.from_pretrained
+        model = load_source("init_from", config.init_from, lambda source: load(source, **dropped, **stage))
+        return model, load_source("init_from", config.init_from, DualQFormerProcessor.from_pretrained)
+    settings = {} if config.model_config is None else dual_qformer_settings(config.model_config)
+    return DualQFormerForConditionalGeneration.from_pretrained_parts(
+        config.backbone, config.finegrained_encoder, config.language_model, **settings, **stage
+    )
+
+
+def trainable_parameter_groups(model: PreTrainedModel, config: TrainingConfig) -> list[dict[str, Any]]:
+    """AdamW groups: SOLI's pretrained backbone at `backbone_learning_rate`, everything else at `learning_rate`; the
+    dual-encoder Q-Former's trainable weights (not its frozen encoders and language model) at `learning_rate`."""
+    if config.model_type == "dual_qformer":
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.learning_rate}]
     backbone = {id(p) for p in model.encoder.backbone.parameters()}
     rest = [p for p in model.parameters() if id(p) not in backbone]
     return [

@@ -11,8 +11,8 @@ from ..bench.markdown import markdown_table
 from ..bench.plots import saved_figure
 from .ema import EMA, EMA_PREFIX, RAW, metrics_of
 
-LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward")
-EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss")
+LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "sr_loss", "reward", "itc_loss", "itm_loss", "itg_loss")
+EPOCH_KEYS = ("CIDEr", "Bleu_4", "val_loss", "val_itg_loss")  # val_itg_loss: the Q-Former family's stage 1
 
 
 def plot_training_curves(step_log: Path, history: list[dict[str, Any]], out: Path) -> None:
@@ -65,12 +65,20 @@ def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize_run(run_dir: Path) -> dict[str, Any]:
-    """The figures of one finished run (`OUTPUT` of scripts/train.py): its variant and phase, `training_figures`,
-    the whole history and, when the run recorded them, its training + evaluation minutes."""
+    """The figures of one finished run (`OUTPUT` of scripts/train.py): its variant and phase (the dual-encoder
+    Q-Former's: its model type and training stage), `training_figures`, the whole history and, when the run recorded
+    them, its training + evaluation minutes."""
     metrics = json.loads((run_dir / "model" / "metrics.json").read_text(encoding="utf-8"))
     config = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
     history = metrics["history"]
-    summary = {"run": str(run_dir), "model_variant": config["model_variant"], "phase": config["phase"]}
+    if config.get("model_type", "soli") == "soli":
+        summary = {"run": str(run_dir), "model_variant": config["model_variant"], "phase": config["phase"]}
+    else:  # the dual-encoder Q-Former: its family and training stage
+        summary = {
+            "run": str(run_dir),
+            "model_variant": config["model_type"],
+            "phase": f"stage {config['training_stage']}",
+        }
     summary |= training_figures(metrics) | {"history": history}
     if all("train_seconds" in entry for entry in history):
         summary["train_and_eval_minutes"] = sum(e["train_seconds"] + e["eval_seconds"] for e in history) / 60
