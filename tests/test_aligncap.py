@@ -23,7 +23,13 @@ from transformers import (
     pipeline,
 )
 
-from soli_hf import AlignCapConfig, AlignCapForConditionalGeneration, AlignCapProcessor, SoliImageProcessor
+from soli_hf import (
+    AlignCapConfig,
+    AlignCapForConditionalGeneration,
+    AlignCapProcessor,
+    SoliImageProcessor,
+    smollm2_gguf_file,
+)
 from soli_hf.modeling_aligncap import box_geometry, masked_mean, region_text_contrastive, same_region_mask
 
 TAGS = ["dog", "man", "grass", "bike", "snow"]
@@ -390,6 +396,25 @@ def test_frozen_parts_do_not_change_after_an_optimizer_step(tokenizer, images, d
     assert ("decoder.lstm.weight_ih" in changed) == (decoder_type == "lstm")
 
 
+def test_training_steps_teach_each_box_its_phrase(tokenizer, images):
+    """All four losses, optimised together: the LSTM recipe fits three boxes (two in one photo) in a few steps."""
+    model = tiny_aligncap(len(tokenizer))
+    batch = region_batch(tokenizer, images)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(40):
+        outputs = model(**batch)
+        outputs.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        first = outputs.caption_loss.item() if first is None else first
+    assert outputs.caption_loss.item() < 0.1 * first
+    model.eval()
+    generated = model.generate(batch["pixel_values"], batch["boxes"], max_new_tokens=5)
+    assert aligncap_processor(tokenizer).batch_decode(generated, skip_special_tokens=True) == PHRASES
+
+
 # --------------------------------------------------------------------------------------------------- generation
 
 
@@ -550,3 +575,31 @@ def test_real_encoders_build_a_region_captioner(tokenizer, images):
     assert features.roi_features.shape == (2, 16, 1280 + 320)
     assert torch.allclose(features.object_evidence[:, :21].sum(dim=1), torch.ones(2), atol=1e-5)
     assert model.generate(**{k: inputs[k] for k in ("pixel_values", "boxes")}, max_new_tokens=3).shape[0] == 2
+
+
+def _smollm2_missing() -> str | None:
+    try:
+        smollm2_gguf_file()
+    except FileNotFoundError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((path / "model.safetensors").is_file() for path in ENCODERS), reason="no shared weights")
+@pytest.mark.skipif(_smollm2_missing() is not None, reason=str(_smollm2_missing()))
+def test_real_language_model_decoder_trains_and_describes(images):
+    model, processor = AlignCapForConditionalGeneration.from_pretrained_parts(
+        *ENCODERS, decoder_type="language_model", tag_words=TAGS
+    )
+    assert model.config.text_config.hidden_size == 576 and model.config.eos_token_id == processor.tokenizer.eos_token_id
+    batch = processor(images=images[:2], boxes=BOXES, text=PHRASES, return_tensors="pt")
+    model.train()
+    outputs = model(**batch, tag_labels=TAG_LABELS)
+    assert all(torch.isfinite(getattr(outputs, f"{name}_loss")) for name in LOSSES)
+    outputs.loss.backward()
+    assert all(p.grad is None for p in model.language_model.parameters())
+    assert model.alignment[-1].weight.grad.abs().sum() > 0
+    model.eval()
+    generated = model.generate(batch["pixel_values"], batch["boxes"], max_new_tokens=4, num_beams=2)
+    assert generated.shape[0] == 3 and len(processor.batch_decode(generated, skip_special_tokens=True)) == 3
