@@ -36,7 +36,6 @@ from transformers import (
     MobileNetV2Model,
     PreTrainedModel,
 )
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.models.mobilenet_v2.modeling_mobilenet_v2 import MobileNetV2DeepLabV3Plus
 from transformers.utils import ModelOutput
 
@@ -44,6 +43,7 @@ from .configuration_aligncap import NUM_BOX_GEOMETRY, AlignCapConfig
 from .losses_soli import IGNORE_INDEX, caption_cross_entropy, tag_binary_cross_entropy
 from .modeling_dual_qformer import (
     DualQFormerImageEncoder,
+    FrozenPartsMixin,
     bare_config,
     generate_after_prefix,
     image_text_contrastive,
@@ -60,7 +60,6 @@ except ImportError:  # transformers 4.x skips loaded modules itself
     from torch.nn import init
 
 DEFAULT_MAX_NEW_TOKENS = 16  # Flickr30k Entities phrases: 2.3 words on average
-_AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForImageTextToText")
 ROI_SAMPLING_RATIO = 2
 
 
@@ -304,7 +303,7 @@ class AlignCapPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class AlignCapForConditionalGeneration(AlignCapPreTrainedModel, GenerationMixin):
+class AlignCapForConditionalGeneration(FrozenPartsMixin, AlignCapPreTrainedModel, GenerationMixin):
     """
     The AlignCap region captioner. Frozen: the global encoder (ImageNet MobileNetV2), the dense encoder and its
     segmentation head (DeepLabV3-MobileNetV2) and, with `decoder_type="language_model"`, the language model
@@ -376,25 +375,12 @@ class AlignCapForConditionalGeneration(AlignCapPreTrainedModel, GenerationMixin)
         parts = [self.global_encoder, self.dense_encoder, self.segmentation_head, self.language_model]
         return [part for part in parts if part is not None]
 
-    def freeze_pretrained_parts(self) -> None:
-        """`requires_grad=False` and eval mode for the `frozen_modules`."""
-        for frozen in self.frozen_modules():
-            frozen.requires_grad_(False)
-            frozen.eval()
-
-    def train(self, mode: bool = True) -> AlignCapForConditionalGeneration:
-        """Like `nn.Module.train`, but the frozen parts always stay in eval mode."""
-        super().train(mode)
-        for frozen in self.frozen_modules():
-            frozen.eval()
-        return self
-
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> AlignCapForConditionalGeneration:
-        """Load a saved region captioner (safetensors only); its pretrained parts come back frozen."""
-        model = super().from_pretrained(*args, **kwargs)
-        model.freeze_pretrained_parts()
-        return model
+    def remote_pipeline_class(cls) -> type:
+        """The region-to-text pipeline, saved beside the weights."""
+        from .pipeline_aligncap import AlignCapRegionToTextPipeline
+
+        return AlignCapRegionToTextPipeline
 
     @classmethod
     def from_pretrained_parts(
@@ -453,19 +439,6 @@ class AlignCapForConditionalGeneration(AlignCapPreTrainedModel, GenerationMixin)
         if model.language_model is not None:
             model.language_model.load_state_dict(language.state_dict())
         return model.eval(), AlignCapProcessor.for_model(model.config, tokenizer)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`: every weight, frozen parts included, in safetensors (a saved folder is
-        self-contained), plus what `trust_remote_code` users need: `auto_map` entries for AutoModel and
-        AutoModelForImageTextToText, and the region-to-text pipeline's code."""
-        class_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update({auto_class: class_reference for auto_class in _AUTO_MODEL_CLASSES})
-        self.config.auto_map = auto_map
-        super().save_pretrained(save_directory, *args, **kwargs)
-        from .pipeline_aligncap import AlignCapRegionToTextPipeline
-
-        custom_object_save(AlignCapRegionToTextPipeline, save_directory)
 
     def get_input_embeddings(self) -> nn.Embedding:
         if self.language_model is not None:

@@ -359,6 +359,52 @@ def generate_after_prefix(
     )
 
 
+class FrozenPartsMixin:
+    """A captioner on frozen pretrained parts (`frozen_modules()`), mixed in before its `PreTrainedModel`: the parts
+    stay `requires_grad=False` and in eval mode through `train()` and `from_pretrained`, and `save_pretrained` writes
+    every weight, the frozen parts' included, in safetensors (a saved folder is self-contained, like BLIP-2's
+    checkpoints on the Hub), plus what `trust_remote_code` users need: `auto_map` entries for AutoModel and
+    AutoModelForImageTextToText, and the code of the family's pipeline (`remote_pipeline_class()`)."""
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The pretrained parts that never train."""
+        raise NotImplementedError
+
+    @classmethod
+    def remote_pipeline_class(cls) -> type:
+        """The pipeline class saved beside the weights."""
+        raise NotImplementedError
+
+    def freeze_pretrained_parts(self) -> None:
+        """`requires_grad=False` and eval mode for the `frozen_modules`."""
+        for frozen in self.frozen_modules():
+            frozen.requires_grad_(False)
+            frozen.eval()
+
+    def train(self, mode: bool = True) -> FrozenPartsMixin:
+        """Like `nn.Module.train`, but the frozen parts always stay in eval mode."""
+        super().train(mode)
+        for frozen in self.frozen_modules():
+            frozen.eval()
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> FrozenPartsMixin:
+        """Load a saved captioner (safetensors only); its pretrained parts come back frozen."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.freeze_pretrained_parts()
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, with `auto_map` and the pipeline's code (see the class)."""
+        class_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update({auto_class: class_reference for auto_class in _AUTO_MODEL_CLASSES})
+        self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+        custom_object_save(self.remote_pipeline_class(), save_directory)
+
+
 class DualQFormerPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading plumbing of the dual-encoder Q-Former captioner."""
 
@@ -388,7 +434,7 @@ class DualQFormerPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, GenerationMixin):
+class DualQFormerForConditionalGeneration(FrozenPartsMixin, DualQFormerPreTrainedModel, GenerationMixin):
     """
     The dual-encoder Q-Former captioner. Frozen: the encoders and the language model (`requires_grad=False`,
     always in eval mode). Trained: the Q-Formers (queries included), the ITC temperature and the projections into
@@ -436,18 +482,12 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
         """The pretrained parts that never train: the image encoders and the language model."""
         return [self.encoders, self.language_model]
 
-    def freeze_pretrained_parts(self) -> None:
-        """`requires_grad=False` and eval mode for the `frozen_modules`."""
-        for frozen in self.frozen_modules():
-            frozen.requires_grad_(False)
-            frozen.eval()
-
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> DualQFormerForConditionalGeneration:
-        """Load a saved captioner (safetensors only); its pretrained parts come back frozen."""
-        model = super().from_pretrained(*args, **kwargs)
-        model.freeze_pretrained_parts()
-        return model
+    def remote_pipeline_class(cls) -> type:
+        """The image-to-text pipeline, saved beside the weights."""
+        from .pipeline_dual_qformer import DualQFormerImageTextToTextPipeline
+
+        return DualQFormerImageTextToTextPipeline
 
     @classmethod
     def from_pretrained_parts(
@@ -493,32 +533,11 @@ class DualQFormerForConditionalGeneration(DualQFormerPreTrainedModel, Generation
         model.language_model.load_state_dict(language.state_dict())
         return model.eval(), DualQFormerProcessor.for_model(config, tokenizer)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`: every weight, the frozen language model's and encoders' included, in
-        safetensors (a saved folder is self-contained, like BLIP-2's checkpoints on the Hub), plus what
-        `trust_remote_code` users need: `auto_map` entries for AutoModel and AutoModelForImageTextToText, and the
-        pipeline's code."""
-        class_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update({auto_class: class_reference for auto_class in _AUTO_MODEL_CLASSES})
-        self.config.auto_map = auto_map
-        super().save_pretrained(save_directory, *args, **kwargs)
-        from .pipeline_dual_qformer import DualQFormerImageTextToTextPipeline
-
-        custom_object_save(DualQFormerImageTextToTextPipeline, save_directory)
-
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
-
-    def train(self, mode: bool = True) -> DualQFormerForConditionalGeneration:
-        """Like `nn.Module.train`, but the frozen encoders and language model always stay in eval mode."""
-        super().train(mode)
-        for frozen in self.frozen_modules():
-            frozen.eval()
-        return self
 
     def encode_images(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each frozen encoder's feature grid of the LR images, by encoder name (no gradients)."""
