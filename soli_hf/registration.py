@@ -39,18 +39,9 @@ def register_soli() -> None:
     Also marks the classes with `register_for_auto_class`, so that `save_pretrained` copies their code next to
     the weights and writes `auto_map`: such a folder loads with `trust_remote_code=True` without soli_hf.
     """
-    AutoConfig.register("soli", SoliConfig, exist_ok=True)
-    AutoModel.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
-    AutoModelForImageTextToText.register(SoliConfig, SoliForConditionalGeneration, exist_ok=True)
-    _register_image_processor(SoliConfig)
-    AutoProcessor.register(SoliConfig, SoliProcessor, exist_ok=True)
+    _register_family("soli", SoliConfig, SoliForConditionalGeneration, SoliProcessor)
     AutoTokenizer.register(SoliConfig, fast_tokenizer_class=PreTrainedTokenizerFast, exist_ok=True)
-
-    SoliConfig.register_for_auto_class()
-    SoliForConditionalGeneration.register_for_auto_class("AutoModel")
-    SoliForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     SoliImageProcessor.register_for_auto_class("AutoImageProcessor")
-    SoliProcessor.register_for_auto_class("AutoProcessor")
 
     # transformers 5 maps "image-to-text" onto "image-text-to-text"; SOLI's subclass of that pipeline captions
     # without a prompt and defers to the built-in behaviour for every other model.
@@ -62,17 +53,7 @@ def register_dual_qformer() -> None:
     """Make the Auto classes resolve `model_type="dual_qformer"` to the dual-encoder Q-Former captioner's classes
     (idempotent), mark them for `save_pretrained`'s code copy and `auto_map`, and serve the family in the
     image-to-text pipeline (a subclass of SOLI's, which still serves SOLI and defers for other models)."""
-    AutoConfig.register("dual_qformer", DualQFormerConfig, exist_ok=True)
-    AutoModel.register(DualQFormerConfig, DualQFormerForConditionalGeneration, exist_ok=True)
-    AutoModelForImageTextToText.register(DualQFormerConfig, DualQFormerForConditionalGeneration, exist_ok=True)
-    _register_image_processor(DualQFormerConfig)
-    AutoProcessor.register(DualQFormerConfig, DualQFormerProcessor, exist_ok=True)
-
-    DualQFormerConfig.register_for_auto_class()
-    DualQFormerForConditionalGeneration.register_for_auto_class("AutoModel")
-    DualQFormerForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-    DualQFormerProcessor.register_for_auto_class("AutoProcessor")
-
+    _register_family("dual_qformer", DualQFormerConfig, DualQFormerForConditionalGeneration, DualQFormerProcessor)
     PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] = DualQFormerImageTextToTextPipeline
     _repair_task_redirect_warning()
 
@@ -81,23 +62,29 @@ def register_aligncap() -> None:
     """Make the Auto classes resolve `model_type="aligncap"` to the AlignCap region captioner's classes
     (idempotent), mark them for `save_pretrained`'s code copy and `auto_map`, and register its `region-to-text`
     pipeline (a task of its own: a photo and boxes in, one phrase per box out; see `pipeline_aligncap.py`)."""
-    AutoConfig.register("aligncap", AlignCapConfig, exist_ok=True)
-    AutoModel.register(AlignCapConfig, AlignCapForConditionalGeneration, exist_ok=True)
-    AutoModelForImageTextToText.register(AlignCapConfig, AlignCapForConditionalGeneration, exist_ok=True)
-    _register_image_processor(AlignCapConfig)
-    AutoProcessor.register(AlignCapConfig, AlignCapProcessor, exist_ok=True)
-
-    AlignCapConfig.register_for_auto_class()
-    AlignCapForConditionalGeneration.register_for_auto_class("AutoModel")
-    AlignCapForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-    AlignCapProcessor.register_for_auto_class("AutoProcessor")
-
+    _register_family("aligncap", AlignCapConfig, AlignCapForConditionalGeneration, AlignCapProcessor)
     PIPELINE_REGISTRY.register_pipeline(
         REGION_TO_TEXT,
         pipeline_class=AlignCapRegionToTextPipeline,
         pt_model=AutoModelForImageTextToText,
         type="multimodal",
     )
+
+
+def _register_family(model_type: str, config_class: type, model_class: type, processor_class: type) -> None:
+    """A family's config, model (AutoModel, AutoModelForImageTextToText), SOLI's image processor and its processor
+    with the Auto classes, and the classes marked with `register_for_auto_class`, so that `save_pretrained` copies
+    their code next to the weights and writes `auto_map` (idempotent)."""
+    AutoConfig.register(model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForImageTextToText.register(config_class, model_class, exist_ok=True)
+    _register_image_processor(config_class)
+    AutoProcessor.register(config_class, processor_class, exist_ok=True)
+
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
+    model_class.register_for_auto_class("AutoModelForImageTextToText")
+    processor_class.register_for_auto_class("AutoProcessor")
 
 
 def _register_image_processor(config_class: type) -> None:
