@@ -142,7 +142,7 @@ def register_trainable_checkpointing(accelerator: Accelerator, model: nn.Module)
 
     def load(models: list[nn.Module], input_dir: str) -> None:
         prepared = models.pop(0)  # loaded here: accelerate then loads the models left in the list
-        state = load_safetensors_file(Path(input_dir) / "model.safetensors", device=str(accelerator.device))
+        state = load_safetensors_file(Path(input_dir) / "model.safetensors")  # copied onto the model's device
         TrainableState(prepared).load_state_dict(state)
 
     accelerator.register_save_state_pre_hook(save)
