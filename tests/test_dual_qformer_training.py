@@ -1,7 +1,8 @@
 """Training the dual-encoder Q-Former through the one training loop, on tiny random parts saved as the recipe's
 folders (two MobileNetV2 encoders, a two-layer Llama with a word-level tokenizer; no GGUF): the recipe's family
 checks, stage 1 (ITC + ITM + ITG, best epoch by dev ITG loss) then stage 2 from its model (caption loss, CIDEr-D),
-the global-only ablation, frozen parts unchanged and kept out of the checkpoints, and an exact resume."""
+the global-only ablation, frozen parts unchanged and kept out of the checkpoints, and an exact resume (one process,
+and two under torchrun: slow)."""
 
 from __future__ import annotations
 
@@ -316,3 +317,45 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(data, parts, tmp_path, monkeypa
     history = [json.loads((run / "model" / "metrics.json").read_text())["history"] for run in (whole, stopped)]
     for key in scores:
         assert [entry[key] for entry in history[1]] == pytest.approx([entry[key] for entry in history[0]], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_frozen_parts_out_of_checkpoints_and_resume_exactly(data, parts, tmp_path):
+    """`torchrun` with 2 CPU processes (DDP-wrapped model, its state under `module.`): the checkpoints hold the
+    trained weights alone, and a run stopped after the checkpoint of step 3 (mid-epoch 2) resumes with the losses and
+    final weights of the unbroken run."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import recipe_flags, subprocess_env
+
+    def torchrun(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+        config = dual_recipe(data, parts, output_dir, training_stage=2, batch_size=2, ema_decay=0.5, keep_checkpoints=4)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += [str(Path(__file__).resolve().parents[1] / "scripts" / "train.py"), *recipe_flags(config), *extra]
+        result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    whole = tmp_path / "whole"
+    torchrun(whole)
+    checkpoints = sorted((whole / "checkpoints").iterdir())
+    assert [path.name for path in checkpoints] == [f"step-{step:08d}" for step in (1, 2, 3, 4)]
+    for checkpoint in checkpoints:
+        assert "random_states_1.pkl" in {path.name for path in checkpoint.iterdir()}
+        weights = load_file(checkpoint / "model.safetensors")
+        assert "qformers.global.query_tokens" in weights
+        assert not any(name.startswith(("encoders.", "language_model.", "module.")) for name in weights)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(whole, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "step-00000004")
+    assert "step-00000003" in torchrun(stopped, "--resume", "true").stderr
+    expected, got = step_records(whole), step_records(stopped)
+    assert [record["step"] for record in got] == [record["step"] for record in expected] == [0, 1, 2, 3]
+    for before, after in zip(expected, got, strict=True):
+        assert after["caption_loss"] == pytest.approx(before["caption_loss"], abs=1e-6), before["step"]
+    final = Path("checkpoints") / "step-00000004"
+    weights = load_file(stopped / final / "model.safetensors")
+    for name, tensor in load_file(whole / final / "model.safetensors").items():
+        assert torch.allclose(weights[name], tensor, atol=1e-6), name
