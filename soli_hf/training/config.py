@@ -177,7 +177,10 @@ class TrainingConfig:
     scst_baseline: str = field(default="mean", metadata={"help": "greedy or mean (of the other samples)"})
     max_caption_tokens: int = field(
         default=20,
-        metadata={"help": "caption length in words: training captions are cut to it, generation stops at it"},
+        metadata={
+            "help": "caption length in words (dual_qformer: language-model tokens): training captions are cut to "
+            "it, generation stops at it"
+        },
     )
     # --- evaluation, checkpoints, logging
     eval_num_beams: int = field(
