@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COLOURS, SHAPES, write_caption_folder
+from conftest import COLOURS, SHAPES, tiny_recipe, write_caption_folder
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, MobileNetV2Config, MobileNetV2Model
 
@@ -85,28 +85,20 @@ def data(tmp_path_factory) -> Path:
 
 
 def dual_recipe(data: Path, parts: dict[str, str], output_dir: Path, **overrides: object) -> TrainingConfig:
+    """The tiny SOLI's recipe (`tiny_recipe`) for the tiny dual-encoder Q-Former at stage 1, on the saved parts, with
+    a checkpoint after every step."""
     values = dict(
         model_type="dual_qformer",
         training_stage=1,
-        data=str(data),
         backbone=parts["global"],
         finegrained_encoder=parts["finegrained"],
         language_model=parts["lm"],
-        model_config=parts["qformer.json"],
-        output_dir=str(output_dir),
-        num_epochs=2,
-        batch_size=4,
-        captions_per_image=2,
-        eval_batch_size=8,
+        vocab_min_frequency=TrainingConfig.vocab_min_frequency,  # SOLI's word tokenizer: this family uses the LM's
         warmup_steps=1,
         save_every_steps=1,
-        learning_rate=3e-3,
-        report_to="none",
-        max_caption_tokens=8,
-        log_every_steps=1,
     )
-    values.update(overrides)
-    return TrainingConfig(**values)
+    model_config = overrides.pop("model_config", parts["qformer.json"])
+    return tiny_recipe(data, Path(model_config), output_dir, **(values | overrides))
 
 
 def step_records(output_dir: Path) -> list[dict]:
