@@ -51,6 +51,9 @@ def test_every_recipe_parses_into_a_valid_training_config(recipe: Path) -> None:
         assert config.output_dir == f"runs/ablation/{recipe.stem}"
         assert (config.mixed_precision, config.channels_last, config.num_epochs) == ("bf16", True, 12)
         assert config.early_stopping_patience == 4
+    if recipe.parent.name == "scst":  # self-critical fine-tuning of an ablation row's best model
+        assert config.phase == "scst" and config.init_from == f"runs/ablation/{recipe.stem}/model"
+        assert config.output_dir.startswith(f"runs/ablation/{recipe.stem}_scst")
 
 
 def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> None:
