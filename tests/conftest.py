@@ -1,6 +1,6 @@
 """Shared fixtures and helpers (no test module imports another): a tiny SOLI (fast on CPU, offline) and its
-processor, training recipes and subprocesses, miniature caption datasets in the four formats, and an
-image-sensitive tiny SOLI for the ONNX tests."""
+processor, training recipes and subprocesses, miniature caption datasets in the four formats, an image-sensitive
+tiny SOLI for the ONNX tests, and a tiny AlignCap region captioner."""
 
 from __future__ import annotations
 
@@ -19,9 +19,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import MobileNetV2Config
+from transformers import LlamaConfig, MobileNetV2Config
 
-from soli_hf import SoliConfig, SoliForConditionalGeneration, SoliImageProcessor, SoliProcessor, build_tokenizer
+from soli_hf import (
+    AlignCapConfig,
+    AlignCapForConditionalGeneration,
+    AlignCapProcessor,
+    SoliConfig,
+    SoliForConditionalGeneration,
+    SoliImageProcessor,
+    SoliProcessor,
+    build_tokenizer,
+)
 from soli_hf.bench.latency import ORT_INT8, PYTORCH, SOLI
 from soli_hf.bench.latency_report import soli_over_peer, target_check
 from soli_hf.bench.peers import PEERS
@@ -225,6 +234,67 @@ def run_python(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | N
 def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> Any:
     """`run_python` where `import soli_hf` fails (as where soli_hf is not installed)."""
     return run_python("import sys\nsys.modules['soli_hf'] = None\n" + script, *args, cwd=cwd, extra_env=extra_env)
+
+
+# ------------------------------------------- a tiny AlignCap region captioner (test_aligncap, test_region_caption_cli)
+
+ALIGNCAP_TAGS = ["dog", "man", "grass", "bike", "snow"]
+
+
+def tiny_text_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+def tiny_aligncap_config(vocab_size: int, decoder_type: str = "lstm", **overrides: object) -> AlignCapConfig:
+    """Both encoders at depth 0.25 on 64x64, a 2x2 RoIAlign, 16-wide region tokens, a tiny LSTM or Llama."""
+    values = dict(
+        global_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=16),
+        dense_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=8, num_labels=21),
+        decoder_type=decoder_type,
+        text_config=tiny_text_config(vocab_size),
+        global_image_size=64,
+        dense_image_size=64,
+        roi_output_size=2,
+        region_hidden_size=16,
+        region_num_heads=2,
+        region_dropout=0.0,
+        tag_words=ALIGNCAP_TAGS,
+        projection_dim=8,
+        hidden_size=32,
+        embedding_size=16,
+        attention_size=16,
+        decoder_dropout=0.0,
+        vocab_size=vocab_size,
+        initializer_range=0.3,  # peaked distributions, so that greedy and beam search can differ
+    )
+    values.update(overrides)
+    return AlignCapConfig(**values)
+
+
+def tiny_aligncap(vocab_size: int, decoder_type: str = "lstm", **overrides: object) -> AlignCapForConditionalGeneration:
+    """A random tiny region captioner whose frozen encoders tell images apart (He-initialised convolutions)."""
+    torch.manual_seed(0)
+    model = AlignCapForConditionalGeneration(tiny_aligncap_config(vocab_size, decoder_type, **overrides)).eval()
+    for encoder in (model.global_encoder, model.dense_encoder):
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+def aligncap_processor(tokenizer, decoder_type: str = "lstm", image_size: int = 64) -> AlignCapProcessor:
+    return AlignCapProcessor(SoliImageProcessor(image_size=image_size), tokenizer, decoder_type=decoder_type)
 
 
 # ---------------------------------------------------- miniature caption datasets (test_data, test_bad_inputs_data)

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, run_without_soli_hf
+from conftest import ALIGNCAP_TAGS as TAGS
+from conftest import SHARED, aligncap_processor, run_without_soli_hf, tiny_aligncap, tiny_aligncap_config
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
     AutoProcessor,
-    LlamaConfig,
-    MobileNetV2Config,
     pipeline,
 )
 
@@ -27,73 +26,15 @@ from soli_hf import (
     AlignCapConfig,
     AlignCapForConditionalGeneration,
     AlignCapProcessor,
-    SoliImageProcessor,
     smollm2_gguf_file,
 )
 from soli_hf.modeling_aligncap import box_geometry, masked_mean, region_text_contrastive, same_region_mask
 
-TAGS = ["dog", "man", "grass", "bike", "snow"]
 #: Two photos (72x96, from conftest's `images`), three boxes: two in photo 0, one in photo 1.
 BOXES = [[[0, 0, 48, 36], [20, 10, 96, 72]], [[8, 4, 60, 70]]]
 PHRASES = ["a dog", "the grass", "a man"]
 TAG_LABELS = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
 LOSSES = ("tag", "caption", "cond", "multi")
-
-
-def tiny_text_config(vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-
-
-def tiny_aligncap_config(vocab_size: int, decoder_type: str = "lstm", **overrides: object) -> AlignCapConfig:
-    """Both encoders at depth 0.25 on 64x64, a 2x2 RoIAlign, 16-wide region tokens, a tiny LSTM or Llama."""
-    values = dict(
-        global_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=16),
-        dense_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=8, num_labels=21),
-        decoder_type=decoder_type,
-        text_config=tiny_text_config(vocab_size),
-        global_image_size=64,
-        dense_image_size=64,
-        roi_output_size=2,
-        region_hidden_size=16,
-        region_num_heads=2,
-        region_dropout=0.0,
-        tag_words=TAGS,
-        projection_dim=8,
-        hidden_size=32,
-        embedding_size=16,
-        attention_size=16,
-        decoder_dropout=0.0,
-        vocab_size=vocab_size,
-        initializer_range=0.3,  # peaked distributions, so that greedy and beam search can differ
-    )
-    values.update(overrides)
-    return AlignCapConfig(**values)
-
-
-def tiny_aligncap(vocab_size: int, decoder_type: str = "lstm", **overrides: object) -> AlignCapForConditionalGeneration:
-    """A random tiny region captioner whose frozen encoders tell images apart (He-initialised convolutions)."""
-    torch.manual_seed(0)
-    model = AlignCapForConditionalGeneration(tiny_aligncap_config(vocab_size, decoder_type, **overrides)).eval()
-    for encoder in (model.global_encoder, model.dense_encoder):
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model
-
-
-def aligncap_processor(tokenizer, decoder_type: str = "lstm", image_size: int = 64) -> AlignCapProcessor:
-    return AlignCapProcessor(SoliImageProcessor(image_size=image_size), tokenizer, decoder_type=decoder_type)
 
 
 def region_batch(tokenizer, images, decoder_type: str = "lstm") -> dict[str, torch.Tensor]:
