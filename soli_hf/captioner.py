@@ -1,12 +1,16 @@
 """One interface for captioning with any SOLI model: `Captioner` (images in -> captions, plus the LR inputs as the
-model saw them), implemented by `PytorchCaptioner` (a saved SOLI folder or Hub id, any device, batched
-`generate`) and `OnnxCaptioner` (an exported ONNX folder on onnxruntime). Everything that captions takes one:
-`soli caption`, `soli evaluate`, the evaluation during training, the latency benchmark, the ARM check.
+model saw them), implemented by `PytorchCaptioner` (a saved folder or Hub id of any family of the package, any
+device, batched `generate`) and `OnnxCaptioner` (an exported ONNX folder on onnxruntime). Everything that captions
+takes one: `soli caption`, `soli evaluate`, the evaluation during training, the latency benchmark, the ARM check.
+A region captioner (AlignCap) loads as a `RegionCaptioner`, a `PytorchCaptioner` that also describes boxes.
 
     >>> captioner = load_captioner()                      # the shipped model
     >>> captioner.caption(["dog.jpg", "beach.png"])       # decoding as the model's generation config says
     >>> onnx = load_captioner(onnx="onnx/soli-flickr8k-lr64", num_threads=2)
     >>> onnx.caption(["dog.jpg"], num_beams=1)
+    >>> regions = load_captioner("runs/aligncap_lstm/model")  # a RegionCaptioner
+    >>> regions.caption_regions("dog.jpg", [[[10, 20, 120, 200]]])  # per photo, boxes in its own pixels
+    >>> regions.caption_regions("dog.jpg")  # the regions its segmenter proposes
 
 Decoding arguments default to `None`: the model's own generation config (`generation_config.json`, or the ONNX
 manifest's `generation`) decides. Loading sets `inference_branches` through `from_pretrained` (or the ONNX folder's
@@ -18,16 +22,18 @@ torch-free install (onnxruntime only) loads `OnnxCaptioner` through the same `lo
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .image_transforms_soli import unnormalize_pixels
+from .image_transforms_soli import make_image_list, to_rgb_image, unnormalize_pixels
 from .onnx.manifest import decoding_defaults, preprocessing_settings
 
 if TYPE_CHECKING:
@@ -43,6 +49,8 @@ CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "soli-flic
 WEIGHTS_NAME = "model.safetensors"
 #: The decoding settings a caller may set; `None` keeps the model's own.
 DECODING_SETTINGS = ("num_beams", "max_new_tokens", "min_new_tokens")
+#: The `model_type` of the region captioners, which load as a `RegionCaptioner`.
+REGION_MODEL_TYPES = ("aligncap",)
 
 
 def default_model() -> str:
@@ -136,7 +144,12 @@ def _family_classes(model: str, model_type: str) -> tuple[type[PreTrainedModel],
         from .processing_dual_qformer import DualQFormerProcessor
 
         return DualQFormerForConditionalGeneration, DualQFormerProcessor
-    raise ValueError(f"{model}: model_type {model_type!r} is not a soli-hf captioner (soli or dual_qformer)")
+    if model_type == "aligncap":
+        from .modeling_aligncap import AlignCapForConditionalGeneration
+        from .processing_aligncap import AlignCapProcessor
+
+        return AlignCapForConditionalGeneration, AlignCapProcessor
+    raise ValueError(f"{model}: model_type {model_type!r} is not a soli-hf captioner (soli, dual_qformer or aligncap)")
 
 
 def _checked_decoding(decoding: dict[str, int | None]) -> dict[str, int]:
@@ -162,8 +175,8 @@ def _not_found_message(model: str, error: OSError) -> str:
 
 
 class PytorchCaptioner(Captioner):
-    """A captioner of the package in PyTorch (SOLI, or the dual-encoder Q-Former): its processor and batched
-    `model.generate()`.
+    """A captioner of the package in PyTorch (SOLI, the dual-encoder Q-Former, or AlignCap as a `RegionCaptioner`):
+    its processor and batched `model.generate()`.
 
     Wraps a model as it is (training mode included: the evaluation during training switches modes itself);
     `from_pretrained` loads one in eval mode.
@@ -191,14 +204,15 @@ class PytorchCaptioner(Captioner):
     def from_pretrained(
         cls, model: str | os.PathLike, *, inference_branches: str | None = None, device: str | None = None
     ) -> PytorchCaptioner:
-        """Load a saved captioner folder or Hub id of any family of the package (its `model_type`: "soli" or
-        "dual_qformer"), in eval mode, on `device`; `inference_branches` ("both" or "lr", SOLI only) replaces the
-        saved mode.
+        """Load a saved captioner folder or Hub id of any family of the package (its `model_type`: "soli",
+        "dual_qformer", or "aligncap", which gives a `RegionCaptioner`), in eval mode, on `device`;
+        `inference_branches` ("both" or "lr", SOLI only) replaces the saved mode.
 
         Raises:
-            ValueError: a folder without config.json, a model type that is not one of the package's captioners,
-                weights that cannot be read (truncated or corrupt), a Hub id that is neither cached nor reachable,
-                a branch setting the model lacks.
+            ValueError: a folder without config.json, a model type that is not one of the package's captioners
+                (or, for `RegionCaptioner.from_pretrained`, not a region captioner), weights that cannot be read
+                (truncated or corrupt), a Hub id that is neither cached nor reachable, a branch setting the model
+                lacks.
         """
         from safetensors import SafetensorError
         from transformers import AutoConfig
@@ -214,6 +228,11 @@ class PytorchCaptioner(Captioner):
         try:
             model_type = AutoConfig.from_pretrained(model).model_type
             model_class, processor_class = _family_classes(str(model), model_type)
+            captioner_class = RegionCaptioner if model_type in REGION_MODEL_TYPES else PytorchCaptioner
+            if not issubclass(captioner_class, cls):
+                raise ValueError(
+                    f"{model} is a {model_type} model, which captions whole photos: not a region captioner"
+                )
             if overrides and model_type != "soli":
                 raise ValueError(f"{model} is a {model_type} model: inference_branches applies to SOLI only")
             loaded = model_class.from_pretrained(model, **overrides)
@@ -230,23 +249,152 @@ class PytorchCaptioner(Captioner):
             raise ValueError(f"{model} has no SR branch (the baseline variant): use inference_branches='lr'")
         if device is not None:
             loaded = loaded.to(device)
-        return cls(loaded.eval(), processor_class.from_pretrained(model), name=path.name)
+        return captioner_class(loaded.eval(), processor_class.from_pretrained(model), name=path.name)
 
     def preprocess(self, images: Any) -> np.ndarray:
         """`SoliImageProcessor(images)["pixel_values"]`."""
         return self.processor.image_processor(images)["pixel_values"]
 
-    def _generate(self, pixel_values: Any, settings: dict[str, int]) -> np.ndarray:
-        """`model.generate(pixel_values=...)` (no sampling) on the model's device."""
+    def _generate(self, pixel_values: Any, settings: dict[str, int], **model_inputs: Any) -> np.ndarray:
+        """`model.generate(pixel_values=...)` (no sampling) on the model's device, with the processor's prompt and
+        `model_inputs` (a region captioner's `boxes`)."""
         import torch
 
-        pixels = torch.as_tensor(pixel_values).to(self.model.device)
-        prompt = {name: ids.to(self.model.device) for name, ids in self._prompt_inputs.items()}
-        return self.model.generate(pixel_values=pixels, do_sample=False, **prompt, **settings).cpu().numpy()
+        inputs = {"pixel_values": pixel_values, **self._prompt_inputs, **model_inputs}
+        inputs = {name: torch.as_tensor(value).to(self.model.device) for name, value in inputs.items()}
+        return self.model.generate(**inputs, do_sample=False, **settings).cpu().numpy()
 
     def decode(self, sequences: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """`processor.batch_decode(sequences, skip_special_tokens=True)`."""
         return self.processor.batch_decode(sequences, skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class RegionCaption:
+    """A described region of a photo (`RegionCaptioner.caption_regions`).
+
+    Attributes:
+        box: (x0, y0, x1, y1) in the photo's own pixels (a file's with its EXIF orientation applied).
+        caption: the model's description of the box.
+        class_name: for a proposed region, its segment's Pascal VOC class; None for a given box, and for the whole
+            photo when the segmenter found no object.
+        score: for a proposed region, its segment's mean top-class probability; else None.
+    """
+
+    box: tuple[float, float, float, float]
+    caption: str
+    class_name: str | None = None
+    score: float | None = None
+
+
+class RegionCaptioner(PytorchCaptioner):
+    """A region captioner (AlignCap, `model_type="aligncap"`) in PyTorch: describes boxes in photos.
+
+    `caption_regions` describes the boxes given (each photo's `[x0, y0, x1, y1]` in its own pixels) or, without
+    boxes, the regions the model's own segmenter proposes: the connected segments of its DeepLabV3 map
+    (`object_evidence_aligncap.propose_regions`). As a whole-photo `Captioner` (`caption`, `caption_pixels`,
+    `generate`: what `soli caption` without boxes, `soli evaluate` and the others call) it describes each photo's
+    full-photo box, (0, 0, side, side) of its `pixel_values`: a phrase for the whole photo, as the model was trained
+    to describe a box, not a sentence-length caption.
+    """
+
+    def _generate(self, pixel_values: Any, settings: dict[str, int], **model_inputs: Any) -> np.ndarray:
+        """`model.generate` on each photo's full-photo box, unless `model_inputs` holds `boxes`."""
+        if "boxes" not in model_inputs:
+            side = np.shape(pixel_values)[-1]
+            model_inputs["boxes"] = [[float(index), 0.0, 0.0, side, side] for index in range(len(pixel_values))]
+        return super()._generate(pixel_values, settings, **model_inputs)
+
+    def caption_regions(
+        self,
+        images: Any,
+        boxes: Any = None,
+        *,
+        max_regions: int = 5,
+        min_area_fraction: float = 0.02,
+        **decoding: int | None,
+    ) -> list[list[RegionCaption]]:
+        """Describe regions of photos: one list of `RegionCaption` per photo, in box order.
+
+        Args:
+            images: one photo or a list (paths, PIL images, arrays, tensors; a file with its EXIF orientation
+                applied, so boxes are in the photo as it is shown).
+            boxes: per photo, a list of `[x0, y0, x1, y1]` boxes in that photo's own pixels (for one photo, its list
+                alone also works). None: each photo's proposed regions, at most `max_regions`, segments covering
+                at least `min_area_fraction` of the segmenter's map, largest and most confident first, each box
+                widened outward to whole pixels; a photo where no segment is found gets its whole-photo box.
+            decoding: `num_beams`, `max_new_tokens`, `min_new_tokens`; None: the model's generation config.
+
+        Raises:
+            ValueError: an image that cannot be read (`ImageInputError`), a bad box (the processor's message, naming
+                the photo, the box and its values), an unknown decoding setting, or `boxes=None` for a model without
+                a segmenter (`use_object_evidence=False`).
+        """
+        from .processing_aligncap import scaled_boxes
+
+        settings = _checked_decoding(decoding)
+        photos = [to_rgb_image(image) for image in make_image_list(images)]
+        sizes = [photo.size for photo in photos]
+        pixel_values = self.preprocess(photos)
+        side = pixel_values.shape[-1]
+        if boxes is None:
+            regions = self._proposed_regions(pixel_values, sizes, max_regions, min_area_fraction)
+            rows = scaled_boxes([[region.box for region in photo] for photo in regions], sizes, side)
+        else:
+            boxes = _per_photo_boxes(boxes, len(photos))
+            rows = scaled_boxes(boxes, sizes, side)  # checks every box first
+            regions = [[RegionCaption(tuple(map(float, box)), "") for box in photo_boxes] for photo_boxes in boxes]
+        captions = iter(self.decode(self._generate(pixel_values, settings, boxes=rows)))
+        return [[RegionCaption(r.box, next(captions), r.class_name, r.score) for r in photo] for photo in regions]
+
+    def _proposed_regions(
+        self, pixel_values: np.ndarray, sizes: list[tuple[int, int]], max_regions: int, min_area_fraction: float
+    ) -> list[list[RegionCaption]]:
+        """Each photo's proposed regions (captions still empty), boxes in its own pixels widened to whole pixels;
+        its whole-photo box where none is found."""
+        import torch
+
+        from .object_evidence_aligncap import propose_regions
+
+        side = pixel_values.shape[-1]
+        pixels = torch.as_tensor(pixel_values).to(self.model.device)
+        regions = []
+        for probabilities, (width, height) in zip(self.model.segmentation_probabilities(pixels), sizes, strict=True):
+            proposals = propose_regions(probabilities, side, max_regions, min_area_fraction)
+            scales = (width / side, height / side, width / side, height / side)
+            regions.append(
+                [
+                    RegionCaption(
+                        _outward_box(proposal.box, scales, width, height), "", proposal.class_name, proposal.score
+                    )
+                    for proposal in proposals
+                ]
+                or [RegionCaption((0.0, 0.0, float(width), float(height)), "")]
+            )
+        return regions
+
+
+def _per_photo_boxes(boxes: Any, num_photos: int) -> list[Any]:
+    """`boxes` as one list of boxes per photo: a single photo's boxes may come without the per-photo list, as the
+    processor takes them. Arrays and tensors become lists."""
+    boxes = boxes.tolist() if hasattr(boxes, "tolist") else list(boxes)
+    first = boxes[0] if boxes else None
+    alone = isinstance(first, (list, tuple)) and first and isinstance(first[0], (int, float))
+    return [boxes] if num_photos == 1 and alone else boxes
+
+
+def _outward_box(
+    box: Sequence[float], scales: Sequence[float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """A box of `pixel_values` pixels in the photo's pixels (times `scales`), widened outward to whole pixels and
+    kept inside the photo (rounded to 1e-6 first, so that float error does not widen it by a pixel)."""
+    x0, y0, x1, y1 = (round(value * scale, 6) for value, scale in zip(box, scales, strict=True))
+    return (
+        float(max(math.floor(x0), 0)),
+        float(max(math.floor(y0), 0)),
+        float(min(math.ceil(x1), width)),
+        float(min(math.ceil(y1), height)),
+    )
 
 
 class OnnxCaptioner(Captioner):
@@ -300,11 +448,12 @@ def load_captioner(
     device: str | None = None,
     num_threads: int | None = None,
 ) -> Captioner:
-    """The one way to load a captioner: a saved SOLI folder or Hub id (`model`; default: `default_model()`), or
-    an exported ONNX folder (`onnx`).
+    """The one way to load a captioner: a saved folder or Hub id of any family (`model`; default:
+    `default_model()`), or an exported ONNX folder (`onnx`). A region captioner's folder (AlignCap) gives a
+    `RegionCaptioner`, which also describes boxes (`caption_regions`).
 
     Args:
-        model: a saved SOLI folder or Hub id, for PyTorch.
+        model: a saved folder or Hub id (SOLI, dual-encoder Q-Former, AlignCap), for PyTorch.
         onnx: an ONNX folder of `soli export` instead (its inference mode is fixed at export).
         inference_branches: "both" or "lr" instead of the saved mode (PyTorch); for an ONNX folder, the mode it
             must have been exported with.

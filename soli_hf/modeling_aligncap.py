@@ -486,14 +486,30 @@ class AlignCapForConditionalGeneration(FrozenPartsMixin, AlignCapPreTrainedModel
         context = torch.cat([grid.mean(dim=(2, 3)) for grid in grids], dim=1)
         evidence = None
         if self.segmentation_head is not None:
-            class_probabilities = self.segmentation_head(grids[1]).float().softmax(dim=1)
-            evidence = object_evidence(class_probabilities, boxes, side).to(context.dtype)
+            evidence = object_evidence(self._class_probabilities(grids[1]), boxes, side).to(context.dtype)
         return AlignCapRegionFeatures(
             roi_features=torch.cat(rois, dim=1).flatten(2).transpose(1, 2),
             context_features=context[boxes[:, 0].long()],
             box_geometry=box_geometry(boxes, side).to(context.dtype),
             object_evidence=evidence,
         )
+
+    def _class_probabilities(self, dense_grid: torch.Tensor) -> torch.Tensor:
+        """The segmentation head's softmax (images, 21, H, W) on the dense encoder's grid, in float32."""
+        return self.segmentation_head(dense_grid).float().softmax(dim=1)
+
+    @torch.no_grad()
+    def segmentation_probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen segmenter's Pascal VOC class probabilities (images, 21, H, W) of `pixel_values`: the map the
+        object evidence reads, and the one `object_evidence_aligncap.propose_regions` proposes regions from when no
+        box is given (its cells span the photo of `pixel_values`' side, as that module's docstring says).
+
+        Raises:
+            ValueError: a model without the segmentation head (`use_object_evidence=False`).
+        """
+        if self.segmentation_head is None:
+            raise ValueError("this region captioner has no segmentation head (use_object_evidence=False): give boxes")
+        return self._class_probabilities(self.dense_encoder.feature_map(pixel_values))
 
     def encode_regions(self, features: AlignCapRegionFeatures) -> AlignCapEncoderOutput:
         """Steps 2-4 on the frozen features: region tokens, refinement (with the tag logits), alignment into the

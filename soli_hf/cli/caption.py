@@ -9,6 +9,10 @@ running the same command again: the images already captioned are left out.
 
 `soli caption --ray INPUT... --out DIR` runs the same captioning on a pool of Ray Data workers
 (`soli_hf.batch.caption_archive`): Parquet part files (path, caption, error) in DIR, resumed the same way.
+
+`soli caption PHOTO --model DIR --box X0,Y0,X1,Y1 [--box ...]` (or `--regions auto`) describes regions of one photo
+with a region captioner (`RegionCaptioner`, an AlignCap folder): one `x0,y0,x1,y1<TAB>caption` line per box (JSON
+Lines with `--json`), and with `--html` a page that draws the numbered boxes over the photo with their captions.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -26,12 +31,79 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 from ..batch import SkippedImage, caption_archive, caption_files, find_images
-from ..bench.html_gallery import GalleryCard, GalleryWriter
-from ..captioner import DEFAULT_MODEL_ID, Captioner, load_captioner
+from ..bench.html_gallery import GalleryCard, GalleryRegion, GalleryWriter, write_gallery
+from ..captioner import DEFAULT_MODEL_ID, Captioner, RegionCaption, RegionCaptioner, default_model, load_captioner
+from ..image_transforms_soli import ImageInputError, to_rgb_image
 from .arguments import add_decoding_arguments, add_inference_branches_argument, positive_int
 
 #: The flags of one run in a single process, and those of a run on Ray (`--ray`), which the other refuses.
-SINGLE_PROCESS_FLAGS = {"output": "--output", "html": "--html", "json": "--json"}
+SINGLE_PROCESS_FLAGS = {
+    "output": "--output",
+    "html": "--html",
+    "json": "--json",
+    "box": "--box",
+    "regions": "--regions",
+}
+#: The flags of whole-photo captioning that a run on regions (--box, --regions) refuses.
+WHOLE_PHOTO_FLAGS = {"output": "--output", "onnx": "--onnx"}
+
+
+@dataclass(frozen=True)
+class BoxArgument:
+    """A `--box` value: the text as given and its (x0, y0, x1, y1)."""
+
+    text: str
+    box: tuple[float, float, float, float]
+
+
+def box_argument(text: str) -> BoxArgument:
+    """The argparse type of `--box X0,Y0,X1,Y1` (pixels of the photo as shown): four finite numbers, none negative,
+    x0 < x1 and y0 < y1; a usage error naming the value else. Whether the box lies inside the photo is checked when
+    the photo is open (`box_outside_photo`)."""
+    try:
+        box = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(value) for value in box):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected X0,Y0,X1,Y1, four numbers separated by commas")
+    x0, y0, x1, y1 = box
+    if min(box) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} has a negative coordinate: pixels of the photo start at 0")
+    if x1 < x0 or y1 < y0:
+        raise argparse.ArgumentTypeError(f"{text!r} is inverted (x1 < x0 or y1 < y0): give X0,Y0,X1,Y1")
+    if x1 == x0 or y1 == y0:
+        raise argparse.ArgumentTypeError(f"{text!r} has zero area (x0 = x1 or y0 = y1)")
+    return BoxArgument(text, box)
+
+
+def box_outside_photo(argument: BoxArgument, path: Path, size: tuple[int, int]) -> str | None:
+    """What is wrong with a `--box` that reaches past its photo of `size` (width, height), or None."""
+    width, height = size
+    x0, y0, x1, y1 = argument.box
+    if x1 <= width and y1 <= height:
+        return None
+    return (
+        f"--box {argument.text} reaches outside {path} ({width}x{height} pixels): boxes are in the photo's own pixels, "
+        f"0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}"
+    )
+
+
+def format_box(box: tuple[float, float, float, float]) -> str:
+    """`x0,y0,x1,y1`, whole numbers without decimals."""
+    return ",".join(f"{value:g}" for value in box)
+
+
+def format_region(path: Path, region: RegionCaption, as_json: bool) -> str:
+    """One region result line (no newline): `x0,y0,x1,y1<TAB>caption`, or a JSON object with the path, the box, the
+    caption and, for a proposed region, its class name and score."""
+    if not as_json:
+        return f"{format_box(region.box)}\t{region.caption}"
+    record = {"path": str(path), "box": list(region.box), "caption": region.caption}
+    if region.class_name is not None:
+        record |= {"class_name": region.class_name, "score": region.score}
+    return json.dumps(record)
+
+
 RAY_FLAGS = {"out": "--out", "workers": "--workers", "column": "--column"}
 
 
@@ -169,6 +241,8 @@ def run_caption(args: argparse.Namespace) -> int:
     if misplaced:
         print(f"soli caption: error: {', '.join(misplaced)} apply to a run on Ray (--ray)", file=sys.stderr)
         return 2
+    if args.box or args.regions:
+        return run_region_caption(args)
     try:
         paths = find_images(args.images)
         captioner = load_captioner(
@@ -182,6 +256,12 @@ def run_caption(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"soli caption: error: {error}", file=sys.stderr)
         return 2
+    if isinstance(captioner, RegionCaptioner):
+        print(
+            f"soli caption: {captioner.name} is a region captioner: it describes each whole photo (its full-photo "
+            "box); give --box X0,Y0,X1,Y1 or --regions auto to describe regions",
+            file=sys.stderr,
+        )
     try:
         with results if results is not None else contextlib.nullcontext():
             skipped = _caption_and_write(args, captioner, todo, results)
@@ -191,6 +271,78 @@ def run_caption(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 1 if skipped else 0
+
+
+def _region_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of a run on regions (`--box` or `--regions`), or None."""
+    if args.box and args.regions:
+        return "give boxes (--box) or --regions auto, not both"
+    misplaced = [flag for name, flag in WHOLE_PHOTO_FLAGS.items() if getattr(args, name) is not None]
+    if misplaced:
+        return (
+            f"{', '.join(misplaced)} apply to whole-photo captioning, not to --box / --regions (these describe one "
+            "photo's regions with --model, a region captioner folder, and print them)"
+        )
+    return None
+
+
+def _load_region_captioner(args: argparse.Namespace) -> tuple[Path, RegionCaptioner]:
+    """The one photo and the region captioner of a run on regions; `ValueError` (or `OSError`) naming the problem."""
+    problem = _region_usage_problem(args)
+    if problem is not None:
+        raise ValueError(problem)
+    paths = find_images(args.images)
+    flag = "--box" if args.box else "--regions"
+    if len(paths) != 1:
+        raise ValueError(f"{flag} describes regions of one photo, got {len(paths)} photos: run once per photo")
+    captioner = load_captioner(args.model, inference_branches=args.inference_branches, device=args.device)
+    if not isinstance(captioner, RegionCaptioner):
+        raise ValueError(
+            f"{flag} needs a region captioner (an AlignCap folder: --model DIR); {args.model or default_model()} "
+            "captions whole photos only: leave out --box / --regions"
+        )
+    return paths[0], captioner
+
+
+def run_region_caption(args: argparse.Namespace) -> int:
+    """`soli caption PHOTO --box ...` / `--regions auto`: describe the given boxes, or the regions the model's
+    segmenter proposes, of one photo; print one line per region and write the --html page. Returns 2 for a usage
+    error (a bad box, a whole-photo model, several photos), 1 when the photo cannot be read, else 0."""
+    try:
+        path, captioner = _load_region_captioner(args)
+    except (ValueError, OSError) as error:
+        print(f"soli caption: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        photo = to_rgb_image(path)  # its EXIF orientation applied: boxes are in the photo as it is shown
+    except ImageInputError as error:
+        print(f"soli caption: {path}: {error.reason}, skipped", file=sys.stderr)
+        return 1
+    problems = [box_outside_photo(argument, path, photo.size) for argument in args.box or ()]
+    problems = [problem for problem in problems if problem is not None]
+    if problems:
+        print(f"soli caption: error: {problems[0]}", file=sys.stderr)
+        return 2
+    boxes = None if args.regions else [[argument.box for argument in args.box]]
+    decoding = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
+    try:
+        regions = captioner.caption_regions(photo, boxes, **decoding)[0]
+    except ValueError as error:  # e.g. --regions auto with a model that has no segmenter
+        print(f"soli caption: error: {path}: {error}", file=sys.stderr)
+        return 2
+    if args.regions and regions[0].class_name is None:
+        print(f"soli caption: {path}: the segmenter found no object; described the whole photo", file=sys.stderr)
+    for region in regions:
+        print(format_region(path, region, args.json))
+    if args.html is not None:
+        lr_image = captioner.lr_images(captioner.preprocess([photo]))[0]
+        notes = [
+            format_box(r.box) + ("" if r.class_name is None else f", {r.class_name} {r.score:.2f}") for r in regions
+        ]
+        drawn = [GalleryRegion(r.box, r.caption, note) for r, note in zip(regions, notes, strict=True)]
+        card = GalleryCard(lr_image, str(path), [], photo=photo, regions=drawn)
+        write_gallery(args.html, f"Regions of {path.name} ({captioner.name})", [card])
+    return 0
 
 
 def _ray_usage_problem(args: argparse.Namespace) -> str | None:
@@ -247,7 +399,8 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"a saved SOLI folder or Hub id (default: the shipped model, {DEFAULT_MODEL_ID})",
+        help=f"a saved captioner folder or Hub id (default: the shipped model, {DEFAULT_MODEL_ID}); a region "
+        "captioner (AlignCap) folder describes each whole photo's full-photo box, or the regions of --box / --regions",
     )
     parser.add_argument("--onnx", type=Path, default=None, help="caption with an exported ONNX folder instead")
     parser.add_argument(
@@ -278,7 +431,30 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         "command again to continue a run that was stopped: the images it holds are left out",
     )
     parser.add_argument(
-        "--html", type=Path, default=None, help="also write a page of the LR inputs and captions (when the run ends)"
+        "--html",
+        type=Path,
+        default=None,
+        help="also write a page of the LR inputs and captions (when the run ends); with --box / --regions, the photo "
+        "with each box drawn and numbered, its caption beside it",
+    )
+    regions = parser.add_argument_group(
+        "regions (a region captioner: --model an AlignCap folder)",
+        "describe regions of ONE photo: one x0,y0,x1,y1<TAB>caption line per region (with --json, JSON Lines)",
+    )
+    regions.add_argument(
+        "--box",
+        type=box_argument,
+        action="append",
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="describe this box, in the photo's own pixels (as shown: EXIF orientation applied); repeat for more",
+    )
+    regions.add_argument(
+        "--regions",
+        choices=["auto"],
+        default=None,
+        help="auto: describe the regions the model's segmenter proposes (up to 5 connected object segments, "
+        "largest and most confident first; the whole photo when it finds none)",
     )
     ray = parser.add_argument_group(
         "on Ray (pip install 'soli-hf[scale]')",
