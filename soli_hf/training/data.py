@@ -262,8 +262,10 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The tensors of a batch that the model's `forward` takes (SOLI's; the dual-encoder Q-Former's text prompt)."""
+    """The tensors of a batch that the model's `forward` takes (SOLI's; the dual-encoder Q-Former's text prompt;
+    AlignCap's cached region features)."""
     names = (
+        "region_features",
         "pixel_values",
         "input_ids",
         "attention_mask",

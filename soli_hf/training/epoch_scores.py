@@ -5,6 +5,9 @@ A model that makes no captions yet, the dual-encoder Q-Former in its first (repr
 dev losses instead (`evaluate_representation`: ITC, ITM, ITG and their total), and its best epoch is the one of the
 lowest dev ITG loss (`selection_metric`): image-grounded generation from the queries is the stage-1 task closest to
 what stage 2 asks of them (and, unlike ITM's sampled negatives, it is deterministic).
+
+The AlignCap region captioner describes each dev box from its cached region features (`evaluate_region_captioner`:
+`model.generate`, the same call the region pipeline makes), scored against all the phrases of its chain.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
@@ -90,6 +94,46 @@ def evaluate_captioner(
 
 
 @torch.no_grad()
+def evaluate_region_captioner(
+    model: PreTrainedModel,
+    batches: Iterable[dict[str, Any]],
+    processor: ProcessorMixin,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    show_progress: bool = True,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """`evaluate_captioner` for the AlignCap region captioner: each batch's region features (one row per region,
+    with its first phrase) give the dev caption loss (`val_loss`) and the region's description
+    (`model.generate(region_features=...)`, `num_beams` wide; 1 is greedy), scored against the region's references.
+    Returns the metrics (CIDEr-D, BLEU, ROUGE-L, diversity; no METEOR) and the description of each region."""
+    was_training = model.training
+    model.eval()
+    loss_sum, loss_count = 0.0, 0
+    predictions: dict[str, str] = {}
+    references: dict[str, list[str]] = {}
+    try:
+        for batch in tqdm(batches, desc="evaluating regions", leave=False, disable=not show_progress):
+            inputs = send_to_device(model_inputs(batch), model.device)  # the region features are a ModelOutput
+            output = model(**inputs)
+            loss_sum += float(output.caption_loss) * len(batch["image_ids"])
+            loss_count += len(batch["image_ids"])
+            tokens = model.generate(
+                region_features=inputs["region_features"], num_beams=num_beams, max_new_tokens=max_new_tokens
+            )
+            captions = processor.batch_decode(tokens, skip_special_tokens=True)
+            for name, caption, refs in zip(batch["image_ids"], captions, batch["references"], strict=True):
+                predictions[name] = caption
+                references[name] = refs
+    finally:
+        model.train(was_training)
+    if not predictions:
+        raise ValueError("evaluation data has no usable region")
+    metrics = compute_caption_metrics(predictions, references, meteor=False) | caption_diversity(predictions)
+    metrics["val_loss"] = loss_sum / loss_count
+    return metrics, predictions
+
+
 def evaluate_representation(
     model: PreTrainedModel, batches: Iterable[dict[str, Any] | None], *, show_progress: bool = True
 ) -> tuple[dict[str, float], dict[str, str]]:
@@ -131,10 +175,13 @@ def evaluate_epoch(
     **settings: Any,
 ) -> dict[str, float]:
     """An epoch's dev metrics: `evaluate_captioner(model, ...)`'s (`evaluate_representation`'s for a model that makes
-    no captions yet), and, when an EMA of the weights is kept (`averaged`), the EMA model's under `EMA_PREFIX`
-    (`ema/CIDEr`, ...). `settings`: `evaluate_captioner`'s keyword arguments."""
+    no captions yet, `evaluate_region_captioner`'s for a region captioner), and, when an EMA of the weights is kept
+    (`averaged`), the EMA model's under `EMA_PREFIX` (`ema/CIDEr`, ...).
+    `settings`: `evaluate_captioner`'s keyword arguments."""
 
     def evaluate(weights: PreTrainedModel) -> dict[str, float]:
+        if weights.config.model_type == "aligncap":
+            return evaluate_region_captioner(weights, batches, processor, **settings)[0]
         if makes_captions(weights):
             return evaluate_captioner(weights, batches, processor, **settings)[0]
         return evaluate_representation(weights, batches, show_progress=settings.get("show_progress", True))[0]

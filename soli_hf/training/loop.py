@@ -1,13 +1,17 @@
-"""The training loop of SOLI and the dual-encoder Q-Former (`scripts/train.py` calls `train`): visible top to
-bottom, no callbacks.
+"""The training loop of SOLI, the dual-encoder Q-Former and the AlignCap region captioner (`scripts/train.py` calls
+`train`): visible top to bottom, no callbacks.
 
     accelerate launch scripts/train.py --config configs/flickr8k_cpu.yaml
     accelerate launch scripts/train.py --config configs/dual_qformer/stage1.yaml
+    accelerate launch scripts/train.py --config configs/aligncap/lstm.yaml
 
 SOLI: phase `xe` trains with caption cross-entropy + contrastive + SR losses under the low-res -> super-resolved
 curriculum; phase `scst` fine-tunes an `xe` model with self-critical CIDEr-D rewards. The dual-encoder Q-Former
 (`model_type: dual_qformer`) trains its Q-Formers and projections, its encoders and language model frozen:
-`training_stage` 1 with ITC + ITM + ITG, 2 with the caption loss through the language model. Every step logs the
+`training_stage` 1 with ITC + ITM + ITG, 2 with the caption loss through the language model. AlignCap
+(`model_type: aligncap`) trains on region rows (a box and its phrases) from cached frozen region features
+(`regions`), with its four losses; its "images" are regions (per step, per second), and its dev captions describe
+each dev box (`epoch_scores.evaluate_region_captioner`). Every step logs the
 model's loss and each of its named parts (`*_loss`). Every epoch ends with a dev-split evaluation (captions by the
 `Captioner`, `eval_num_beams` wide, up to `max_caption_tokens` tokens); the best epoch (by CIDEr-D; by dev ITG loss
 in stage 1, which makes no captions: `epoch_scores.selection_metric`) is kept as a `save_pretrained` folder,
@@ -54,7 +58,9 @@ from transformers import PreTrainedModel, ProcessorMixin, get_cosine_schedule_wi
 
 from ..bench.memory import peak_rss_mib
 from ..data import load_caption_dataset_with_report
+from ..modeling_aligncap import AlignCapForConditionalGeneration
 from ..modeling_soli import SoliForConditionalGeneration
+from ..processing_aligncap import AlignCapProcessor
 from ..storage import disk_full_as_oserror, write_folder_atomically, write_text_atomically
 from .checkpointing import (
     CHECKPOINT_DIR,
@@ -82,6 +88,13 @@ from .data import (
 from .ema import EMA, EMA_PREFIX, RAW, exponential_moving_average, is_better, selected_weights
 from .epoch_scores import evaluate_epoch, selection_metric
 from .model_setup import build_model_and_processor, check_model_sources, trainable_parameter_groups
+from .regions import (
+    RegionBatchCollator,
+    RegionPhraseDataset,
+    first_images,
+    load_or_compute_region_features,
+    tag_word_splitter,
+)
 from .reporting import plot_training_curves
 from .scst import build_reward_scorer, scst_loss
 
@@ -109,25 +122,38 @@ def train(config: TrainingConfig) -> Path:
     eval_rows, eval_report = load_caption_dataset_with_report(
         config.data, config.eval_split, config.data_format, config.on_bad_sample
     )
-    if config.max_train_images is not None:
-        train_rows = train_rows.select(range(min(config.max_train_images, len(train_rows))))
-    if config.max_eval_images is not None:
-        eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
+    regions = config.model_type == "aligncap"
+    if regions:  # rows are regions: keep those of the first N photos
+        train_rows = first_images(train_rows, config.max_train_images)
+        eval_rows = first_images(eval_rows, config.max_eval_images)
+    else:
+        if config.max_train_images is not None:
+            train_rows = train_rows.select(range(min(config.max_train_images, len(train_rows))))
+        if config.max_eval_images is not None:
+            eval_rows = eval_rows.select(range(min(config.max_eval_images, len(eval_rows))))
     model, processor = build_model_and_processor(config, train_rows)
     soli = config.model_type == "soli"
     # model selection, early stopping and the plateau schedule follow this dev metric (CIDEr-D, or a loss)
     selection, higher_is_better = selection_metric(model)
-    with accelerator.main_process_first():  # the main process computes the teacher's features, the others read them
-        targets = build_training_targets(
-            config, train_rows, model, processor, show_progress, compute_teacher=accelerator.is_main_process
+    if regions:
+        with accelerator.main_process_first():  # the main process computes the region features, the others read them
+            train_set, eval_set, train_collator, eval_collator = region_datasets(
+                config, train_rows, eval_rows, model, processor, show_progress, accelerator.is_main_process
+            )
+    else:
+        with accelerator.main_process_first():  # the main process computes the teacher's features, the others read
+            targets = build_training_targets(
+                config, train_rows, model, processor, show_progress, compute_teacher=accelerator.is_main_process
+            )
+        policy = DegradationPolicy.from_config(config) if config.random_degradation else None
+        train_set = CaptionImageDataset(  # the HR image is SOLI's SR target
+            train_rows, processor, policy, soli, config.captions_per_image, config.seed, config.on_bad_sample
         )
-    policy = DegradationPolicy.from_config(config) if config.random_degradation else None
-    train_set = CaptionImageDataset(  # the HR image is SOLI's SR target
-        train_rows, processor, policy, soli, config.captions_per_image, config.seed, config.on_bad_sample
-    )
-    eval_set = CaptionImageDataset(eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip")
-    train_collator = CaptionBatchCollator(processor, config.max_caption_tokens, targets)
-    eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
+        eval_set = CaptionImageDataset(
+            eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip"
+        )
+        train_collator = CaptionBatchCollator(processor, config.max_caption_tokens, targets)
+        eval_collator = CaptionBatchCollator(processor, config.max_caption_tokens)
     train_loader = training_loader(train_set, train_collator, config)
     eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=eval_collator)
 
@@ -374,6 +400,40 @@ def mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> d
     return {name: statistics.fmean(entry[name] for entry in per_process if name in entry) for name in names}
 
 
+def region_datasets(
+    config: TrainingConfig,
+    train_rows: Any,
+    eval_rows: Any,
+    model: AlignCapForConditionalGeneration,
+    processor: AlignCapProcessor,
+    show_progress: bool,
+    compute_features: bool,
+) -> tuple[RegionPhraseDataset, RegionPhraseDataset, RegionBatchCollator, RegionBatchCollator]:
+    """AlignCap's training and dev samples and collators on the cached frozen region features
+    (`regions.load_or_compute_region_features` under `feature_cache_dir`; `compute_features` False only reads
+    them). Training rows: `captions_per_image` phrases of each region; dev rows: its first phrase."""
+    stores = [
+        load_or_compute_region_features(
+            rows,
+            model,
+            processor,
+            config.feature_cache_dir,
+            on_bad_sample=config.on_bad_sample if rows is train_rows else "skip",
+            show_progress=show_progress,
+            compute_if_missing=compute_features,
+        )
+        for rows in (train_rows, eval_rows)
+    ]
+    tag_words = model.config.tag_words if model.config.tag_loss_weight else None
+    splitter = tag_word_splitter(processor, model.config.tag_words) if tag_words else None
+    train_set = RegionPhraseDataset(train_rows, stores[0], config.captions_per_image, config.seed)
+    eval_set = RegionPhraseDataset(eval_rows, stores[1], None)
+    collators = [
+        RegionBatchCollator(processor, store, config.max_caption_tokens, tag_words, splitter) for store in stores
+    ]
+    return train_set, eval_set, *collators
+
+
 def training_loss(
     model: torch.nn.Module,
     batch: dict[str, Any],
@@ -412,7 +472,11 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
-def training_loader(dataset: CaptionImageDataset, collator: CaptionBatchCollator, config: TrainingConfig) -> DataLoader:
+def training_loader(
+    dataset: CaptionImageDataset | RegionPhraseDataset,
+    collator: CaptionBatchCollator | RegionBatchCollator,
+    config: TrainingConfig,
+) -> DataLoader:
     """The training batches: a seeded per-epoch permutation (`EpochShuffleSampler`), `num_workers` loading processes.
 
     The workers are not persistent: a worker holds the copy of the dataset made when an epoch's iteration starts,

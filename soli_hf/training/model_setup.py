@@ -3,7 +3,10 @@
 SOLI: a tokenizer built from the training captions (or loaded) and a new or loaded SOLI. The dual-encoder Q-Former:
 `DualQFormerForConditionalGeneration.from_pretrained_parts` (the recipe's encoders and language model, the
 language model's tokenizer, new Q-Formers sized by `model_config`), or a saved folder (`init_from`, e.g. stage 1's
-model for stage 2); its encoders and language model stay frozen, and only the rest goes to the optimizer.
+model for stage 2); its encoders and language model stay frozen, and only the rest goes to the optimizer. The AlignCap
+region captioner: `AlignCapForConditionalGeneration.from_pretrained_parts` (the recipe's encoders, its decoder, a word
+tokenizer and tag words built from the training phrases, the recipe's modules and loss weights), or `init_from`; its
+encoders, segmenter and language model stay frozen.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from ..configuration_aligncap import AlignCapConfig
 from ..configuration_dual_qformer import DualQFormerConfig
 from ..configuration_soli import SoliConfig
 from ..data import iter_captions
 from ..image_processing_soli import SoliImageProcessor
+from ..modeling_aligncap import AlignCapForConditionalGeneration
 from ..modeling_dual_qformer import DualQFormerForConditionalGeneration
 from ..modeling_soli import SoliForConditionalGeneration
+from ..processing_aligncap import AlignCapProcessor
 from ..processing_dual_qformer import DualQFormerProcessor
 from ..processing_soli import SoliProcessor
 from ..storage import read_json
@@ -44,6 +50,8 @@ def model_sources(config: TrainingConfig) -> dict[str, str]:
         return {"init_from": config.init_from}
     if config.model_type == "dual_qformer":
         names = ["backbone", "finegrained_encoder", "language_model", "model_config"]
+    elif config.model_type == "aligncap":
+        names = ["backbone", "finegrained_encoder", "language_model", "tokenizer", "model_config"]
     else:
         names = ["tokenizer", "model_config"] + (["backbone"] if config.model_config is None else [])
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
@@ -94,10 +102,12 @@ def load_source(name: str, source: str, load: Callable[[str], Loaded]) -> Loaded
 
 
 def build_model_and_processor(config: TrainingConfig, train_rows: Dataset) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """The model the recipe trains and its processor, of its `model_type`; SOLI's tokenizer and tag words come from
-    the training captions (`train_rows`)."""
+    """The model the recipe trains and its processor, of its `model_type`; SOLI's and AlignCap's tokenizer and tag
+    words come from the training captions or phrases (`train_rows`)."""
     if config.model_type == "dual_qformer":
         return build_dual_qformer(config)
+    if config.model_type == "aligncap":
+        return build_aligncap(config, train_rows)
     processor = build_processor(config, iter_captions(train_rows))
     return build_model(config, processor, train_rows["captions"]), processor
 
@@ -227,13 +237,20 @@ _SAVED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "custom_pipelin
 def dual_qformer_settings(model_config: str) -> dict[str, Any]:
     """The `DualQFormerConfig` settings of a `model_config` JSON (any subset of the fields, or a saved config.json
     whose parts are then left out); a `ValueError` naming the file for a field that is no setting."""
+    return config_settings(model_config, DualQFormerConfig, _DUAL_QFORMER_PARTS)
+
+
+def config_settings(model_config: str, config_class: type, parts: Sequence[str]) -> dict[str, Any]:
+    """The `config_class` settings of a `model_config` JSON, its pretrained `parts` and a saved config.json's
+    bookkeeping keys left out; a `ValueError` naming the file for a field that is no setting."""
     values = read_json(Path(model_config))
+    name = config_class.__name__
     if not isinstance(values, dict):
-        raise ValueError(f"model_config {model_config}: expected a JSON object of DualQFormerConfig settings")
-    settings = {key: value for key, value in values.items() if key not in (*_DUAL_QFORMER_PARTS, *_SAVED_CONFIG_KEYS)}
-    unknown = sorted(key for key in settings if not hasattr(DualQFormerConfig(), key))
+        raise ValueError(f"model_config {model_config}: expected a JSON object of {name} settings")
+    settings = {key: value for key, value in values.items() if key not in (*parts, *_SAVED_CONFIG_KEYS)}
+    unknown = sorted(key for key in settings if not hasattr(config_class(), key))
     if unknown:
-        raise ValueError(f"model_config {model_config}: {unknown} are not DualQFormerConfig settings")
+        raise ValueError(f"model_config {model_config}: {unknown} are not {name} settings")
     return settings
 
 
@@ -264,10 +281,88 @@ def build_dual_qformer(config: TrainingConfig) -> tuple[DualQFormerForConditiona
     )
 
 
+#: AlignCapConfig fields that the recipe's parts and fields give, never `model_config`.
+_ALIGNCAP_PARTS = ("global_encoder_config", "dense_encoder_config", "text_config", "decoder_type", "vocab_size")
+#: Recipe fields that are AlignCapConfig settings of the same name (None: the model's own value).
+_ALIGNCAP_SETTINGS = (
+    "tag_loss_weight",
+    "cond_loss_weight",
+    "multi_loss_weight",
+    "use_refinement",
+    "use_alignment",
+    "use_object_evidence",
+)
+
+
+def aligncap_settings(config: TrainingConfig) -> dict[str, Any]:
+    """The AlignCapConfig settings of the recipe: `model_config`'s (sizes, ...), then the recipe's own fields
+    (`photo_size` is `image_size`)."""
+    settings = (
+        {} if config.model_config is None else config_settings(config.model_config, AlignCapConfig, _ALIGNCAP_PARTS)
+    )
+    settings |= {name: getattr(config, name) for name in _ALIGNCAP_SETTINGS if getattr(config, name) is not None}
+    if config.photo_size is not None:
+        settings["image_size"] = config.photo_size
+    return settings
+
+
+def region_phrases(train_rows: Dataset) -> list[str]:
+    """Every phrase of the training regions (one per phrase-box pair)."""
+    return [phrase for references in train_rows["references"] for phrase in references]
+
+
+def build_aligncap(
+    config: TrainingConfig, train_rows: Dataset
+) -> tuple[AlignCapForConditionalGeneration, AlignCapProcessor]:
+    """The AlignCap region captioner of the recipe and its processor.
+
+    `init_from`: a saved AlignCap and its processor (loss weights of the recipe applied). Otherwise
+    `from_pretrained_parts`: `backbone` (global encoder), `finegrained_encoder` (DeepLabV3: dense encoder and
+    segmenter), the decoder of `decoder_type` (the LSTM with a word-level tokenizer of the training phrases, seen at
+    least `vocab_min_frequency` times, or `tokenizer`; or the frozen `language_model`), the `num_tags` tag words of
+    the training phrases (`tags.build_tag_vocabulary`; the refinement module needs them), and `aligncap_settings`.
+
+    Raises:
+        ValueError: `init_from` is no AlignCap, a source cannot be loaded, or the settings contradict each other
+            (e.g. `use_refinement: false` with a tag loss weight), naming the field.
+    """
+    settings = aligncap_settings(config)
+    if config.init_from is not None:
+        saved_type = load_source("init_from", config.init_from, AutoConfig.from_pretrained).model_type
+        if saved_type != "aligncap":
+            raise ValueError(f"init_from {config.init_from} is a {saved_type!r} model; the recipe trains aligncap")
+        weights = {name: value for name, value in settings.items() if name.endswith("_loss_weight")}
+        load = AlignCapForConditionalGeneration.from_pretrained
+        model = load_source("init_from", config.init_from, lambda source: load(source, **weights))
+        return model, load_source("init_from", config.init_from, AlignCapProcessor.from_pretrained)
+    phrases = region_phrases(train_rows)
+    if config.tokenizer is not None:
+        words = load_source("tokenizer", config.tokenizer, AutoProcessor.from_pretrained)
+        words = getattr(words, "tokenizer", words)
+    else:
+        words = build_tokenizer(phrases, min_frequency=config.vocab_min_frequency)
+    if config.num_tags:
+        settings["tag_words"] = build_tag_vocabulary(words, train_rows["references"], config.num_tags)
+    try:
+        model, processor = AlignCapForConditionalGeneration.from_pretrained_parts(
+            config.backbone,
+            config.finegrained_encoder,
+            decoder_type=config.decoder_type,
+            language_model=config.language_model,
+            tokenizer=words if config.decoder_type == "lstm" else None,
+            **settings,
+        )
+    except ValueError as error:
+        raise ValueError(f"model_type aligncap: {error}") from error
+    if config.decoder_type == "lstm":
+        suppress_unknown_token(model, words)
+    return model, processor
+
+
 def trainable_parameter_groups(model: PreTrainedModel, config: TrainingConfig) -> list[dict[str, Any]]:
     """AdamW groups: SOLI's pretrained backbone at `backbone_learning_rate`, everything else at `learning_rate`; the
-    dual-encoder Q-Former's trainable weights (not its frozen encoders and language model) at `learning_rate`."""
-    if config.model_type == "dual_qformer":
+    dual-encoder Q-Former's and AlignCap's trainable weights (not their frozen parts) at `learning_rate`."""
+    if config.model_type in ("dual_qformer", "aligncap"):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.learning_rate}]
     backbone = {id(p) for p in model.encoder.backbone.parameters()}
     rest = [p for p in model.parameters() if id(p) not in backbone]

@@ -4,15 +4,14 @@ A frozen MobileNetV2 (by default the ImageNet one the backbone starts from) sees
 input size (224x224); its last feature map, average-pooled to the student's `grid_size`, is the target that the LR
 and SR branches' backbone grids are pulled towards (`losses_soli.teacher_distillation`).
 
-The cache is one folder per teacher, grid size and list of images under `cache_dir`: `features.safetensors`
-((num_images, grid_size**2, channels) float16) and `key.json`. The key holds a fingerprint of the teacher's files
-(their content) and of the image files (path, size and modification time of each), so a changed image or teacher
-makes the folder stale and it is recomputed; the folder is written atomically, so a kill never leaves half of one.
+The cache is one folder per teacher, grid size and list of images under `cache_dir` (`feature_cache`): the
+features ((num_images, grid_size**2, channels) float16) and a key with a fingerprint of the teacher's files and of
+the images (their content), so a changed image or teacher makes the folder stale and it is recomputed; the folder is
+written atomically, so a kill never leaves half of one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -23,19 +22,16 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import MobileNetV2Model
 
 from ..data import safe_load_image
-from ..storage import read_json, write_folder_atomically
+from ..storage import read_json
+from .feature_cache import cache_folder, digest, file_digest, files_fingerprint, load_or_compute_features
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-FEATURES_FILE = "features.safetensors"
-KEY_FILE = "key.json"
 #: The teacher folder's files whose content decides its features (weights, architecture, pixel normalisation).
 _TEACHER_FILE_PATTERNS = ("*.safetensors", "config.json", "preprocessor_config.json")
 
@@ -104,40 +100,17 @@ def load_or_compute_teacher_features(
     }
     # The folder name fixes what is cached (teacher, grid, which images); the key's fingerprints say whether it is
     # still valid, so a changed file replaces the stale folder instead of adding another one.
-    slot = _digest(json.dumps([key["teacher"], grid_size, image_ids]).encode())[:16]
-    folder = Path(cache_dir) / f"teacher-{slot}"
-    cached = _read_cache(folder, key)
-    if cached is not None:
-        return TeacherFeatures(image_ids, cached)
-    if not compute_if_missing:
-        raise FileNotFoundError(
-            f"teacher cache {folder}: not written by the main process; every process must see teacher_cache_dir "
-            "(on several machines, a shared filesystem)"
-        )
-    features = compute_teacher_features(rows, teacher_dir, grid_size, batch_size, on_bad_sample, show_progress)
-
-    def write(tmp: Path) -> None:
-        save_file({"features": features.contiguous()}, tmp / FEATURES_FILE)
-        (tmp / KEY_FILE).write_text(json.dumps(key), encoding="utf-8")
-
-    write_folder_atomically(folder, write)
+    folder = cache_folder(cache_dir, "teacher", [key["teacher"], grid_size, image_ids])
+    features = load_or_compute_features(
+        folder,
+        key,
+        lambda: {
+            "features": compute_teacher_features(rows, teacher_dir, grid_size, batch_size, on_bad_sample, show_progress)
+        },
+        kind="teacher",
+        compute_if_missing=compute_if_missing,
+    )["features"]
     return TeacherFeatures(image_ids, features)
-
-
-def _read_cache(folder: Path, key: dict[str, Any]) -> torch.Tensor | None:
-    """The cached features when `folder` holds them under the same key, else None (missing, stale or unreadable)."""
-    if not (folder / KEY_FILE).is_file() or not (folder / FEATURES_FILE).is_file():
-        return None
-    try:
-        if read_json(folder / KEY_FILE) != key:
-            logger.info("teacher cache %s is stale (a changed image or teacher): recomputing", folder)
-            return None
-        features = load_file(folder / FEATURES_FILE)["features"]
-    except (ValueError, OSError, KeyError, SafetensorError) as error:
-        logger.warning("teacher cache %s is unreadable (%s): recomputing", folder, error)
-        return None
-    logger.info("teacher features from the cache %s", folder)
-    return features
 
 
 def compute_teacher_features(
@@ -191,8 +164,7 @@ def _normalisation(teacher_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def teacher_fingerprint(teacher_dir: Path) -> dict[str, str]:
     """{file name: sha256 of its content} of the teacher files that decide its features."""
-    files = sorted({path for pattern in _TEACHER_FILE_PATTERNS for path in teacher_dir.glob(pattern)})
-    return {path.name: _digest(path.read_bytes()) for path in files}
+    return files_fingerprint(teacher_dir, _TEACHER_FILE_PATTERNS)
 
 
 def images_fingerprint(rows: Dataset) -> str:
@@ -201,15 +173,8 @@ def images_fingerprint(rows: Dataset) -> str:
     Content, not path and modification time: a fresh copy of the same data (another machine, a new checkout of the
     shared folder) keeps the cache, and an image rewritten with other pixels invalidates it. A missing file counts
     as missing (the loader reports it as a bad sample)."""
-    stamps = []
-    for image in rows["image"]:
-        if image.get("bytes") is not None:
-            stamps.append(_digest(image["bytes"]))
-            continue
-        path = Path(image["path"])
-        stamps.append(_digest(path.read_bytes()) if path.is_file() else None)
-    return _digest(json.dumps(stamps).encode())
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    stamps = [
+        digest(image["bytes"]) if image.get("bytes") is not None else file_digest(Path(image["path"]))
+        for image in rows["image"]
+    ]
+    return digest(json.dumps(stamps).encode())
