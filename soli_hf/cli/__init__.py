@@ -2,6 +2,7 @@
 
     soli caption IMAGE... [--model DIR|HUB_ID | --onnx DIR] [--inference-branches both|lr] [--num-beams N]
                  [--max-new-tokens N] [--num-threads N] [--json] [--output FILE] [--html PAGE]
+    soli caption PHOTO --model DIR (--box X0,Y0,X1,Y1 [--box ...] | --regions auto) [--json] [--html PAGE]
     soli caption --ray INPUT --out DIR [--model DIR | --onnx DIR] [--workers N] [--batch-size B] [--column NAME]
                  [--device cpu|cuda]
     soli export --model DIR --out DIR [--quantize arm64|avx2|avx512] [--inference-branches lr] [--backend ...]
@@ -21,8 +22,11 @@ FILE instead of stdout, flushed one by one; running the same command again after
 images FILE already holds (and drops a last line cut off by the kill). A file that cannot be read (missing, not a
 regular file, not an image, corrupt, too many pixels, NaN values) is skipped with `soli caption: PATH: REASON,
 skipped` on stderr, and the exit code is then 1. `--html` writes its page when the run ends, from what was made.
-With `--ray` (the `scale` extra) a folder, a glob, a list file or a Parquet/CSV column of paths is captioned by
-a pool of Ray actors into Parquet part files in DIR (path, caption, error); rerunning resumes (`soli_hf.batch`).
+With `--box` or `--regions auto` and a region captioner's folder (AlignCap) one photo's regions are described
+instead: one `x0,y0,x1,y1<TAB>caption` line per region, and with `--html` the photo with its numbered boxes (see
+`soli_hf.cli.caption`). With `--ray` (the `scale` extra) a folder, a glob, a list file or a Parquet/CSV column
+of paths is captioned by a pool of Ray actors into Parquet part files in DIR (path, caption, error); rerunning
+resumes (`soli_hf.batch`).
 Integer flags are checked when parsed: a value below 1 is a usage error (exit code 2).
 """
 
