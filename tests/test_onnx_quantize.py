@@ -147,3 +147,89 @@ print(json.dumps({{"status": status, "captions": [json.loads(line)["caption"] fo
     result = run_python(script, str(float32_dir), *map(str, image_files), cwd=tmp_path)
     assert result["status"] == 0 and result["loaded"] == []
     assert result["captions"] == SoliOnnxCaptioner(float32_dir).caption(image_files)  # the manifest's decoding
+
+
+# --- static int8: the encoder calibrated (QDQ), the decoder step dynamic ------------------------------------------
+
+
+def test_the_export_folds_the_batch_norms_and_the_branches_share_the_weights(float32_dir) -> None:
+    encoder = onnx.load(float32_dir / "encoder.onnx")
+    assert "BatchNormalization" not in op_types(float32_dir / "encoder.onnx")
+    weights = [node.input[1] for node in encoder.graph.node if node.op_type == "Conv"]
+    # The tiny model runs both branches through one backbone: its convolutions appear twice, their weights once.
+    assert len(set(weights)) < len(weights)
+
+
+def test_static_quantization_writes_qdq_convolutions_that_run_as_qlinearconv(float32_dir, tmp_path, images) -> None:
+    from soli_hf.bench.onnx_profile import operator_times
+    from soli_hf.onnx.quantize import STATIC_OPERATORS
+
+    quantize_onnx(float32_dir, tmp_path, target="avx512", mode="static", calibration=images, backend="onnxruntime")
+    quantization = json.loads((tmp_path / MANIFEST_NAME).read_text())["quantization"]
+    assert quantization["mode"] == "static" and quantization["name"] == "avx512"
+    assert quantization["graphs"]["encoder"] == {
+        "mode": "static",
+        "format": "QDQ",
+        "operators": list(STATIC_OPERATORS),
+        "calibration": {"images": len(images), "method": "MinMax"},
+        "backend": "onnxruntime",
+    }
+    assert quantization["graphs"]["decoder_step"]["mode"] == "dynamic"
+    encoder = onnx.load(tmp_path / "encoder.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= op_types(tmp_path / "encoder.onnx")
+    # Every convolution weight is stored once, int8, per output channel, however many convolutions use it.
+    initializers = {init.name: init for init in encoder.graph.initializer}
+    producers = {output: node for node in encoder.graph.node for output in node.output}
+    conv_weights = {producers[node.input[1]].input[0] for node in encoder.graph.node if node.op_type == "Conv"}
+    assert {initializers[name].data_type for name in conv_weights} == {onnx.TensorProto.INT8}
+    assert len(conv_weights) < sum(node.op_type == "Conv" for node in encoder.graph.node)
+    assert "MatMulInteger" in op_types(tmp_path / "decoder_step.onnx")
+    # onnxruntime runs the convolutions as int8 kernels (its own profile), and the int8 encoder approximates fp32.
+    fp32, int8 = SoliOnnxCaptioner(float32_dir, num_threads=1), SoliOnnxCaptioner(tmp_path, num_threads=1)
+    pixel_values = fp32.preprocess(images)
+    kernels = operator_times(tmp_path / "encoder.onnx", {"pixel_values": pixel_values}, threads=1, runs=1)
+    assert "QLinearConv" in kernels and "Conv" not in kernels
+    for expected, actual in zip(fp32.encode(pixel_values), int8.encode(pixel_values), strict=True):
+        assert np.abs(actual - expected).mean() < 0.25 * np.abs(expected).mean() + 1e-3
+    assert len(int8.caption(images)) == len(images)
+
+
+def test_static_quantization_needs_calibration_and_folded_batch_norms(float32_dir, tmp_path, images) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        quantize_onnx(float32_dir, tmp_path / "a", mode="qat")
+    with pytest.raises(ValueError, match="calibration images are needed for mode='static'"):
+        quantize_onnx(float32_dir, tmp_path / "b", mode="static")
+    with pytest.raises(ValueError, match="and only there"):
+        quantize_onnx(float32_dir, tmp_path / "c", calibration=images)
+    with pytest.raises(ValueError, match="holds no images"):
+        quantize_onnx(float32_dir, tmp_path / "d", mode="static", calibration=[])
+    old = tmp_path / "old-export"  # an encoder graph with a batch norm, as exports made before the folding
+    old.mkdir()
+    for path in float32_dir.iterdir():
+        (old / path.name).write_bytes(path.read_bytes())
+    norm = onnx.helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
+    graph = onnx.load(old / "encoder.onnx")
+    graph.graph.node.append(norm)
+    onnx.save(graph, old / "encoder.onnx")
+    with pytest.raises(ValueError, match=r"encoder\.onnx: the encoder graph holds BatchNormalization nodes"):
+        quantize_onnx(old, tmp_path / "e", mode="static", calibration=images)
+
+
+def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model, flickr8k, tmp_path) -> None:
+    from soli_hf.cli.export import calibration_photos
+
+    train = calibration_photos(flickr8k, "train", 2)
+    assert len(train) == 2 and all("Flicker8k_Dataset" in path for path in train)
+    assert len(calibration_photos(flickr8k, "train", 100)) == 3  # all of the split, no more
+    out = tmp_path / "static"
+    flags = ("--quantize", "arm64", "--quantization-mode", "static")
+    status, _, err = run_cli("export", "--model", str(saved_model), "--out", str(out), *flags)
+    assert status == 2 and "needs --calibration-data" in err
+    status, _, err = run_cli(
+        "export", "--model", str(saved_model), "--out", str(out), *flags, "--calibration-data", str(flickr8k)
+    )
+    assert status == 0, err
+    assert json.loads((out / MANIFEST_NAME).read_text())["quantization"]["graphs"]["encoder"]["calibration"] == {
+        "images": 3,
+        "method": "MinMax",
+    }

@@ -1,4 +1,5 @@
-"""`soli export`: a saved SOLI folder (or Hub id) -> ONNX graphs, float32 or dynamic int8."""
+"""`soli export`: a saved SOLI folder (or Hub id) -> ONNX graphs, float32 or int8 (dynamic, or the encoder static,
+calibrated on the training photos of a caption dataset)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ def run_export(args: argparse.Namespace) -> int:
     from ..onnx.quantize import quantize_onnx
 
     try:
+        if (args.quantization_mode == "static") != (args.calibration_data is not None):
+            raise ValueError("--quantization-mode static needs --calibration-data, and --calibration-data needs it")
+        if args.calibration_data is not None and args.quantize is None:
+            raise ValueError("--quantization-mode static needs --quantize TARGET")
         check_output_folder(args.out)  # refused before the float32 export that --quantize makes first
+        calibration = None
+        if args.calibration_data is not None:
+            calibration = calibration_photos(args.calibration_data, args.calibration_split, args.calibration_images)
         captioner = PytorchCaptioner.from_pretrained(args.model, inference_branches=args.inference_branches)
         export = {"processor": captioner.processor, "opset": args.opset, "backend": args.backend}
         if args.quantize is None:
@@ -26,7 +34,9 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             with tempfile.TemporaryDirectory() as float32_dir:
                 export_onnx(captioner.model, float32_dir, **export)
-                written = quantize_onnx(float32_dir, args.out, target=args.quantize)
+                written = quantize_onnx(
+                    float32_dir, args.out, target=args.quantize, mode=args.quantization_mode, calibration=calibration
+                )
     except (ValueError, OSError) as error:
         print(f"soli export: error: {error}", file=sys.stderr)
         return 2
@@ -35,9 +45,22 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_photos(data: str | Path, split: str = "train", count: int = 300) -> list[str]:
+    """`count` photos of a caption dataset's `split` (as `soli train` reads it: a Flickr8k folder, a COCO or
+    Karpathy JSON, an image folder), spread evenly over the split in its order: what static int8 is calibrated on.
+    Use a training split, never the photos the model is evaluated on."""
+    from ..data import load_caption_dataset
+
+    paths = load_caption_dataset(data, split=split, verify_images=False)["image_path"]
+    if count < 1 or not paths:
+        raise ValueError(f"calibration: {count} photos asked of the {len(paths)} of split {split!r} of {data}")
+    count = min(count, len(paths))
+    return [paths[index * len(paths) // count] for index in range(count)]
+
+
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli export` (also those of scripts/export_onnx.py)."""
-    from ..onnx.spec import DEFAULT_OPSET, EXPORT_BACKENDS, QUANTIZATION_TARGETS
+    from ..onnx.spec import DEFAULT_OPSET, EXPORT_BACKENDS, QUANTIZATION_MODES, QUANTIZATION_TARGETS
 
     parser.add_argument("--model", required=True, help="a saved SOLI folder (model + processor) or Hub id")
     parser.add_argument(
@@ -50,7 +73,24 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=QUANTIZATION_TARGETS,
         default=None,
-        help="write dynamic int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",
+        help="write int8 graphs for this CPU (arm64: Raspberry Pi and other ARM boards) instead of float32",
+    )
+    parser.add_argument(
+        "--quantization-mode",
+        choices=QUANTIZATION_MODES,
+        default="dynamic",
+        help="with --quantize: dynamic int8 for both graphs, or static for the encoder's convolutions (QDQ, "
+        "calibrated on --calibration-data; the decoder step stays dynamic)",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        default=None,
+        help="static mode: a caption dataset (a Flickr8k folder, COCO/Karpathy JSON, image folder) whose "
+        "--calibration-split photos calibrate the activations' scales",
+    )
+    parser.add_argument("--calibration-split", default="train", help="its split to take the photos from (not dev)")
+    parser.add_argument(
+        "--calibration-images", type=positive_int, default=300, help="photos to calibrate on, spread over the split"
     )
     parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")

@@ -12,7 +12,14 @@ same numbers in operators ONNX runtimes handle well:
   took 5.0 of the 14.4 ms of the one-thread encoder with both branches; a fixed depthwise convolution +
   depth-to-space does the same in about 0.3 ms (`python scripts/benchmark.py profile` shows the operators).
 
-The model itself is left as it is: the graphs hold shallow copies that share its parameters.
+It also runs a copy of the backbone with the batch norms folded into the convolutions before them
+(`fold_batch_norms`): one `Conv` with a bias where the model has `Conv` + `BatchNormalization`, the same numbers to
+float32 rounding (what onnxruntime does itself when it loads a graph), so that static int8 quantization
+(`quantize.py`) quantizes the folded weights. Both branches run the same folded backbone, so they still share one
+set of weights in the graph.
+
+The model itself is left as it is: the graphs hold shallow copies that share its parameters, except the folded
+backbone, a copy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from ..modeling_soli import BicubicUpsample, SoliForConditionalGeneration, SoliSiameseEncoder
 from ..processing_soli import SoliProcessor
@@ -111,13 +119,32 @@ def _with_conv_upsampling(module: nn.Module, device: torch.device) -> dict[str, 
     }
 
 
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """A copy of `module` in which every convolution layer with a batch norm (a submodule with `convolution` and
+    `normalization` children, as transformers' MobileNetV2 builds them) holds one `nn.Conv2d` with the norm's scale
+    and shift folded into its weights and bias, and an `nn.Identity` in place of the norm (the eval-mode numbers).
+    `module` itself is left as it is."""
+    folded = copy.deepcopy(module)
+    for layer in folded.modules():
+        convolution, normalization = getattr(layer, "convolution", None), getattr(layer, "normalization", None)
+        if isinstance(convolution, nn.Conv2d) and isinstance(normalization, nn.BatchNorm2d):
+            layer.convolution = fuse_conv_bn_eval(convolution.eval(), normalization.eval())
+            layer.normalization = nn.Identity()
+    return folded
+
+
 def exportable_encoder(encoder: SoliSiameseEncoder) -> SoliSiameseEncoder:
-    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool` and
+    """A shallow copy of `encoder` (the same parameters and submodules) that pools with `StaticGridPool`,
     upsamples with `ConvBicubicUpsample` wherever it upsamples (the SR module's bicubic path, a bicubic branch B,
-    an upsampled LR branch); the model itself is left as it is."""
+    an upsampled LR branch) and runs a copy of its backbone with the batch norms folded (`fold_batch_norms`); the
+    model itself is left as it is."""
     device = next(encoder.parameters()).device
     exported = copy.copy(encoder)
-    exported._modules = {**_with_conv_upsampling(encoder, device), "pool": StaticGridPool(encoder.config.grid_size)}
+    exported._modules = {
+        **_with_conv_upsampling(encoder, device),
+        "pool": StaticGridPool(encoder.config.grid_size),
+        "backbone": fold_batch_norms(encoder.backbone),
+    }
     if encoder.super_resolution is not None:
         super_resolution = copy.copy(encoder.super_resolution)
         super_resolution._modules = _with_conv_upsampling(encoder.super_resolution, device)

@@ -1,8 +1,19 @@
-"""Dynamic int8 quantization of an exported SOLI folder, for ARM64 (Raspberry Pi) or x86 (AVX2 / AVX512).
+"""int8 quantization of an exported SOLI folder, for ARM64 (Raspberry Pi) or x86 (AVX2 / AVX512).
 
 `quantize_onnx(onnx_dir, out_dir, target="arm64")` writes a folder of the same layout (`encoder.onnx`,
 `decoder_step.onnx`, `soli_onnx.json` with a `quantization` entry) that `SoliOnnxCaptioner` loads unchanged. Like
 the export, it writes that folder whole or not at all (`folder.py`).
+
+Two modes:
+- "dynamic" (the default): both graphs, as below.
+- "static" (`mode="static", calibration=images`): the encoder graph, convolutions included, is quantized
+  statically in the QDQ format (`onnxruntime.quantization.quantize_static`): each activation gets a fixed uint8
+  scale found by running the float32 encoder over the calibration images (a few hundred training photos; never
+  the photos it is evaluated on), weights int8 per channel as the target says. onnxruntime then runs the
+  convolutions as `QLinearConv`. The exporter folds the batch norms into the convolutions (`graphs.py`), so both
+  branches keep sharing one set of int8 weights; a folder exported before that (with `BatchNormalization` nodes)
+  is refused. The decoder step keeps dynamic int8: its activations (the LSTM state, the attention context) change
+  every step, and calibrating them would need whole searches for no gain in kernels.
 
 The targets are Optimum's `AutoQuantizationConfig.arm64 / avx2 / avx512` dynamic configurations: activations
 uint8 (asymmetric, quantized at run time), weights int8 (uint8 for AVX2) symmetric, per channel, full range.
@@ -26,23 +37,37 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.onnx_model import ONNXModel
 
 from .folder import write_export_folder
 from .manifest import REEXPORT, read_manifest
-from .spec import GRAPHS, MANIFEST_NAME
+from .runtime import preprocess
+from .spec import ENCODER, GRAPHS, MANIFEST_NAME, QUANTIZATION_MODES
 
 QUANTIZED_OPERATORS = ("MatMul", "Gather")
+#: What static mode quantizes in the encoder graph (QDQ): its convolutions and what joins them, so that int8
+#: tensors flow from one convolution to the next (`Clip`, ReLU6, is folded into the convolution before it).
+STATIC_OPERATORS = ("Conv", "Clip", "Add", "AveragePool", "MatMul", "Gemm")
 BACKENDS = ("auto", "optimum", "onnxruntime")
+#: Calibration images run through the float32 encoder this many at a time.
+CALIBRATION_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -65,17 +90,27 @@ TARGETS = {
 
 
 def quantize_onnx(
-    onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, target: str = "arm64", backend: str = "auto"
+    onnx_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    target: str = "arm64",
+    backend: str = "auto",
+    mode: str = "dynamic",
+    calibration: Sequence[Any] | None = None,
 ) -> list[Path]:
-    """Quantize both graphs of an exported SOLI folder to int8 (dynamic) for `target` into `out_dir`.
+    """Quantize both graphs of an exported SOLI folder to int8 for `target` into `out_dir`.
 
     Args:
         onnx_dir: a float32 folder written by `soli_hf.onnx.export.export_onnx`.
         out_dir: must differ from `onnx_dir`; a new folder, an empty one or a previous export, replaced whole once
             the quantized folder is complete (a folder holding other files is refused, see `export_onnx`).
         target: one of `TARGETS` ("arm64", "avx2", "avx512").
-        backend: "optimum" (Optimum's `ORTQuantizer`), "onnxruntime" (`quantize_dynamic`) or "auto" (Optimum
-            where installed).
+        backend: how the dynamic graphs are quantized: "optimum" (Optimum's `ORTQuantizer`), "onnxruntime"
+            (`quantize_dynamic`) or "auto" (Optimum where installed). Static mode's encoder always goes through
+            onnxruntime's `quantize_static`.
+        mode: "dynamic" (both graphs) or "static" (the encoder static, calibrated on `calibration`; the decoder
+            step dynamic), see the module docstring.
+        calibration: static mode only, and required there: the calibration images (paths, PIL images or arrays,
+            as `SoliOnnxCaptioner.caption` takes them), preprocessed as the manifest says. Use training photos.
 
     Returns:
         The paths written.
@@ -84,6 +119,12 @@ def quantize_onnx(
         raise ValueError(f"quantize_onnx: target must be one of {sorted(TARGETS)}, got {target!r}")
     if backend not in BACKENDS:
         raise ValueError(f"quantize_onnx: backend must be one of {BACKENDS}, got {backend!r}")
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantize_onnx: mode must be one of {QUANTIZATION_MODES}, got {mode!r}")
+    if (mode == "static") != (calibration is not None):
+        raise ValueError("quantize_onnx: calibration images are needed for mode='static', and only there")
+    if calibration is not None and len(calibration) == 0:
+        raise ValueError("quantize_onnx: calibration holds no images")
     source, out = Path(onnx_dir), Path(out_dir)
     manifest = read_manifest(source)
     if "quantization" in manifest:
@@ -93,32 +134,109 @@ def quantize_onnx(
     if backend == "auto":
         backend = "optimum" if _optimum_available() else "onnxruntime"
     settings = TARGETS[target]
-    return write_export_folder(out, lambda folder: _write_quantized(source, folder, manifest, settings, backend))
+    if calibration is not None:
+        _check_folded(source / ENCODER.file_name)
+    return write_export_folder(
+        out, lambda folder: _write_quantized(source, folder, manifest, settings, backend, calibration)
+    )
 
 
 def _write_quantized(
-    source: Path, out: Path, manifest: dict[str, Any], settings: QuantizationTarget, backend: str
+    source: Path,
+    out: Path,
+    manifest: dict[str, Any],
+    settings: QuantizationTarget,
+    backend: str,
+    calibration: Sequence[Any] | None,
 ) -> list[Path]:
-    """Quantize the graphs of the float32 folder `source` into the folder `out`, with `backend` ("optimum" or
-    "onnxruntime"), and write its manifest: `source`'s with a `quantization` entry."""
+    """Quantize the graphs of the float32 folder `source` into the folder `out`, dynamically with `backend`
+    ("optimum" or "onnxruntime"), the encoder statically when `calibration` images are given, and write its
+    manifest: `source`'s with a `quantization` entry."""
     quantize = _quantize_with_optimum if backend == "optimum" else _quantize_with_onnxruntime
-    written, excluded = [], {}
+    written, excluded, graphs = [], {}, {}
     with tempfile.TemporaryDirectory() as scratch, _without_preprocessing_hint():
         for graph in GRAPHS:
             prepared, excluded[graph.key] = _prepare(source / graph.file_name, Path(scratch))
-            quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
+            if calibration is not None and graph.key == ENCODER.key:
+                inputs = ImageCalibrationReader(calibration, manifest["preprocessing"], ENCODER.inputs[0].name)
+                _quantize_static(prepared, out / graph.file_name, settings, inputs)
+                graphs[graph.key] = {
+                    "mode": "static",
+                    "format": "QDQ",
+                    "operators": list(STATIC_OPERATORS),
+                    "calibration": {"images": len(calibration), "method": CalibrationMethod.MinMax.name},
+                    "backend": "onnxruntime",
+                }
+            else:
+                quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
+                graphs[graph.key] = {"mode": "dynamic", "operators": list(QUANTIZED_OPERATORS), "backend": backend}
             written.append(out / graph.file_name)
+    modes = {entry["mode"] for entry in graphs.values()}
     quantization = {
         **asdict(settings),
-        "mode": "dynamic",
+        "mode": "static" if "static" in modes else "dynamic",
         "activations_dtype": "QUInt8",
-        "operators": list(QUANTIZED_OPERATORS),
+        "operators": list(dict.fromkeys(op for entry in graphs.values() for op in entry["operators"])),
         "float32_nodes": excluded,
         "backend": backend,
+        "graphs": graphs,
     }
     manifest_path = out / MANIFEST_NAME
     manifest_path.write_text(json.dumps({**manifest, "quantization": quantization}, indent=1) + "\n", encoding="utf-8")
     return [*written, manifest_path]
+
+
+class ImageCalibrationReader(CalibrationDataReader):
+    """The calibration images as encoder inputs: `pixel_values` batches of `batch_size` images, preprocessed by
+    `runtime.preprocess` with the manifest's `preprocessing` settings (what the captioner feeds the encoder)."""
+
+    def __init__(
+        self, images: Sequence[Any], preprocessing: dict[str, Any], input_name: str, batch_size: int = CALIBRATION_BATCH
+    ) -> None:
+        self.images, self.preprocessing, self.input_name = images, preprocessing, input_name
+        self.batch_size = batch_size
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch, or None after the last."""
+        if self.position >= len(self.images):
+            return None
+        batch = list(self.images[self.position : self.position + self.batch_size])
+        self.position += self.batch_size
+        return {self.input_name: preprocess(batch, self.preprocessing)}
+
+    def rewind(self) -> None:
+        """Start again from the first image."""
+        self.position = 0
+
+
+def _check_folded(path: Path) -> None:
+    """`ValueError` when the encoder graph at `path` still holds batch norms (exported before they were folded):
+    static quantization would quantize the convolutions' unfolded weights and keep the norms in float32."""
+    if any(node.op_type == "BatchNormalization" for node in _load_graph(path).graph.node):
+        raise ValueError(
+            f"{path}: the encoder graph holds BatchNormalization nodes (exported by an older version); static "
+            f"quantization needs them folded into the convolutions; {REEXPORT}"
+        )
+
+
+def _quantize_static(
+    source: Path, destination: Path, settings: QuantizationTarget, calibration: CalibrationDataReader
+) -> None:
+    """`onnxruntime.quantization.quantize_static` (QDQ, MinMax calibration) with the target's weight settings."""
+    quantize_static(
+        source,
+        destination,
+        calibration,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(STATIC_OPERATORS),
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType[settings.weights_dtype],
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"WeightSymmetric": settings.symmetric_weights, "ActivationSymmetric": False},
+    )
 
 
 def _optimum_available() -> bool:
@@ -134,7 +252,7 @@ class _PreprocessingHintFilter(logging.Filter):
     missing shape hints, which `_prepare` removes on purpose (shape inference recomputes them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "run pre-processing before quantization" not in record.getMessage()
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 @contextlib.contextmanager

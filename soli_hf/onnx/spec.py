@@ -21,6 +21,8 @@ DEFAULT_OPSET = 18
 EXPORT_BACKENDS = ("auto", "optimum", "torch")
 #: The CPUs `quantize_onnx` has int8 settings for (the names of Optimum's `AutoQuantizationConfig` methods).
 QUANTIZATION_TARGETS = ("arm64", "avx2", "avx512")
+#: How `quantize_onnx` finds the activations' scales: at run time (both graphs), or calibrated (the encoder).
+QUANTIZATION_MODES = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
