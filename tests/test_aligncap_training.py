@@ -296,3 +296,43 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(data, parts, tmp_path, monkeypa
     history = [json.loads((run / "model" / "metrics.json").read_text())["history"] for run in (whole, stopped)]
     for key in ("val_loss", "ema/val_loss", "CIDEr"):
         assert [entry[key] for entry in history[1]] == pytest.approx([entry[key] for entry in history[0]], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def test_region_evaluation_reports_each_model_beside_its_tag_only_baseline(full_run, data, tmp_path) -> None:
+    from soli_hf.captioner import load_captioner
+    from soli_hf.data import load_caption_dataset
+    from soli_hf.evaluation import run_evaluation
+
+    out = tmp_path / "report"
+    model_dir = full_run / "model"
+    results = run_evaluation([model_dir], data, "dev", out, data_format="flickr30k_entities", meteor=False)
+    assert [result.model for result in results] == ["model", "model tag-only baseline"]
+    rows = load_caption_dataset(data, "dev", "flickr30k_entities")
+    names = [f"{row['image_id']}#{row['chain_id']}" for row in rows]
+    described, baseline = results[0].predictions, results[1].predictions
+    assert list(described) == list(baseline) == names
+    # the descriptions are the region captioner's (as `soli caption PHOTO --box ...` makes them)
+    captioner = load_captioner(model_dir)
+    photo_rows = [row for row in rows if row["image_id"] == rows[0]["image_id"]]
+    regions = captioner.caption_regions(photo_rows[0]["image_path"], [row["box"] for row in photo_rows])
+    assert [region.caption for region in regions[0]] == [described[name] for name in names[: len(photo_rows)]]
+    tag_words = captioner.model.config.tag_words
+    assert set(baseline.values()) <= set(tag_words)
+    for result in results:
+        assert {"CIDEr", "Bleu_4", "ROUGE_L", "distinct_captions"} <= set(result.metrics)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["settings"]["regions"] == len(rows) == 4 and summary["settings"]["images"] == 2
+    assert summary["human_leave_one_out"] == {} and summary["results"][1]["model"] == "model tag-only baseline"
+    report = (out / "report.md").read_text()
+    assert "model tag-only baseline" in report and "Leave-one-out" not in report
+    assert "baseline describes each box" in report and (out / "samples.html").is_file()
+
+
+def test_region_data_needs_a_region_captioner(saved_tiny_model, data, tmp_path) -> None:
+    from soli_hf.evaluation import run_evaluation
+
+    with pytest.raises(ValueError, match="a whole-photo captioner; region data"):
+        run_evaluation([saved_tiny_model], data, "dev", tmp_path / "out", meteor=False)

@@ -1,5 +1,6 @@
 """`soli evaluate`: caption a split with one or more models (PyTorch folders and/or ONNX folders), score it, write
-the report (see `soli_hf.evaluation`)."""
+the report (see `soli_hf.evaluation`). On region data (flickr30k_entities) the models are region captioners
+(AlignCap folders): every box is described and scored, beside each model's tag-only baseline."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli evaluate` (also those of scripts/evaluate.py)."""
     parser.add_argument(
-        "--model", nargs="+", default=None, help="saved SOLI folder(s) or Hub id(s), run in PyTorch; several compared"
+        "--model",
+        nargs="+",
+        default=None,
+        help="saved model folder(s) or Hub id(s), run in PyTorch; several compared (region data: AlignCap folders)",
     )
     parser.add_argument(
         "--onnx",
@@ -79,13 +83,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-format",
         default=None,
-        help="a format of soli_hf.data (flickr8k, coco, karpathy, imagefolder); detected when left out",
+        help="a format of soli_hf.data (flickr8k, coco, karpathy, imagefolder; flickr30k_entities: regions); "
+        "detected when left out",
     )
     parser.add_argument("--split", default="dev")
     parser.add_argument("--out", required=True, type=Path, help="report folder (created)")
     add_decoding_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=50)
-    parser.add_argument("--max-images", type=positive_int, default=None, help="only the first N images of the split")
+    parser.add_argument(
+        "--max-images", type=positive_int, default=None, help="only the first N images of the split (regions: theirs)"
+    )
     parser.add_argument(
         "--degradation", choices=DEGRADATIONS, default="bicubic", help="of the main condition and of --sizes"
     )

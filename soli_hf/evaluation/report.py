@@ -4,7 +4,8 @@ Both metrics.json and report.md say what was not scored: the bad samples the loa
 images, empty captions, malformed or undecodable annotation lines, by kind, with the first few named) and, per model
 and condition, the images that could not be read while captioning. When several models are compared they also say,
 for each model after the first, how many of its captions are identical to the first model's (e.g. int8 vs float32
-graphs of one model) and how much CIDEr-D it loses against it."""
+graphs of one model) and how much CIDEr-D it loses against it. A region evaluation (`regions`) has a row per model
+and per model's tag-only baseline, keyed by region, and no leave-one-out table."""
 
 from __future__ import annotations
 
@@ -140,14 +141,20 @@ def markdown_report(
     lines += ["", "## All references", ""]
     rows = [_metric_row(r.model, r.condition.name, r.metrics) + _diversity_cells(r.metrics) for r in results]
     lines += [markdown_table([*header, *DIVERSITY_HEADER], rows)]
-    lines += ["", "## Leave-one-out: the model and people scored against the same 4 references", ""]
-    rows = [_metric_row("people (each reference vs the others)", "-", human)]
-    rows += [_metric_row(r.model, r.condition.name, r.leave_one_out) for r in results]
-    lines += [markdown_table(["captions by", *header[1:]], rows)]
+    if human:
+        lines += ["", "## Leave-one-out: the model and people scored against the same 4 references", ""]
+        rows = [_metric_row("people (each reference vs the others)", "-", human)]
+        rows += [_metric_row(r.model, r.condition.name, r.leave_one_out) for r in results]
+        lines += [markdown_table(["captions by", *header[1:]], rows)]
     lines += _agreement_lines(caption_agreement(results))
-    lines += ["", "CIDEr is coco-caption's CIDEr-D (sigma 6, clipping). Leave-one-out rows: the mean over 5 folds,"]
-    lines += ["each dropping one reference per image; METEOR there for people only (one Java run per fold).", ""]
-    lines += ["Samples (LR input as the model saw it, captions, references): [samples.html](samples.html)", ""]
+    lines += ["", "CIDEr is coco-caption's CIDEr-D (sigma 6, clipping)."]
+    if human:
+        lines += ["Leave-one-out rows: the mean over 5 folds, each dropping one reference per image; METEOR there for"]
+        lines += ["people only (one Java run per fold).", ""]
+    else:  # region data: each box described, scored against its chain's phrases (1 to 5)
+        lines += ["Regions: each box's description scored against all the phrases of its chain; a model's tag-only"]
+        lines += ["baseline describes each box with the tag head's most probable word. No leave-one-out score.", ""]
+    lines += ["Samples (input as the model saw it, captions, references): [samples.html](samples.html)", ""]
     lines += [f"![{plot}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
 

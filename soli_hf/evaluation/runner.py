@@ -17,8 +17,10 @@ from ..metrics import (
     leave_one_out_model_scores,
 )
 from ..metrics.meteor import meteor_unavailable_reason
+from ..training.regions import first_images
 from .captioning import caption_dataset
 from .conditions import LowResCondition
+from .regions import TAG_BASELINE, caption_region_dataset, check_region_captioners, region_references
 from .report import ConditionResult, write_report
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,11 @@ def run_evaluation(
     samples.html (24 samples of the first condition) and, for sweeps, sweep_paper.png / sweep_sizes.png. With
     several models the report also says how many of each one's captions are identical to the first model's.
 
+    Region data (`flickr30k_entities`: one row per box) is described box by box by region captioners (AlignCap
+    folders; `evaluation.regions`), scored against each region's phrases, each model followed by its tag-only
+    baseline (the tag head's top word); `max_images` then keeps the regions of the first photos, and there is no
+    leave-one-out score (regions have 1 to 5 phrases).
+
     `num_beams` and `max_new_tokens` left None: each model's own generation config (or ONNX manifest); the report
     records what each model used. `inference_branches` replaces the saved mode of the PyTorch models; an ONNX
     folder must have been exported with it. `num_threads`: onnxruntime's threads. Bad samples of the split are
@@ -91,13 +98,19 @@ def run_evaluation(
     if not sources:
         raise ValueError("give at least one model: a saved SOLI folder (--model) or an ONNX folder (--onnx)")
     rows, bad_samples = load_caption_dataset_with_report(data, split, data_format)
-    if max_images is not None:
-        rows = rows.select(range(min(max_images, len(rows))))
-    references = dict(zip(rows["image_id"], rows["captions"], strict=True))
+    regions = "box" in rows.column_names  # region rows (flickr30k_entities): a box and its chain's phrases
+    if regions:
+        rows = first_images(rows, max_images)
+        references = region_references(rows)
+    else:
+        if max_images is not None:
+            rows = rows.select(range(min(max_images, len(rows))))
+        references = dict(zip(rows["image_id"], rows["captions"], strict=True))
     if meteor and (reason := meteor_unavailable_reason()) is not None:
         logger.warning("METEOR left out: %s", reason)
         meteor = False
-    human = leave_one_out_human_scores(references, meteor=meteor)
+    # people's leave-one-out score needs the same number of references everywhere: not for regions (1 to 5 phrases)
+    human = {} if regions else leave_one_out_human_scores(references, meteor=meteor)
     results, records = [], []
     overrides = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     for (source, backend), label in zip(
@@ -107,36 +120,44 @@ def run_evaluation(
             captioner = load_captioner(onnx=source, inference_branches=inference_branches, num_threads=num_threads)
         else:
             captioner = load_captioner(source, inference_branches=inference_branches)
+        if regions:
+            check_region_captioners([captioner], [source])
         decoding = captioner.decoding(**overrides)
         records.append(model_record(label, source, backend, captioner, decoding))
         for condition in conditions:
-            run = caption_dataset(
-                captioner,
-                rows,
-                condition,
-                batch_size=batch_size,
-                keep_images=SAMPLES_ON_PAGE,
-                description=f"{label} {condition.name}",
-                **decoding,
-            )
+            settings = {
+                "batch_size": batch_size,
+                "keep_images": SAMPLES_ON_PAGE,
+                "description": f"{label} {condition.name}",
+            }
+            if regions:
+                run = caption_region_dataset(captioner, rows, condition, **settings, **decoding)
+                outputs = [(label, run.predictions, run.lr_images)]
+                if run.tag_predictions is not None:
+                    outputs.append((f"{label} {TAG_BASELINE}", run.tag_predictions, {}))
+            else:
+                run = caption_dataset(captioner, rows, condition, **settings, **decoding)
+                outputs = [(label, run.predictions, run.lr_images)]
             if not run.predictions:
                 raise ValueError(f"{data} ({split}): no readable image to caption")
-            seen = {image_id: references[image_id] for image_id in run.predictions}
-            result = ConditionResult(
-                label,
-                condition,
-                run.predictions,
-                compute_caption_metrics(run.predictions, seen, meteor=meteor) | caption_diversity(run.predictions),
-                leave_one_out_model_scores(run.predictions, seen, meteor=False),
-                run.skipped_images,
-                run.lr_images,
-            )
-            logger.info("%s %s: %s", label, condition.name, result.metrics)
-            results.append(result)
+            for name, predictions, lr_images in outputs:
+                seen = {key: references[key] for key in predictions}
+                result = ConditionResult(
+                    name,
+                    condition,
+                    predictions,
+                    compute_caption_metrics(predictions, seen, meteor=meteor) | caption_diversity(predictions),
+                    {} if regions else leave_one_out_model_scores(predictions, seen, meteor=False),
+                    run.skipped_images,
+                    lr_images,
+                )
+                logger.info("%s %s: %s", name, condition.name, result.metrics)
+                results.append(result)
     settings: dict[str, Any] = {
         "data": str(data),
         "split": split,
-        "images": len(rows),
+        "images": len(set(rows["image_id"])),
+        **({"regions": len(rows)} if regions else {}),
         **{key: _shared_setting(records, key) for key in (*RECORDED_DECODING, "inference_branches")},
         "models": records,
     }
