@@ -8,7 +8,7 @@ A region captioner (AlignCap) loads as a `RegionCaptioner`, a `PytorchCaptioner`
     >>> captioner.caption(["dog.jpg", "beach.png"])       # decoding as the model's generation config says
     >>> onnx = load_captioner(onnx="onnx/soli-flickr8k-lr64", num_threads=2)
     >>> onnx.caption(["dog.jpg"], num_beams=1)
-    >>> regions = load_captioner("runs/aligncap_lstm/model")  # a RegionCaptioner
+    >>> regions = load_captioner("runs/aligncap/lstm/model")  # a RegionCaptioner
     >>> regions.caption_regions("dog.jpg", [[[10, 20, 120, 200]]])  # per photo, boxes in its own pixels
     >>> regions.caption_regions("dog.jpg")  # the regions its segmenter proposes
 

@@ -263,3 +263,15 @@ def test_cli_regions_auto_describes_the_proposed_regions(captioner, region_model
     assert main(caption(photo, region_model, "--regions", "auto", "--json")) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["class_name"], r["caption"]) for r in records] == [(r.class_name, r.caption) for r in expected]
+
+
+def test_cli_boxes_are_in_the_photo_as_it_is_shown(region_model, images, tmp_path, capsys):
+    """A file whose EXIF orientation turns it a quarter (stored 96x72, shown 72x96): boxes are in the shown photo."""
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to show
+    Image.fromarray(images[0]).save(path, exif=exif)
+    assert main(caption(path, region_model, "--box", "0,0,72,96")) == 0
+    assert capsys.readouterr().out.startswith("0,0,72,96\t")
+    assert main(caption(path, region_model, "--box", "0,0,96,72")) == 2
+    assert f"--box 0,0,96,72 reaches outside {path} (72x96 pixels)" in capsys.readouterr().err
