@@ -9,13 +9,17 @@ Run: ``python scripts/benchmark.py metrics [--out PATH] [--batches 50] [--repeat
 
 Latency (``soli_hf.bench.latency_suite``): batch 1, greedy, every caption exactly ``--tokens`` new tokens (default
 12, about a mean Flickr8k caption), preprocessing from the decoded photo included, on scikit-image's 5 sample
-photos. SOLI in PyTorch eager, onnxruntime fp32 and onnxruntime int8 (the "arm64" settings, exported and quantized
-into a temporary folder), each with ``inference_branches`` both and lr, with 1 thread and all threads; then the
-peers of ``soli_hf.bench.peers`` (ViT+GPT-2, BLIP base, GIT base; random weights, 3 photos x 1 pass) with SOLI/peer
-latency ratios. Every configuration runs in its own subprocess (its peak RSS is its own; onnxruntime ones without
-torch). Writes the JSON (``--out``, default benchmarks/latency_cpu.json) and, next to it, a Markdown report (.md)
-and a bar chart (.png); ``--render-only`` rewrites those two from the JSON.
-Run: ``python scripts/benchmark.py latency [--model DIR] [--out PATH] [--repeats 20] [--tokens 12] [--no-peers]``.
+photos. SOLI in PyTorch eager, onnxruntime fp32, onnxruntime int8 (the "arm64" settings, exported and quantized
+into a temporary folder) and static int8 (its encoder calibrated on ``--calibration-images`` training photos of
+``--calibration-data``; left out when that folder is missing), each with ``inference_branches`` both and lr, with
+1 thread and all threads; then the peers of ``soli_hf.bench.peers`` (ViT+GPT-2, BLIP base, GIT base; random
+weights, 3 photos x 1 pass) with SOLI/peer latency ratios; then the throughput (images/s) at ``--batch-size``
+(default 32; 1 leaves it out) with all threads of PyTorch, both int8 and the peers. Every configuration runs in its
+own subprocess (its peak RSS is its own; onnxruntime ones without torch). Writes the JSON (``--out``, default
+benchmarks/latency_cpu.json) and, next to it, a Markdown report (.md) and a bar chart (.png); ``--render-only``
+rewrites those two from the JSON.
+Run on an idle machine: ``python scripts/benchmark.py latency [--model DIR] [--out PATH] [--repeats 20]
+[--tokens 12] [--no-peers] [--batch-size 32] [--calibration-data ../shared/data/flickr8k]``.
 
 Profile: where an onnxruntime caption's time goes (``soli_hf.bench.onnx_profile``): the stages (preprocessing, encoder,
 one decoder step, the numpy search loop) and onnxruntime's kernel time per operator type of each graph, for the
@@ -61,7 +65,8 @@ from soli_hf.bench.training_speed import SETTINGS
 from soli_hf.captioner import CHECKOUT_MODEL_DIR
 
 DEFAULT_TOKENS = 12  # = soli_hf.bench.latency_suite.DEFAULT_TOKENS, which imports what `profile --onnx` must not
-FLICKR8K_PHOTOS = Path("../shared/data/flickr8k/Flicker8k_Dataset")
+FLICKR8K = Path("../shared/data/flickr8k")
+FLICKR8K_PHOTOS = FLICKR8K / "Flicker8k_Dataset"
 RENDER_ONLY = "write the report(s) next to --out from the JSON already there, without measuring"
 
 
@@ -81,6 +86,11 @@ def parse_arguments() -> argparse.Namespace:
     latency.add_argument("--repeats", type=int, default=20, help="timed passes of SOLI over the 5 sample photos")
     latency.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="new tokens of every caption")
     latency.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True, help="time the peers too")
+    latency.add_argument("--batch-size", type=int, default=32, help="batch of the throughput rows (1: none)")
+    latency.add_argument(
+        "--calibration-data", type=Path, default=FLICKR8K, help="caption dataset whose training photos calibrate int8"
+    )
+    latency.add_argument("--calibration-images", type=int, default=300, help="training photos to calibrate on")
     latency.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
     profile = benchmarks.add_parser(
         "profile", help="where an onnxruntime caption's time goes: stages and per-operator kernel times"
@@ -198,7 +208,16 @@ def main() -> None:
         from soli_hf.bench import latency_report, latency_suite
 
         def measure() -> dict:
-            return latency_suite.benchmark_latency(args.model, args.tokens, args.repeats, args.peers)
+            calibration = []
+            if args.calibration_data.exists():
+                from soli_hf.cli.export import calibration_photos
+
+                calibration = calibration_photos(args.calibration_data, "train", args.calibration_images)
+            else:
+                print(f"{args.calibration_data} is missing: no static int8 rows")
+            return latency_suite.benchmark_latency(
+                args.model, args.tokens, args.repeats, args.peers, args.batch_size, calibration
+            )
 
         report_text, write_report = latency_report.latency_markdown, latency_report.write_latency_report
     elif args.benchmark == "training":

@@ -16,19 +16,23 @@ from PIL import Image
 from soli_hf.bench.latency import (
     ORT_FP32,
     ORT_INT8,
+    ORT_INT8_STATIC,
     PYTORCH,
     SOLI,
     LatencySetup,
+    batches,
     footprint,
+    measure,
     measure_in_subprocess,
     time_captions,
 )
 from soli_hf.bench.latency_report import (
     TARGET_MS,
     latency_document,
+    latency_markdown,
     plot_latency,
 )
-from soli_hf.bench.latency_suite import latency_setups
+from soli_hf.bench.latency_suite import BATCH_SIZE, latency_setups
 from soli_hf.bench.model_card import latency_section
 from soli_hf.bench.peers import PEERS, PeerCaptioner
 from soli_hf.captioner import Captioner
@@ -128,7 +132,7 @@ def test_peers_are_captioners_that_generate_exactly_the_requested_tokens(name) -
 
 def test_latency_setups_cover_every_backend_mode_and_thread_count(tmp_path) -> None:
     artifacts = {(backend, mode): tmp_path for backend in (PYTORCH, ORT_FP32, ORT_INT8) for mode in ("both", "lr")}
-    setups = latency_setups(artifacts, ["a.png", "b.png", "c.png", "d.png"], 12, 2, peers=True)
+    setups = latency_setups(artifacts, ["a.png", "b.png", "c.png", "d.png"], 12, 2, peers=True, batch_size=1)
     soli = [s for s in setups if s.system == SOLI]
     threads = sorted({1, os.cpu_count()})
     assert {(s.backend, s.inference_branches, s.threads) for s in soli} == {
@@ -164,3 +168,59 @@ def test_latency_section_renders_soli_and_peer_tables(tmp_path) -> None:
 def test_the_committed_latency_report_renders_from_its_json() -> None:
     report = json.loads((ROOT / "benchmarks" / "latency_cpu.json").read_text(encoding="utf-8"))
     assert latency_document(report) == (ROOT / "benchmarks" / "latency_cpu.md").read_text(encoding="utf-8")
+
+
+# --- throughput at a larger batch ----------------------------------------------------------------------------------
+
+
+def test_batches_hold_every_image_once_and_cycle_to_fill() -> None:
+    assert batches(["a", "b", "c"], 1) == [["a"], ["b"], ["c"]]
+    assert batches(["a", "b", "c"], 2) == [["a", "b"], ["c", "a"]]
+    assert batches(["a", "b"], 5) == [["a", "b", "a", "b", "a"]]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        batches(["a"], 0)
+
+
+def test_timing_loop_times_one_call_per_batch() -> None:
+    images = [Image.new("RGB", (8, 8))] * 3
+    assert len(time_captions(FixedLengthCaptioner(4), images, repeats=2, warmup=1, tokens=4, batch_size=2)) == 4
+
+
+def test_latency_setups_add_the_batch_rows_with_all_threads(tmp_path) -> None:
+    backends = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC)
+    artifacts = {(backend, mode): tmp_path for backend in backends for mode in ("both", "lr")}
+    setups = latency_setups(artifacts, ["a.png", "b.png"], 12, 3, peers=True)
+    batched = [s for s in setups if s.batch_size > 1]
+    assert {s.batch_size for s in batched} == {BATCH_SIZE} and {s.threads for s in batched} == {os.cpu_count()}
+    soli = {(s.backend, s.inference_branches) for s in batched if s.system == SOLI}
+    assert soli == {(b, m) for b in (PYTORCH, ORT_INT8, ORT_INT8_STATIC) for m in ("both", "lr")}
+    assert {s.system for s in batched if s.system != SOLI} == set(PEERS)
+    assert all(s.repeats == 3 for s in batched if s.system == SOLI)
+    single = latency_setups(artifacts, ["a.png", "b.png"], 12, 3, peers=True, batch_size=1)
+    assert single == [s for s in setups if s.batch_size == 1]
+
+
+def test_batch_mode_runs_and_reports_images_per_second(saved_tiny_model, photos) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    setup = LatencySetup(SOLI, PYTORCH, 1, 3, photos, str(saved_tiny_model), "lr", repeats=2, warmup=1, batch_size=4)
+    try:
+        row = measure(setup).to_dict()  # in this process, whose torch threads it sets
+    finally:
+        torch.set_num_threads(threads)
+    assert row["batch_size"] == 4 and row["measurements"] == 2 == len(row["per_image_ms"])  # one call per batch
+    assert row["images_per_second"] == pytest.approx(1000 / row["median_ms"])
+    report = sample_report() | {"throughput": [row]}
+    text = latency_markdown(report)
+    assert "Throughput at batch 4 with 1 threads" in text
+    assert f"| soli | pytorch-eager | lr | 1 | 4 | {row['images_per_second']:.1f} |" in text
+    assert "Throughput" not in latency_markdown(sample_report())  # reports without batch rows render as before
+
+
+def test_each_onnx_backend_names_the_weights_it_needs() -> None:
+    from soli_hf.bench.latency import quantization_kind
+
+    assert quantization_kind(None) == "float32"
+    assert quantization_kind({"mode": "dynamic"}) == "int8"
+    assert quantization_kind({"mode": "static"}) == "static int8"

@@ -1,6 +1,7 @@
-"""Caption latency of one configuration (system, backend, inference mode, thread count): batch 1, greedy, every
+"""Caption latency of one configuration (system, backend, inference mode, thread count, batch size): greedy, every
 caption exactly `tokens` new tokens, preprocessing from the decoded photo included (what a user waits for between
-a photo in memory and its caption ids).
+a photo in memory and its caption ids). At batch 1 that is the latency; at a larger batch (`batch_size`) each timed
+call captions that many photos at once, and the result gives the throughput (`images_per_second`).
 
 Every system is a `soli_hf.captioner.Captioner`, loaded as a user would (`load_captioner`; the peers are
 `soli_hf.bench.peers.PeerCaptioner`), and timed by one function (`time_captions`). Each configuration runs in a
@@ -30,8 +31,10 @@ from PIL import Image
 from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
 from .memory import peak_rss_mib
 
-PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
-BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8)
+PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC = "pytorch-eager", "ort-fp32", "ort-int8", "ort-int8-static"
+BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC)
+#: The graphs each onnxruntime backend must load: float32, dynamic int8, static int8 (`quantization_kind`).
+_ONNX_WEIGHTS = {ORT_FP32: "float32", ORT_INT8: "int8", ORT_INT8_STATIC: "static int8"}
 SOLI = "soli"
 
 
@@ -48,7 +51,8 @@ class LatencySetup:
         artifact: SOLI's saved model folder (pytorch-eager) or ONNX folder (ort-*); unused for peers.
         inference_branches: SOLI's "both" or "lr"; None for peers.
         repeats: timed passes over `photos`.
-        warmup: untimed captions before them (of the first photos, cycling).
+        warmup: untimed calls before them (of the first photos, cycling).
+        batch_size: photos per timed call (`generate` on a batch of them, the photos cycling to fill it).
     """
 
     system: str
@@ -60,6 +64,7 @@ class LatencySetup:
     inference_branches: str | None = None
     repeats: int = 1
     warmup: int = 1
+    batch_size: int = 1
 
     @property
     def uses_torch(self) -> bool:
@@ -78,7 +83,8 @@ class Footprint:
 
 @dataclass
 class LatencyResult:
-    """Per-image latency of one configuration, its footprint and the peak RSS of its process."""
+    """Per-image latency of one configuration, its footprint and the peak RSS of its process; at a batch size
+    above 1 the times are those of a call divided by its photos, and `images_per_second` the throughput."""
 
     system: str
     backend: str
@@ -95,35 +101,53 @@ class LatencyResult:
     peak_rss_mib: float
     torch_loaded: bool
     per_image_ms: list[float] = field(repr=False)
+    batch_size: int = 1
+    images_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
         return asdict(self)
 
 
-def caption_tokens(captioner: Captioner, image: Image.Image, tokens: int) -> int:
-    """One timed caption: `preprocess` the decoded photo, then greedy `generate` of exactly `tokens` new tokens;
+def caption_tokens(captioner: Captioner, images: Sequence[Image.Image], tokens: int) -> int:
+    """One timed call: `preprocess` the decoded photos, then greedy `generate` of exactly `tokens` new tokens;
     returns how many new tokens the ids hold (every captioner's prompt is its one start token)."""
-    pixel_values = captioner.preprocess(image)
+    pixel_values = captioner.preprocess(list(images))
     ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
     return ids.shape[1] - 1
 
 
 def time_captions(
-    captioner: Captioner, images: Sequence[Image.Image], *, repeats: int, warmup: int, tokens: int
+    captioner: Captioner,
+    images: Sequence[Image.Image],
+    *,
+    repeats: int,
+    warmup: int,
+    tokens: int,
+    batch_size: int = 1,
 ) -> list[float]:
-    """Wall seconds of `caption_tokens` for each image, `repeats` passes, after `warmup` untimed captions; every
-    caption must have exactly `tokens` new tokens (`AssertionError` otherwise)."""
+    """Wall seconds of `caption_tokens` for each batch of `batch_size` images (`batches`), `repeats` passes, after
+    `warmup` untimed calls; every caption must have exactly `tokens` new tokens (`AssertionError` otherwise)."""
+    pass_batches = batches(images, batch_size)
     for index in range(warmup):
-        _check_length(caption_tokens(captioner, images[index % len(images)], tokens), tokens)
+        _check_length(caption_tokens(captioner, pass_batches[index % len(pass_batches)], tokens), tokens)
     seconds = []
     for _ in range(repeats):
-        for image in images:
+        for batch in pass_batches:
             start = time.perf_counter()
-            length = caption_tokens(captioner, image, tokens)
+            length = caption_tokens(captioner, batch, tokens)
             seconds.append(time.perf_counter() - start)
             _check_length(length, tokens)
     return seconds
+
+
+def batches(images: Sequence[Image.Image], batch_size: int) -> list[list[Image.Image]]:
+    """One pass over `images` in batches of `batch_size`: as many batches as it takes to hold every image once, the
+    images cycling to fill the last one (and a batch larger than `images`)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    count = -(-len(images) // batch_size)
+    return [[images[(b * batch_size + i) % len(images)] for i in range(batch_size)] for b in range(count)]
 
 
 def _check_length(length: int, tokens: int) -> None:
@@ -165,11 +189,17 @@ def build_captioner(setup: LatencySetup) -> Captioner:
     captioner = load_captioner(
         onnx=setup.artifact, inference_branches=setup.inference_branches, num_threads=setup.threads
     )
-    wanted = "int8" if setup.backend == ORT_INT8 else "float32"
-    found = "float32" if captioner.quantization is None else "int8"
+    wanted, found = _ONNX_WEIGHTS[setup.backend], quantization_kind(captioner.quantization)
     if found != wanted:
         raise ValueError(f"{setup.artifact}: {found} graphs, expected {wanted} ones for {setup.backend}")
     return captioner
+
+
+def quantization_kind(quantization: dict[str, Any] | None) -> str:
+    """"float32", "int8" (dynamic) or "static int8", from a manifest's quantization record."""
+    if quantization is None:
+        return "float32"
+    return "static int8" if quantization.get("mode") == "static" else "int8"
 
 
 def measure(setup: LatencySetup) -> LatencyResult:
@@ -177,14 +207,17 @@ def measure(setup: LatencySetup) -> LatencyResult:
     captioner = build_captioner(setup)
     weight = footprint(captioner, setup.artifact)
     images = [_decoded(path) for path in setup.photos]
-    seconds = time_captions(captioner, images, repeats=setup.repeats, warmup=setup.warmup, tokens=setup.tokens)
-    milliseconds = [1000 * s for s in seconds]
+    seconds = time_captions(
+        captioner, images, repeats=setup.repeats, warmup=setup.warmup, tokens=setup.tokens, batch_size=setup.batch_size
+    )
+    milliseconds = [1000 * s / setup.batch_size for s in seconds]
+    median_ms = float(np.median(milliseconds))
     return LatencyResult(
         system=setup.system,
         backend=setup.backend,
         inference_branches=setup.inference_branches,
         threads=setup.threads,
-        median_ms=float(np.median(milliseconds)),
+        median_ms=median_ms,
         p90_ms=float(np.percentile(milliseconds, 90)),
         measurements=len(milliseconds),
         warmup=setup.warmup,
@@ -195,6 +228,8 @@ def measure(setup: LatencySetup) -> LatencyResult:
         peak_rss_mib=peak_rss_mib(),
         torch_loaded="torch" in sys.modules,
         per_image_ms=milliseconds,
+        batch_size=setup.batch_size,
+        images_per_second=1000 / median_ms,
     )
 
 

@@ -1,5 +1,6 @@
 """Reading a latency report (the JSON of `scripts/benchmark.py latency`): SOLI/peer ratios, the int8 one-thread
-target, Markdown tables and a bar chart. Used by the benchmark (its .md and .png) and by the model card."""
+target, Markdown tables (latency at batch 1; throughput at a larger batch, where measured) and a bar chart of the
+batch-1 latencies. Used by the benchmark (its .md and .png) and by the model card."""
 
 from __future__ import annotations
 
@@ -114,6 +115,26 @@ def peer_table(peers: Sequence[Row]) -> str:
     return markdown_table([*header, *(f"SOLI {k} / peer" for k in keys)], cells)
 
 
+def throughput_table(rows: Sequence[Row]) -> str:
+    """Markdown: one line per configuration timed at a batch above 1 (SOLI's and the peers'), images per second."""
+    header = ["system", "backend", "inference_branches", "threads", "batch", "images/s", "ms per image", "n", "RSS MiB"]
+    cells = [
+        [
+            r["system"],
+            r["backend"],
+            r["inference_branches"] or "",
+            r["threads"],
+            r["batch_size"],
+            f"{r['images_per_second']:.1f}",
+            f"{r['median_ms']:.1f}",
+            r["measurements"],
+            f"{r['peak_rss_mib']:.0f}",
+        ]
+        for r in rows
+    ]
+    return markdown_table(header, cells)
+
+
 def latency_markdown(report: dict[str, Any]) -> str:
     """The settings, the target verdict, the SOLI table and (when measured) the peer table."""
     rows, peers = report["results"], report.get("peers", [])
@@ -137,6 +158,13 @@ def latency_markdown(report: dict[str, Any]) -> str:
             "Peers (PyTorch eager, random weights, base configurations, their native input sizes; "
             f"{peers[0]['measurements']} timed captions after {peers[0]['warmup']} untimed):",
             peer_table(peers),
+        ]
+    if throughput := report.get("throughput"):
+        parts += [
+            f"Throughput at batch {throughput[0]['batch_size']} with {throughput[0]['threads']} threads: each timed "
+            "call preprocesses and captions a batch of the photos (cycling to fill it), the same exact caption "
+            "length; images/s from the median of the n timed calls, after one untimed.",
+            throughput_table(throughput),
         ]
     return "\n\n".join(parts)
 
