@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soli_hf.bench.quality_ablation import write_quality_ablation
+from soli_hf.bench.quality_ablation import run_recipe, write_quality_ablation
 from soli_hf.training.config import parse_training_config
 from soli_hf.training.ema import EMA, RAW
 from soli_hf.training.scst import decode
@@ -179,3 +179,13 @@ def test_benchmark_ablation_subcommand(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 | - | 0.4500 |" in result.stdout
     assert [row["cider_beam3"] for row in json.loads(out.read_text(encoding="utf-8"))["runs"]] == [None, 0.45]
+
+
+def test_a_probe_run_names_the_recipe_it_was_launched_from_and_its_flags(tmp_path: Path) -> None:
+    recipe = CONFIGS / "ablation" / "scst" / "soli.yaml"
+    argv = ["--config", str(recipe), "--learning_rate", "0.0005", "--output_dir", str(tmp_path / "soli_scst_probe")]
+    run = tmp_path / "soli_scst_probe"
+    run.mkdir()
+    (run / "training_config.json").write_text(json.dumps(parse_training_config(argv).to_dict()), encoding="utf-8")
+    assert run_recipe(run, CONFIGS / "ablation") == "configs/ablation/scst/soli.yaml --learning_rate 0.0005"
+    assert run_recipe(tmp_path / "soli", CONFIGS / "ablation") == "configs/ablation/soli.yaml"  # a row's own run

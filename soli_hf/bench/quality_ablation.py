@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..training.config import parse_training_config
 from ..training.ema import EMA, EMA_PREFIX
 from ..training.reporting import summarize_run
 from .markdown import markdown_table
@@ -21,6 +22,33 @@ from .plots import saved_figure
 #: Every ablation recipe writes its run to runs/ablation/<name>: the run folder's name is the recipe's.
 RECIPE_FOLDER = "configs/ablation"
 MISSING = "-"
+#: Settings that say where and how a run was launched, not what it trained.
+_LAUNCH_SETTINGS = {"output_dir", "resume", "overwrite_output_dir", "report_to"}
+
+
+def run_recipe(run_dir: Path, recipe_folder: Path = Path(RECIPE_FOLDER)) -> str:
+    """The command-line recipe of a run: `configs/ablation/<name>.yaml` for a row's own run; for a probe launched
+    from another recipe with flags (e.g. the SCST learning-rate probes of `configs/ablation/scst/soli.yaml`), that
+    recipe (the one of the same phase and starting model that needs the fewest flags) and the flags."""
+    own = recipe_folder / f"{run_dir.name}.yaml"
+    if own.is_file():
+        return f"{RECIPE_FOLDER}/{own.name}"
+    trained = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
+    candidates = []
+    for path in sorted(recipe_folder.rglob("*.yaml")):
+        recipe = parse_training_config(["--config", str(path)]).to_dict()
+        if (recipe["phase"], recipe["init_from"]) != (trained["phase"], trained.get("init_from")):
+            continue
+        flags = [
+            f"--{key} {value}"
+            for key, value in trained.items()
+            if key not in _LAUNCH_SETTINGS and recipe.get(key) != value
+        ]
+        candidates.append((len(flags), f"{RECIPE_FOLDER}/{path.relative_to(recipe_folder)}", flags))
+    if not candidates:
+        return f"{run_dir / 'training_config.json'} (no recipe in {RECIPE_FOLDER})"
+    _, path, flags = min(candidates)
+    return " ".join([path, *flags])
 
 
 def beam_metrics(evaluation_dir: Path) -> dict[str, float]:
@@ -45,7 +73,7 @@ def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
     beam = None if beam_evaluation is None else beam_metrics(beam_evaluation)
     return {
         "name": run_dir.name,
-        "recipe": f"{RECIPE_FOLDER}/{run_dir.name}.yaml",
+        "recipe": run_recipe(run_dir),
         "run": str(run_dir),
         "model_variant": summary["model_variant"],
         "best_epoch": summary["best_epoch"],
