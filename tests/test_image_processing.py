@@ -177,3 +177,61 @@ def test_bad_degradation_and_scale_factor():
         SoliImageProcessor(degradation="nearest")
     with pytest.raises(ValueError, match="scale_factor"):
         PROCESSOR(rgb(), scale_factor=2.0)
+
+
+# --- a camera-size JPEG is decoded reduced (JPEG draft mode), in the one path both runtimes share -------------------
+
+#: Measured on 2000x1500 photo-like JPEGs (three seeds): 0.12-0.13 grey levels on average, 1-2 at most, from the
+#: `pixel_values` of the whole decoded photo (one grey level is 2/255 of `pixel_values`, which span [-1, 1]).
+DRAFT_MEAN_LEVELS, DRAFT_MAX_LEVELS = 0.5, 4
+
+
+def photo_like(width: int, height: int) -> Image.Image:
+    """Coarse random shapes (smoothly upscaled) plus fine noise, like a camera photo's texture."""
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((width, height))
+    noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(np.asarray(coarse, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def test_a_camera_size_jpeg_is_drafted_and_its_lr_input_stays_within_tolerance(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from soli_hf.image_transforms_soli import DECODE_MARGIN, min_decoded_side, open_image
+    from soli_hf.onnx.manifest import preprocessing_settings
+    from soli_hf.onnx.runtime import preprocess
+
+    path = tmp_path / "camera.jpg"
+    photo_like(2000, 1500).save(path, quality=90)
+    min_side = min_decoded_side(PROCESSOR.image_size, "bicubic", None)
+    assert open_image(path, draft_side=min_side).size == (500, 375)  # 1/4 scale: still >= 4x the 64-pixel input
+    assert min_side == DECODE_MARGIN * PROCESSOR.image_size >= 2 * PROCESSOR.image_size
+    drafted = PROCESSOR(str(path))["pixel_values"]
+    # The torch-free runtime reduces through the same function: bit-identical.
+    assert np.array_equal(preprocess(str(path), preprocessing_settings(PROCESSOR)), drafted)
+    whole = PROCESSOR(open_image(path))["pixel_values"]  # a PIL image given directly is never reduced
+    levels = np.abs(drafted - whole) * 255 / 2
+    assert levels.mean() < DRAFT_MEAN_LEVELS and levels.max() <= DRAFT_MAX_LEVELS
+
+
+@pytest.mark.slow
+def test_camera_size_photos_keep_nearly_all_their_captions_when_drafted(tmp_path):
+    """The 28 photos outside Flickr8k (benchmarks/photos_outside_flickr), upscaled to 2000 pixels wide with a little
+    noise and saved as JPEG: the shipped model's greedy captions from the files (decoded reduced, JPEG draft 1/4)
+    against those from the whole decoded photos. Measured: 22 of 28 identical (beam 3: 24); pixel_values 0.5 grey
+    levels apart on average, 19 at most."""
+    from soli_hf.captioner import CHECKOUT_MODEL_DIR, load_captioner
+    from soli_hf.image_transforms_soli import open_image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for source in sorted((CHECKOUT_MODEL_DIR.parents[1] / "benchmarks" / "photos_outside_flickr" / "photos").glob("*")):
+        with Image.open(source) as photo:
+            large = photo.convert("RGB").resize((2000, round(2000 * photo.height / photo.width)), Image.LANCZOS)
+        noisy = np.asarray(large, dtype=np.float32) + rng.normal(0, 4, (large.height, large.width, 3))
+        paths.append(tmp_path / source.name)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(paths[-1], quality=92)
+    assert len(paths) == 28
+    captioner = load_captioner(CHECKOUT_MODEL_DIR)
+    drafted = captioner.caption([str(path) for path in paths], num_beams=1)
+    whole = captioner.caption([open_image(path) for path in paths], num_beams=1)  # PIL images: never reduced
+    assert sum(a == b for a, b in zip(drafted, whole, strict=True)) >= 20
