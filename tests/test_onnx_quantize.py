@@ -233,3 +233,11 @@ def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model
         "images": 3,
         "method": "MinMax",
     }
+
+
+def test_the_profile_names_static_quantization() -> None:
+    from soli_hf.bench.onnx_profile import quantization_label
+
+    assert quantization_label(None) == "none (float32)"
+    assert quantization_label({"name": "arm64", "mode": "dynamic"}) == "arm64"
+    assert quantization_label({"name": "avx512", "mode": "static"}) == "avx512, static encoder"

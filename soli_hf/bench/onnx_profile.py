@@ -117,7 +117,7 @@ def profile_onnx(
     return {
         "onnx_dir": str(onnx_dir),
         "inference_branches": manifest.get("inference_branches"),
-        "quantization": manifest.get("quantization", {}).get("name", "none (float32)"),
+        "quantization": quantization_label(manifest.get("quantization")),
         "threads": threads,
         "tokens": tokens,
         "images": [list(image.size) for image in images],
@@ -126,6 +126,14 @@ def profile_onnx(
         "operators_ms_per_run": operators,
         "onnxruntime": ort.__version__,
     }
+
+
+def quantization_label(quantization: dict[str, Any] | None) -> str:
+    """How a manifest's graphs are quantized, in words: the target, and "static encoder" for static int8."""
+    if quantization is None:
+        return "none (float32)"
+    static = quantization.get("mode") == "static"
+    return f"{quantization['name']}, static encoder" if static else quantization["name"]
 
 
 def profile_markdown(result: dict[str, Any], top: int = 8) -> str:
