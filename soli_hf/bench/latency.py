@@ -196,7 +196,7 @@ def build_captioner(setup: LatencySetup) -> Captioner:
 
 
 def quantization_kind(quantization: dict[str, Any] | None) -> str:
-    """"float32", "int8" (dynamic) or "static int8", from a manifest's quantization record."""
+    """The kind of weights a manifest's quantization record names: "float32", "int8" (dynamic) or "static int8"."""
     if quantization is None:
         return "float32"
     return "static int8" if quantization.get("mode") == "static" else "int8"
