@@ -15,7 +15,8 @@ A cell ``(i, j)`` of an ``H`` x ``W`` map of an image of side ``image_size`` cov
 The segmentation model is frozen: nothing here needs gradients. It was trained at 513 x 513 but still finds people at
 224 x 224: over the first 200 single-box people regions of Flickr8k dev, the top object class (background aside) of
 the box histogram is person for 171 at 224 x 224 (28 x 28 cells) and 190 with the photo upsampled to 513 x 513; a
-person box keeps a large background share (objectness from near 0 to 0.9), so read the object classes and the objectness apart.
+person box keeps a large background share (objectness from near 0 to 0.9), so read the object classes and the
+objectness apart.
 """
 
 from __future__ import annotations
