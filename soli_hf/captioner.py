@@ -72,7 +72,8 @@ class Captioner(ABC):
         preprocessing: the settings that make `pixel_values` (`image_size`, `degradation`, `scale_factor`,
             `blur_sigma`, `image_mean`, `image_std`, `input_range`), as an ONNX manifest stores them.
         generation_defaults: the model's `num_beams` and `max_new_tokens`.
-        inference_branches: the inference mode the model runs in ("both": SR and LR branches, or "lr").
+        inference_branches: the inference mode the model runs in ("both": SR and LR branches, or "lr"; "n/a" for a
+            region captioner, which has no branches to choose).
         quantization: the int8 quantization record of quantized graphs; None for float32 weights.
     """
 
@@ -304,6 +305,12 @@ class RegionCaptioner(PytorchCaptioner):
             side = np.shape(pixel_values)[-1]
             model_inputs["boxes"] = [[float(index), 0.0, 0.0, side, side] for index in range(len(pixel_values))]
         return super()._generate(pixel_values, settings, **model_inputs)
+
+    @property
+    def inference_branches(self) -> str:
+        """Always "n/a": AlignCap has no LR/SR branches to choose (its photo goes to two frozen encoders, whose
+        region features the trained part describes), so reports show no inference mode for it."""
+        return "n/a"
 
     def caption_regions(
         self,

@@ -1,6 +1,7 @@
 """Shared fixtures and helpers (no test module imports another): a tiny SOLI (fast on CPU, offline) and its
-processor, training recipes and subprocesses, miniature caption datasets in the four formats, an image-sensitive
-tiny SOLI for the ONNX tests, and a tiny AlignCap region captioner."""
+processor, training recipes, runs (step logs, a run stopped and resumed) and subprocesses, miniature caption datasets in
+the four formats, an image-sensitive tiny SOLI for the ONNX tests (`he_initialised`: random encoders that tell images
+apart), a tiny Llama, and a tiny AlignCap region captioner."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +133,16 @@ def images() -> list[np.ndarray]:
 MAX_NEW_TOKENS = 10  # the image-sensitive tiny SOLI's generation_config.max_new_tokens
 
 
+def he_initialised(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with He-initialised convolutions (drawn from the global random state, in module order): at
+    MobileNetV2's default initialisation a random tiny network's activations fade to nothing, so every image would
+    look the same to it."""
+    for part in module.modules():
+        if isinstance(part, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(part.weight, nonlinearity="relu")
+    return module
+
+
 def image_sensitive_tiny_model(tokenizer, inference_branches: str) -> SoliForConditionalGeneration:
     """A tiny SOLI whose captions depend on the image, with a non-default generation config.
 
@@ -141,9 +153,7 @@ def image_sensitive_tiny_model(tokenizer, inference_branches: str) -> SoliForCon
     model = SoliForConditionalGeneration(
         tiny_config(len(tokenizer), initializer_range=0.3, inference_branches=inference_branches)
     ).eval()
-    for module in model.encoder.backbone.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    he_initialised(model.encoder.backbone)
     with torch.no_grad():
         model.encoder.projection.weight.mul_(0.1)
     model.generation_config.no_repeat_ngram_size = 2
@@ -236,13 +246,73 @@ def run_without_soli_hf(script: str, *args: str, cwd: Path, extra_env: dict[str,
     return run_python("import sys\nsys.modules['soli_hf'] = None\n" + script, *args, cwd=cwd, extra_env=extra_env)
 
 
+def step_records(output_dir: Path) -> list[dict]:
+    """The step records of a run's `losses.jsonl`, in order."""
+    return [json.loads(line) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
+
+
+class Interrupted(Exception):
+    """Stands for a kill after a step was logged."""
+
+
+def stop_after_step(monkeypatch: pytest.MonkeyPatch, step: int, launch: Callable[[], Any]) -> None:
+    """Run `launch()` (a training run) and stop it as a kill would, right after step `step` was logged (before that
+    step's checkpoint is written)."""
+    import soli_hf.training.loop as loop
+
+    log_step = loop.log_step
+
+    def log_and_stop(accelerator, output_dir, record, every) -> None:
+        log_step(accelerator, output_dir, record, every)
+        if record["step"] == step:
+            raise Interrupted
+
+    monkeypatch.setattr(loop, "log_step", log_and_stop)
+    with pytest.raises(Interrupted):
+        launch()
+    monkeypatch.setattr(loop, "log_step", log_step)
+
+
+def assert_exact_resume(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    recipe: Callable[..., Any],
+    *,
+    stop_step: int,
+    steps: int,
+    losses: Sequence[str],
+    scores: Sequence[str],
+) -> None:
+    """Train `recipe(output_dir, **overrides)` unbroken, and again stopped right after step `stop_step` was logged
+    (`stop_after_step`: its newest checkpoint must be that step's) and resumed from there (`resume=True`). The
+    resumed run must log each of its `steps` steps once, with the unbroken run's `losses` and learning rate step for
+    step, and end with its dev `scores` epoch for epoch (within 1e-6: not bit-exact)."""
+    from soli_hf.training import train
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    train(recipe(whole))
+    stop_after_step(monkeypatch, stop_step, lambda: train(recipe(stopped)))
+    assert sorted(path.name for path in (stopped / "checkpoints").iterdir())[-1] == f"step-{stop_step:08d}"
+    train(recipe(stopped, resume=True))
+
+    expected, got = step_records(whole), step_records(stopped)
+    assert [record["step"] for record in got] == [record["step"] for record in expected] == list(range(steps))
+    for before, after in zip(expected, got, strict=True):
+        for key in (*losses, "lr"):
+            assert after[key] == pytest.approx(before[key], abs=1e-6), (before["step"], key)
+    history = [json.loads((run / "model" / "metrics.json").read_text())["history"] for run in (whole, stopped)]
+    for key in scores:
+        assert [entry[key] for entry in history[1]] == pytest.approx([entry[key] for entry in history[0]], abs=1e-6)
+
+
 # ------------------------------------------- a tiny AlignCap region captioner (test_aligncap, test_region_caption_cli)
 
 ALIGNCAP_TAGS = ["dog", "man", "grass", "bike", "snow"]
 
 
-def tiny_text_config(vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(
+def tiny_text_config(vocab_size: int, **overrides: object) -> LlamaConfig:
+    """A two-layer Llama 16 wide (the language model of the tiny AlignCap and dual-encoder Q-Former)."""
+    values = dict(
         vocab_size=vocab_size,
         hidden_size=16,
         intermediate_size=32,
@@ -254,6 +324,8 @@ def tiny_text_config(vocab_size: int) -> LlamaConfig:
         eos_token_id=2,
         pad_token_id=0,
     )
+    values.update(overrides)
+    return LlamaConfig(**values)
 
 
 def tiny_aligncap_config(vocab_size: int, decoder_type: str = "lstm", **overrides: object) -> AlignCapConfig:
@@ -286,10 +358,8 @@ def tiny_aligncap(vocab_size: int, decoder_type: str = "lstm", **overrides: obje
     """A random tiny region captioner whose frozen encoders tell images apart (He-initialised convolutions)."""
     torch.manual_seed(0)
     model = AlignCapForConditionalGeneration(tiny_aligncap_config(vocab_size, decoder_type, **overrides)).eval()
-    for encoder in (model.global_encoder, model.dense_encoder):
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    he_initialised(model.global_encoder)
+    he_initialised(model.dense_encoder)
     return model
 
 

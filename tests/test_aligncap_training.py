@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import assert_exact_resume, he_initialised, step_records, tiny_recipe
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import MobileNetV2Config, MobileNetV2ForSemanticSegmentation, MobileNetV2Model
 
-import soli_hf.training.loop as loop
 import soli_hf.training.regions as regions
 from soli_hf import AlignCapForConditionalGeneration
 from soli_hf.training import TrainingConfig, parse_training_config, train
@@ -40,14 +39,6 @@ TINY_REGION_MODEL = {
     "decoder_dropout": 0.1,
 }
 LOSSES = ("loss", "tag_loss", "caption_loss", "cond_loss", "multi_loss")
-
-
-def he_initialised(model: torch.nn.Module) -> torch.nn.Module:
-    """Random convolutions whose activations do not fade to nothing (so that photos and boxes differ)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model
 
 
 def save_parts(root: Path, seed: int = 0) -> dict[str, str]:
@@ -134,10 +125,6 @@ def region_recipe(data: Path, parts: dict[str, str], output_dir: Path, **overrid
     )
     model_config = overrides.pop("model_config", parts["region.json"])
     return tiny_recipe(data, Path(model_config), output_dir, **(values | overrides))
-
-
-def step_records(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
@@ -264,38 +251,18 @@ def test_region_features_are_cached_once_and_recomputed_when_a_photo_or_encoder_
     assert calls == [12, 4, 12, 12, 4] and sorted(path.name for path in cache.iterdir()) == folders
 
 
-class Interrupted(Exception):
-    """Stands for a kill after a step was logged."""
-
-
 def test_a_run_stopped_mid_epoch_resumes_exactly(data, parts, tmp_path, monkeypatch) -> None:
     """An unbroken run (with an EMA) and one stopped mid-epoch 2 (after step 4 was logged, before its checkpoint),
     resumed from its checkpoint of step 4: the same losses step for step, each step logged once, the same scores."""
-    recipe = {"ema_decay": 0.5}
-    whole = tmp_path / "whole"
-    train(region_recipe(data, parts, whole, **recipe))
-    log_step = loop.log_step
-
-    def stop_at_step_4(accelerator, output_dir, record, every):
-        log_step(accelerator, output_dir, record, every)
-        if record["step"] == 4:
-            raise Interrupted
-
-    stopped = tmp_path / "stopped"
-    monkeypatch.setattr(loop, "log_step", stop_at_step_4)
-    with pytest.raises(Interrupted):
-        train(region_recipe(data, parts, stopped, **recipe))
-    monkeypatch.setattr(loop, "log_step", log_step)
-    assert sorted(path.name for path in (stopped / "checkpoints").iterdir())[-1] == "step-00000004"
-    train(region_recipe(data, parts, stopped, resume=True, **recipe))
-    expected, got = step_records(whole), step_records(stopped)
-    assert [record["step"] for record in got] == [record["step"] for record in expected] == list(range(6))
-    for before, after in zip(expected, got, strict=True):
-        for key in (*LOSSES, "lr"):
-            assert after[key] == pytest.approx(before[key], abs=1e-6), (before["step"], key)
-    history = [json.loads((run / "model" / "metrics.json").read_text())["history"] for run in (whole, stopped)]
-    for key in ("val_loss", "ema/val_loss", "CIDEr"):
-        assert [entry[key] for entry in history[1]] == pytest.approx([entry[key] for entry in history[0]], abs=1e-6)
+    assert_exact_resume(
+        monkeypatch,
+        tmp_path,
+        lambda output_dir, **resume: region_recipe(data, parts, output_dir, ema_decay=0.5, **resume),
+        stop_step=4,
+        steps=6,
+        losses=LOSSES,
+        scores=("val_loss", "ema/val_loss", "CIDEr"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -325,6 +292,7 @@ def test_region_evaluation_reports_each_model_beside_its_tag_only_baseline(full_
         assert {"CIDEr", "Bleu_4", "ROUGE_L", "distinct_captions"} <= set(result.metrics)
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["regions"] == len(rows) == 4 and summary["settings"]["images"] == 2
+    assert summary["settings"]["inference_branches"] == "n/a"  # AlignCap has no LR/SR branches to choose
     assert summary["human_leave_one_out"] == {} and summary["results"][1]["model"] == "model tag-only baseline"
     report = (out / "report.md").read_text()
     assert "model tag-only baseline" in report and "Leave-one-out" not in report

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED, run_without_soli_hf
+from conftest import SHARED, he_initialised, run_without_soli_hf, tiny_text_config
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
     AutoProcessor,
-    LlamaConfig,
     MobileNetV2Config,
     pipeline,
 )
@@ -39,18 +38,7 @@ def tiny_dual_config(vocab_size: int, **overrides: object) -> DualQFormerConfig:
     values = dict(
         global_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=16),
         finegrained_encoder_config=MobileNetV2Config(depth_multiplier=0.25, output_stride=8),
-        text_config=LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=8,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
+        text_config=tiny_text_config(vocab_size),
         global_image_size=64,
         finegrained_image_size=64,
         num_query_tokens=4,
@@ -73,9 +61,7 @@ def tiny_dual_model(vocab_size: int, **overrides: object) -> DualQFormerForCondi
     default initialisation fades a random network's activations to nothing)."""
     torch.manual_seed(0)
     model = DualQFormerForConditionalGeneration(tiny_dual_config(vocab_size, **overrides)).eval()
-    for module in model.encoders.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    he_initialised(model.encoders)
     return model
 
 

@@ -11,11 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COLOURS, SHAPES, tiny_recipe, write_caption_folder
+from conftest import (
+    COLOURS,
+    SHAPES,
+    assert_exact_resume,
+    he_initialised,
+    step_records,
+    tiny_recipe,
+    tiny_text_config,
+    write_caption_folder,
+)
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM, MobileNetV2Config, MobileNetV2Model
+from transformers import LlamaForCausalLM, MobileNetV2Config, MobileNetV2Model
 
-import soli_hf.training.loop as loop
 from soli_hf import DualQFormerForConditionalGeneration, DualQFormerProcessor, build_tokenizer
 from soli_hf.captioner import load_captioner
 from soli_hf.training import TrainingConfig, train
@@ -38,13 +46,9 @@ TINY_QFORMER = {
 }
 
 
-def he_initialised(config: MobileNetV2Config) -> MobileNetV2Model:
+def random_encoder(config: MobileNetV2Config) -> MobileNetV2Model:
     """A random MobileNetV2 whose activations do not fade to nothing (so that images differ)."""
-    encoder = MobileNetV2Model(config, add_pooling_layer=False)
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return encoder
+    return he_initialised(MobileNetV2Model(config, add_pooling_layer=False))
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +57,13 @@ def parts(tmp_path_factory) -> dict[str, str]:
     of the generated captions), and the Q-Former settings."""
     root = tmp_path_factory.mktemp("dual_parts")
     torch.manual_seed(0)
-    he_initialised(MobileNetV2Config(depth_multiplier=0.25, output_stride=16)).save_pretrained(root / "global")
-    he_initialised(MobileNetV2Config(depth_multiplier=0.25, output_stride=8)).save_pretrained(root / "finegrained")
+    random_encoder(MobileNetV2Config(depth_multiplier=0.25, output_stride=16)).save_pretrained(root / "global")
+    random_encoder(MobileNetV2Config(depth_multiplier=0.25, output_stride=8)).save_pretrained(root / "finegrained")
     words = [f"a {colour} {shape} on white one that is" for colour in COLOURS for shape in SHAPES]
     tokenizer = build_tokenizer(words, min_frequency=1)
     language_model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=8,
+        tiny_text_config(
+            len(tokenizer),
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -99,10 +97,6 @@ def dual_recipe(data: Path, parts: dict[str, str], output_dir: Path, **overrides
     )
     model_config = overrides.pop("model_config", parts["qformer.json"])
     return tiny_recipe(data, Path(model_config), output_dir, **(values | overrides))
-
-
-def step_records(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
 
 
 def frozen_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -267,10 +261,6 @@ def test_init_from_refuses_a_model_of_another_family(data, parts, saved_tiny_mod
         train(recipe)
 
 
-class Interrupted(Exception):
-    """Stands for a kill after a step was logged."""
-
-
 @pytest.mark.parametrize(
     ("stage", "losses", "scores"),
     [
@@ -283,32 +273,15 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(data, parts, tmp_path, monkeypa
     checkpoint), resumed from its checkpoint of step 3 (one batch into epoch 2): the same losses step for step (stage
     1's ITM negatives are drawn at random), each step logged once, and the same dev scores."""
     recipe = {"training_stage": stage, "num_epochs": 2, "ema_decay": 0.5}
-    whole = tmp_path / "whole"
-    train(dual_recipe(data, parts, whole, **recipe))
-
-    log_step = loop.log_step
-
-    def stop_at_step_3(accelerator, output_dir, record, every):
-        log_step(accelerator, output_dir, record, every)
-        if record["step"] == 3:
-            raise Interrupted
-
-    stopped = tmp_path / "stopped"
-    monkeypatch.setattr(loop, "log_step", stop_at_step_3)
-    with pytest.raises(Interrupted):
-        train(dual_recipe(data, parts, stopped, **recipe))
-    monkeypatch.setattr(loop, "log_step", log_step)
-    assert sorted(path.name for path in (stopped / "checkpoints").iterdir())[-1] == "step-00000003"
-    train(dual_recipe(data, parts, stopped, resume=True, **recipe))
-
-    expected, got = step_records(whole), step_records(stopped)
-    assert [record["step"] for record in got] == [record["step"] for record in expected] == [0, 1, 2, 3]
-    for before, after in zip(expected, got, strict=True):
-        for key in (*losses, "lr"):
-            assert after[key] == pytest.approx(before[key], abs=1e-6), (before["step"], key)
-    history = [json.loads((run / "model" / "metrics.json").read_text())["history"] for run in (whole, stopped)]
-    for key in scores:
-        assert [entry[key] for entry in history[1]] == pytest.approx([entry[key] for entry in history[0]], abs=1e-6)
+    assert_exact_resume(
+        monkeypatch,
+        tmp_path,
+        lambda output_dir, **resume: dual_recipe(data, parts, output_dir, **recipe, **resume),
+        stop_step=3,
+        steps=4,
+        losses=losses,
+        scores=scores,
+    )
 
 
 @pytest.mark.slow

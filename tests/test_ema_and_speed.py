@@ -11,7 +11,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from conftest import tiny_recipe, write_caption_folder
+from conftest import step_records, stop_after_step, tiny_recipe, write_caption_folder
 
 import soli_hf.training.loop as loop
 from soli_hf.bench import training_speed
@@ -19,11 +19,6 @@ from soli_hf.data import load_caption_dataset
 from soli_hf.training import parse_training_config, train
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy
 from soli_hf.training.ema import EMA, RAW, exponential_moving_average, metrics_of, selected_weights
-
-
-def step_records(output_dir: Path) -> list[dict]:
-    """The step records of `losses.jsonl`, in order."""
-    return [json.loads(line) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
 
 
 def final_checkpoint(output_dir: Path) -> Path:
@@ -118,19 +113,10 @@ def test_resume_continues_the_ema_exactly(tmp_path, tiny_data, tiny_model_config
     whole = tmp_path / "whole"
     train(tiny_recipe(tiny_data, tiny_model_config, whole, ema_decay=0.8))
 
-    real_log_step = loop.log_step
-
-    def stop_at_step_6(accelerator, output_dir, record, every) -> None:
-        real_log_step(accelerator, output_dir, record, every)
-        if record["step"] == 6:  # after the checkpoint of step 4 (epoch end) and before the one of step 6
-            raise KeyboardInterrupt("stopped")
-
     stopped = tmp_path / "stopped"
-    monkeypatch.setattr(loop, "log_step", stop_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_recipe(tiny_data, tiny_model_config, stopped, ema_decay=0.8))
+    # stopped after the checkpoint of step 4 (epoch end) and before the one of step 6
+    stop_after_step(monkeypatch, 6, lambda: train(tiny_recipe(tiny_data, tiny_model_config, stopped, ema_decay=0.8)))
     assert final_checkpoint(stopped).name == "step-00000006"
-    monkeypatch.setattr(loop, "log_step", real_log_step)
     train(tiny_recipe(tiny_data, tiny_model_config, stopped, ema_decay=0.8, resume=True))
 
     expected = torch.load(final_checkpoint(whole) / "custom_checkpoint_1.pkl")

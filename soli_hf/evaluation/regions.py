@@ -20,9 +20,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..captioner import RegionCaptioner
-from ..data import safe_load_image
 from ..processing_aligncap import scaled_boxes
-from ..training.regions import region_ids
+from ..training.regions import photo_batches, region_ids
 from .conditions import LowResCondition
 
 #: The label suffix of the tag-only baseline's rows in the report.
@@ -57,40 +56,28 @@ def caption_region_dataset(
     Photos that cannot be read are skipped with a warning naming the file and counted."""
     model = captioner.model
     names = region_ids(rows)
-    by_photo: dict[str, list[int]] = {}
-    for index, path in enumerate(rows["image_path"]):
-        by_photo.setdefault(path, []).append(index)
-    photos = list(by_photo)
     tag_words = model.config.tag_words if model.refinement is not None else None
     run = RegionRun(predictions={}, tag_predictions={} if tag_words else None)
     with tqdm(total=len(rows), desc=description, unit="region", dynamic_ncols=True) as progress:
-        for start in range(0, len(photos), batch_size):
-            images, sizes, boxes, order = [], [], [], []
-            for path in photos[start : start + batch_size]:
-                indices = by_photo[path]
-                photo = safe_load_image(rows[indices[0]])
-                progress.update(len(indices))
-                if photo is None:
-                    run.skipped_images += 1
-                    continue
-                images.append(condition.lr_image(photo, captioner.preprocessing))
-                sizes.append(photo.size)
-                boxes.append([rows[index]["box"] for index in indices])
-                order += indices
-            if not images:
+        for batch in photo_batches(rows, batch_size):
+            progress.update(batch.covered)
+            run.skipped_images += batch.skipped
+            if not batch.photos:
                 continue
+            images = [condition.lr_image(photo, captioner.preprocessing) for photo in batch.photos]
+            sizes = [photo.size for photo in batch.photos]
             pixel_values = torch.as_tensor(captioner.preprocess(images)).to(model.device)
-            box_rows = torch.tensor(scaled_boxes(boxes, sizes, pixel_values.shape[-1]), device=model.device)
+            box_rows = torch.tensor(scaled_boxes(batch.boxes, sizes, pixel_values.shape[-1]), device=model.device)
             features = model.region_features(pixel_values, box_rows)
             tokens = model.generate(region_features=features, do_sample=False, **decoding)
             captions = captioner.decode(tokens.cpu().numpy())
-            for index, caption in zip(order, captions, strict=True):
+            for index, caption in zip(batch.rows, captions, strict=True):
                 run.predictions[names[index]] = caption
             if tag_words:
                 top = model.encode_regions(features).tag_logits.argmax(dim=-1).tolist()
-                for index, tag in zip(order, top, strict=True):
+                for index, tag in zip(batch.rows, top, strict=True):
                     run.tag_predictions[names[index]] = tag_words[tag]
-            for index, box in zip(order, box_rows.tolist(), strict=True):
+            for index, box in zip(batch.rows, box_rows.tolist(), strict=True):
                 if len(run.lr_images) < keep_images:
                     image = images[int(box[0])].copy()  # the photo as the model saw it (its input size)
                     ImageDraw.Draw(image).rectangle(box[1:], outline=BOX_COLOUR, width=2)

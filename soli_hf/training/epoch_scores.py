@@ -12,7 +12,7 @@ The AlignCap region captioner describes each dev box from its cached region feat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -64,33 +64,14 @@ def evaluate_captioner(
     generated caption of each image id.
     """
     captioner = PytorchCaptioner(model, processor)
-    was_training = model.training
-    model.eval()
-    loss_sum, loss_count = 0.0, 0
-    predictions: dict[str, str] = {}
-    references: dict[str, list[str]] = {}
-    try:
-        for batch in tqdm(batches, desc="evaluating", leave=False, disable=not show_progress):
-            if batch is None:
-                continue
-            names = ("pixel_values", "labels", "attention_mask", "prompt_ids")  # a text prompt, where one is used
-            inputs = {name: batch[name].to(model.device) for name in names if name in batch}
-            output = model(**inputs)
-            loss_sum += float(output.caption_loss) * len(batch["image_ids"])
-            loss_count += len(batch["image_ids"])
-            captions = captioner.caption_pixels(
-                batch["pixel_values"], num_beams=num_beams, max_new_tokens=max_new_tokens
-            )
-            for image_id, caption, refs in zip(batch["image_ids"], captions, batch["references"], strict=True):
-                predictions[image_id] = caption
-                references[image_id] = refs
-    finally:
-        model.train(was_training)
-    if not predictions:
-        raise ValueError("evaluation data has no usable image")
-    metrics = compute_caption_metrics(predictions, references, meteor=False) | caption_diversity(predictions)
-    metrics["val_loss"] = loss_sum / loss_count
-    return metrics, predictions
+
+    def describe(batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        names = ("pixel_values", "labels", "attention_mask", "prompt_ids")  # a text prompt, where one is used
+        output = model(**{name: batch[name].to(model.device) for name in names if name in batch})
+        captions = captioner.caption_pixels(batch["pixel_values"], num_beams=num_beams, max_new_tokens=max_new_tokens)
+        return output.caption_loss, captions
+
+    return _score_descriptions(model, batches, describe, unit="image", show_progress=show_progress)
 
 
 @torch.no_grad()
@@ -107,28 +88,48 @@ def evaluate_region_captioner(
     with its first phrase) give the dev caption loss (`val_loss`) and the region's description
     (`model.generate(region_features=...)`, `num_beams` wide; 1 is greedy), scored against the region's references.
     Returns the metrics (CIDEr-D, BLEU, ROUGE-L, diversity; no METEOR) and the description of each region."""
+
+    def describe(batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        inputs = send_to_device(model_inputs(batch), model.device)  # the region features are a ModelOutput
+        output = model(**inputs)
+        tokens = model.generate(
+            region_features=inputs["region_features"], num_beams=num_beams, max_new_tokens=max_new_tokens
+        )
+        return output.caption_loss, processor.batch_decode(tokens, skip_special_tokens=True)
+
+    return _score_descriptions(model, batches, describe, unit="region", show_progress=show_progress)
+
+
+def _score_descriptions(
+    model: PreTrainedModel,
+    batches: Iterable[dict[str, Any] | None],
+    describe: Callable[[dict[str, Any]], tuple[torch.Tensor, list[str]]],
+    *,
+    unit: str,
+    show_progress: bool,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The loop of `evaluate_captioner` and `evaluate_region_captioner`, in eval mode (the model's mode restored
+    afterwards): `describe(batch)` gives the batch's caption loss and the description of each of its `image_ids`
+    (`None` batches are skipped); returns the metrics with the mean `val_loss` and the descriptions."""
     was_training = model.training
     model.eval()
     loss_sum, loss_count = 0.0, 0
     predictions: dict[str, str] = {}
     references: dict[str, list[str]] = {}
     try:
-        for batch in tqdm(batches, desc="evaluating regions", leave=False, disable=not show_progress):
-            inputs = send_to_device(model_inputs(batch), model.device)  # the region features are a ModelOutput
-            output = model(**inputs)
-            loss_sum += float(output.caption_loss) * len(batch["image_ids"])
+        for batch in tqdm(batches, desc="evaluating", leave=False, disable=not show_progress):
+            if batch is None:
+                continue
+            loss, captions = describe(batch)
+            loss_sum += float(loss) * len(batch["image_ids"])
             loss_count += len(batch["image_ids"])
-            tokens = model.generate(
-                region_features=inputs["region_features"], num_beams=num_beams, max_new_tokens=max_new_tokens
-            )
-            captions = processor.batch_decode(tokens, skip_special_tokens=True)
             for name, caption, refs in zip(batch["image_ids"], captions, batch["references"], strict=True):
                 predictions[name] = caption
                 references[name] = refs
     finally:
         model.train(was_training)
     if not predictions:
-        raise ValueError("evaluation data has no usable region")
+        raise ValueError(f"evaluation data has no usable {unit}")
     metrics = compute_caption_metrics(predictions, references, meteor=False) | caption_diversity(predictions)
     metrics["val_loss"] = loss_sum / loss_count
     return metrics, predictions

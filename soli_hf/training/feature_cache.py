@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,17 @@ def files_fingerprint(folder: Path, patterns: Iterable[str]) -> dict[str, str]:
     """{file name: digest of its content} of the files of `folder` that match `patterns`."""
     files = sorted({path for pattern in patterns for path in folder.glob(pattern)})
     return {path.name: digest(path.read_bytes()) for path in files}
+
+
+def images_digest(stamps: Sequence[str | None]) -> str:
+    """One digest of a list of images' content digests (`digest`, `file_digest`; None for a missing file), in order:
+    the `images` fingerprint of a cache key."""
+    return digest(json.dumps(list(stamps)).encode())
+
+
+def select_rows(features: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """`features`' rows `rows` (along the first dimension), in order, as float32 (the cache keeps float16)."""
+    return features.index_select(0, torch.tensor(list(rows), dtype=torch.long)).float()
 
 
 def cache_folder(cache_dir: str | Path, kind: str, identity: Any) -> Path:

@@ -18,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
+from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from ..data import safe_load_image
@@ -32,7 +34,7 @@ from ..modeling_aligncap import AlignCapForConditionalGeneration, AlignCapRegion
 from ..processing_aligncap import AlignCapProcessor
 from ..tokenization_soli import build_tokenizer
 from .data import choose_captions, sample_rng
-from .feature_cache import cache_folder, digest, file_digest, load_or_compute_features
+from .feature_cache import cache_folder, digest, file_digest, images_digest, load_or_compute_features, select_rows
 from .tags import tag_targets
 
 logger = logging.getLogger(__name__)
@@ -80,10 +82,8 @@ class RegionFeatureStore:
         return self.tensors[READABLE].bool()
 
     def lookup(self, rows: Sequence[int]) -> AlignCapRegionFeatures:
-        index = torch.tensor(list(rows), dtype=torch.long)
-        picked = {
-            name: self.tensors[name].index_select(0, index).float() for name in FEATURE_NAMES if name in self.tensors
-        }
+        """The float32 features of region rows `rows`, in order."""
+        picked = {name: select_rows(self.tensors[name], rows) for name in FEATURE_NAMES if name in self.tensors}
         return AlignCapRegionFeatures(**picked)
 
 
@@ -139,7 +139,7 @@ def load_or_compute_region_features(
         "settings": settings,
         "regions": identity[1],
         "encoders": frozen_weights_digest(model),
-        "images": digest(json.dumps([file_digest(Path(path)) for path in photos]).encode()),
+        "images": images_digest([file_digest(Path(path)) for path in photos]),
     }
 
     def compute() -> dict[str, torch.Tensor]:
@@ -152,6 +152,47 @@ def load_or_compute_region_features(
     return RegionFeatureStore(tensors)
 
 
+def photo_rows(rows: Dataset) -> dict[str, list[int]]:
+    """The region rows of each photo (by `image_path`), photos in order of first appearance."""
+    by_photo: dict[str, list[int]] = {}
+    for index, path in enumerate(rows["image_path"]):
+        by_photo.setdefault(path, []).append(index)
+    return by_photo
+
+
+@dataclass
+class PhotoBatch:
+    """A batch of region rows' photos: the readable `photos` (as loaded), the `boxes` of each (its regions' boxes, in
+    its own pixels), the region `rows` in that order, and how many region rows and photos it `covered` and
+    `skipped` (unreadable), for progress and counts."""
+
+    photos: list[PILImage.Image]
+    boxes: list[list[list[float]]]
+    rows: list[int]
+    covered: int
+    skipped: int
+
+
+def photo_batches(rows: Dataset, photos_per_batch: int, on_bad_sample: str = "skip") -> Iterator[PhotoBatch]:
+    """The region rows `photos_per_batch` photos at a time, each photo with all its boxes; a photo that cannot be
+    read is skipped with a warning naming the file (`on_bad_sample="error"` raises)."""
+    by_photo = photo_rows(rows)
+    photos = list(by_photo)
+    for start in range(0, len(photos), photos_per_batch):
+        batch = PhotoBatch(photos=[], boxes=[], rows=[], covered=0, skipped=0)
+        for path in photos[start : start + photos_per_batch]:
+            indices = by_photo[path]
+            batch.covered += len(indices)
+            photo = safe_load_image(rows[indices[0]], on_bad_sample)
+            if photo is None:
+                batch.skipped += 1
+                continue
+            batch.photos.append(photo)
+            batch.boxes.append([rows[index]["box"] for index in indices])
+            batch.rows += indices
+        yield batch
+
+
 @torch.no_grad()
 def compute_region_features(
     rows: Dataset,
@@ -162,33 +203,19 @@ def compute_region_features(
     show_progress: bool,
 ) -> dict[str, torch.Tensor]:
     """Run the frozen encoders over every region row: {feature name: (regions, ...) float16, `readable`: uint8}."""
-    by_photo: dict[str, list[int]] = {}
-    for index, path in enumerate(rows["image_path"]):
-        by_photo.setdefault(path, []).append(index)
-    photos = list(by_photo)
     outputs: dict[str, torch.Tensor] = {}
     readable = torch.zeros(len(rows), dtype=torch.uint8)
-    for start in tqdm(
-        range(0, len(photos), photos_per_batch),
-        total=-(-len(photos) // photos_per_batch),
+    for batch in tqdm(
+        photo_batches(rows, photos_per_batch, on_bad_sample),
+        total=-(-len(set(rows["image_path"])) // photos_per_batch),
         desc="region features",
         disable=not show_progress,
     ):
-        images, boxes, order = [], [], []
-        for path in photos[start : start + photos_per_batch]:
-            indices = by_photo[path]
-            first = rows[indices[0]]
-            image = safe_load_image(first, on_bad_sample)
-            if image is None:
-                continue
-            images.append(image)
-            boxes.append([rows[index]["box"] for index in indices])
-            order += indices
-        if not images:
+        if not batch.photos:
             continue
-        inputs = processor(images=images, boxes=boxes, return_tensors="pt")
+        inputs = processor(images=batch.photos, boxes=batch.boxes, return_tensors="pt")
         features = model.region_features(inputs["pixel_values"].to(model.device), inputs["boxes"].to(model.device))
-        index = torch.tensor(order, dtype=torch.long)
+        index = torch.tensor(batch.rows, dtype=torch.long)
         for name in FEATURE_NAMES:
             value = features[name] if name in features else None
             if value is None:

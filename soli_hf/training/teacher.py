@@ -12,7 +12,6 @@ written atomically, so a kill never leaves half of one.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +26,15 @@ from transformers import MobileNetV2Model
 
 from ..data import safe_load_image
 from ..storage import read_json
-from .feature_cache import cache_folder, digest, file_digest, files_fingerprint, load_or_compute_features
+from .feature_cache import (
+    cache_folder,
+    digest,
+    file_digest,
+    files_fingerprint,
+    images_digest,
+    load_or_compute_features,
+    select_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +59,7 @@ class TeacherFeatures:
 
     def lookup(self, image_ids: Sequence[str]) -> torch.Tensor:
         """The grids of `image_ids`, in order, as float32 (len(image_ids), grid_size**2, channels)."""
-        rows = torch.tensor([self._rows[image_id] for image_id in image_ids], dtype=torch.long)
-        return self.features.index_select(0, rows).float()
+        return select_rows(self.features, [self._rows[image_id] for image_id in image_ids])
 
 
 def load_or_compute_teacher_features(
@@ -177,4 +183,4 @@ def images_fingerprint(rows: Dataset) -> str:
         digest(image["bytes"]) if image.get("bytes") is not None else file_digest(Path(image["path"]))
         for image in rows["image"]
     ]
-    return digest(json.dumps(stamps).encode())
+    return images_digest(stamps)
