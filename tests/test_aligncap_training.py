@@ -2,8 +2,8 @@
 folder (Flickr30k Entities layout beside a Flickr8k-like photo folder) and tiny random parts saved as the recipe's
 folders (MobileNetV2 and DeepLabV3-MobileNetV2 at depth 0.25, read at 64x64): the recipe's family checks, the four
 losses logged, the region-feature cache (computed once, reused, invalidated by a changed photo or encoder), frozen
-parts unchanged and kept out of the checkpoints, the plain captioner, an exact mid-epoch resume, and the region
-evaluation report with the tag-only baseline."""
+parts unchanged and kept out of the checkpoints, the plain captioner, an exact mid-epoch resume, the photo batches that
+feed the feature cache and the region evaluation, and the region evaluation report with the tag-only baseline."""
 
 from __future__ import annotations
 
@@ -304,3 +304,18 @@ def test_region_data_needs_a_region_captioner(saved_tiny_model, data, tmp_path) 
 
     with pytest.raises(ValueError, match="a whole-photo captioner; region data"):
         run_evaluation([saved_tiny_model], data, "dev", tmp_path / "out", meteor=False)
+
+
+def test_photo_batches_hold_each_photos_boxes_and_skip_an_unreadable_photo(tmp_path) -> None:
+    from soli_hf.data import load_caption_dataset
+
+    data = write_region_folder(tmp_path / "regions", train=3, dev=1)
+    rows = load_caption_dataset(data, "train", "flickr30k_entities")
+    photos = list(dict.fromkeys(rows["image_path"]))
+    assert len(photos) == 3 and len(rows) == 6
+    Path(photos[0]).write_bytes(b"not a photo")  # broken after loading, as a photo can be by the time it is read
+    batches = list(regions.photo_batches(rows, 2))
+    assert [(batch.covered, batch.skipped, len(batch.photos)) for batch in batches] == [(4, 1, 1), (2, 0, 1)]
+    second = [index for index, path in enumerate(rows["image_path"]) if path == photos[1]]
+    assert batches[0].rows == second and batches[0].boxes == [[rows[index]["box"] for index in second]]
+    assert batches[0].photos[0].size == (224, 224)
