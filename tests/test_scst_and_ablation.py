@@ -161,6 +161,20 @@ def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_a_fine_tuning_run_counts_its_epochs_after_its_starting_models(tmp_path: Path) -> None:
+    soli = write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4, 0.35])  # best epoch 2: the model SCST starts from
+    scst = write_fake_run(tmp_path / "runs", "soli_scst_probe", [0.38, 0.41])
+    config = json.loads((scst / "training_config.json").read_text(encoding="utf-8"))
+    config |= {"phase": "scst", "init_from": str(soli / "model")}
+    (scst / "training_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    rows = {row["name"]: row for row in write_quality_ablation([soli, scst], {}, tmp_path / "out.json")["runs"]}
+
+    assert rows["soli"]["first_epoch"] == 1 and rows["soli"]["cider_per_epoch"][0] == [1, 0.3]
+    assert rows["soli_scst_probe"]["first_epoch"] == 3
+    assert rows["soli_scst_probe"]["cider_per_epoch"] == [[3, 0.38], [4, 0.41]]
+
+
 def test_quality_ablation_refuses_a_beam_evaluation_of_an_unknown_run(tmp_path: Path) -> None:
     run = write_fake_run(tmp_path, "soli", [0.3])
     beam = write_fake_evaluation(tmp_path / "eval", 0.4)

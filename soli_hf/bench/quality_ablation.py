@@ -67,9 +67,11 @@ def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
     CIDEr-D (greedy) of the trained weights and of their EMA (None without one), beam-3 CIDEr-D, BLEU-4 and
     distinct captions of the saved model when `beam_evaluation` is given (else None), BLEU-4 and distinct captions
     of the selected epoch (greedy), training + evaluation minutes (None when the run did not time its epochs) and
-    its dev CIDEr-D per epoch (trained weights; EMA's, when kept)."""
+    its dev CIDEr-D per epoch (trained weights; EMA's, when kept). A fine-tuning run (SCST) counts its epochs after
+    those of the model it started from (`first_epoch`), so that the plot draws it where that run ended."""
     summary = summarize_run(run_dir)
     history = summary["history"]
+    offset = epochs_before(run_dir)
     beam = None if beam_evaluation is None else beam_metrics(beam_evaluation)
     return {
         "name": run_dir.name,
@@ -87,9 +89,23 @@ def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
         "distinct_greedy": summary["dev_greedy"].get("distinct_captions"),
         "distinct_beam3": None if beam is None else beam.get("distinct_captions"),
         "wall_minutes": summary.get("train_and_eval_minutes"),
-        "cider_per_epoch": [[entry["epoch"], entry["CIDEr"]] for entry in history],
-        "ema_cider_per_epoch": [[e["epoch"], e[EMA_PREFIX + "CIDEr"]] for e in history if EMA_PREFIX + "CIDEr" in e],
+        "first_epoch": offset + 1,
+        "cider_per_epoch": [[offset + entry["epoch"], entry["CIDEr"]] for entry in history],
+        "ema_cider_per_epoch": [
+            [offset + e["epoch"], e[EMA_PREFIX + "CIDEr"]] for e in history if EMA_PREFIX + "CIDEr" in e
+        ],
     }
+
+
+def epochs_before(run_dir: Path) -> int:
+    """The epoch of the saved model a run started from (`init_from`'s `metrics.json`: its best epoch), 0 for a run
+    from scratch or when that folder is gone."""
+    config = json.loads((run_dir / "training_config.json").read_text(encoding="utf-8"))
+    start = config.get("init_from")
+    metrics = None if start is None else Path(start) / "metrics.json"
+    if metrics is None or not metrics.is_file():
+        return 0
+    return int(json.loads(metrics.read_text(encoding="utf-8"))["best_epoch"])
 
 
 def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
