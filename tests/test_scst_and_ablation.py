@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import write_caption_folder
 
 from soli_hf.bench.quality_ablation import run_recipe, write_quality_ablation
+from soli_hf.data import load_caption_dataset
 from soli_hf.training.config import parse_training_config
 from soli_hf.training.ema import EMA, RAW
-from soli_hf.training.scst import decode
+from soli_hf.training.scst import build_reward_scorer, decode, reference_token_ids, training_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -203,3 +206,21 @@ def test_a_probe_run_names_the_recipe_it_was_launched_from_and_its_flags(tmp_pat
     (run / "training_config.json").write_text(json.dumps(parse_training_config(argv).to_dict()), encoding="utf-8")
     assert run_recipe(run, CONFIGS / "ablation") == "configs/ablation/scst/soli.yaml --learning_rate 0.0005"
     assert run_recipe(tmp_path / "soli", CONFIGS / "ablation") == "configs/ablation/soli.yaml"  # a row's own run
+
+
+def test_training_rewards_of_a_model_that_always_ends_at_once(tiny_model, tokenizer, processor, tmp_path) -> None:
+    """Greedy and sampled captions are both the bare `<eos>` when its logit dwarfs the others: the two rewards are
+    the same, and they are the CIDEr-D of that one-word caption (not 0: `<eos>` ends every reference too)."""
+    rows = load_caption_dataset(str(write_caption_folder(tmp_path, {"train": 4})), "train")
+    scorer = build_reward_scorer(rows["captions"], tokenizer)
+    with torch.no_grad():
+        tiny_model.decoder.lm_head.bias[tokenizer.eos_token_id] = 1e4
+    torch.manual_seed(0)
+
+    rewards = training_rewards(tiny_model, processor, rows, scorer, num_samples=3, max_new_tokens=5, batch_size=3)
+
+    eos_only = [(tokenizer.eos_token_id,)] * len(rows)
+    expected = scorer.score_batch(eos_only, [reference_token_ids(refs, tokenizer) for refs in rows["captions"]])
+    assert rewards["images"] == 4 and rewards["greedy_length"] == 1.0
+    assert rewards["greedy_reward"] == pytest.approx(rewards["sample_reward"])
+    assert rewards["greedy_reward"] == pytest.approx(float(np.mean(expected)))
