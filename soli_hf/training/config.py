@@ -89,6 +89,13 @@ class TrainingConfig:
     degradation_ramp_epochs: float = field(
         default=0.0, metadata={"help": "epochs over which the scale factor ramps from mild to min_scale_factor"}
     )
+    # --- augmentation of the source photo before the LR view is made (whole-photo families; off by default)
+    flip_probability: float = field(
+        default=0.0, metadata={"help": "mirror the photo left-right (and swap 'left'/'right' in its captions)"}
+    )
+    min_crop_area: float = field(
+        default=1.0, metadata={"help": "crop a random part of at least this share of the photo's area (1: none)"}
+    )
     # --- model
     model_type: str = field(
         default="soli",
@@ -390,6 +397,16 @@ def _check_ranges(config: TrainingConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1], got {config.label_smoothing!r}")
     if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
         raise ValueError(f"min_scale_factor must be in (0, 1], got {config.min_scale_factor!r}")
+    if not 0 <= config.flip_probability <= 1:
+        raise ValueError(f"flip_probability must be in [0, 1], got {config.flip_probability!r}")
+    if not 0 < config.min_crop_area <= 1:
+        raise ValueError(f"min_crop_area must be in (0, 1], got {config.min_crop_area!r}")
+    augmented = config.flip_probability > 0 or config.min_crop_area < 1
+    if augmented and config.distillation_weight:
+        raise ValueError(
+            "flip_probability / min_crop_area change the photo that the teacher's cached features describe: "
+            "train distillation without them"
+        )
     _check_range_pair("blur_sigma_range", config.blur_sigma_range, 0, math.inf)
     if config.jpeg_quality_range is not None:
         _check_range_pair("jpeg_quality_range", config.jpeg_quality_range, *JPEG_QUALITY)
@@ -426,8 +443,10 @@ SOLI_FIELDS = (
     "curriculum_epochs",
     "channels_last",
     "torch_compile",
+    "flip_probability",
+    "min_crop_area",
 )
-DUAL_QFORMER_FIELDS = ("training_stage", "finegrained_encoder", "language_model")
+DUAL_QFORMER_FIELDS = ("training_stage", "finegrained_encoder", "language_model", "flip_probability", "min_crop_area")
 ALIGNCAP_FIELDS = (
     "finegrained_encoder",
     "language_model",

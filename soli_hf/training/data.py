@@ -8,6 +8,7 @@ do not depend on worker processes, batch order or restarts, which is what makes 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, Image
+from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
 from ..data import safe_load_image
@@ -67,15 +69,68 @@ class DegradationPolicy:
         return kwargs
 
 
+@dataclass(frozen=True)
+class SourceAugmentation:
+    """Random changes to the source photo before its LR view is made: a left-right mirror (the captions' "left"
+    and "right" swapped with it) and a crop of at least `min_crop_area` of the photo (aspect ratio kept)."""
+
+    flip_probability: float
+    min_crop_area: float
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> SourceAugmentation | None:
+        """The recipe's augmentation, or None when it changes nothing."""
+        if config.flip_probability == 0 and config.min_crop_area == 1:
+            return None
+        return cls(config.flip_probability, config.min_crop_area)
+
+    def apply(
+        self, image: PILImage.Image, captions: Sequence[str], rng: np.random.Generator
+    ) -> tuple[PILImage.Image, list[str]]:
+        """The augmented photo and its captions."""
+        captions = list(captions)
+        if self.min_crop_area < 1:
+            side = float(np.sqrt(rng.uniform(self.min_crop_area, 1.0)))
+            width, height = round(image.width * side), round(image.height * side)
+            left = int(rng.integers(image.width - width + 1))
+            top = int(rng.integers(image.height - height + 1))
+            image = image.crop((left, top, left + width, top + height))
+        if rng.random() < self.flip_probability:
+            image = image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+            captions = [mirror_caption(caption) for caption in captions]
+        return image, captions
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the mirrored photo: "left" and "right" swapped (case kept); other words as they are."""
+
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(0)
+        mirrored = "right" if word.lower() == "left" else "left"
+        return mirrored.capitalize() if word[0].isupper() else mirrored
+
+    return _LEFT_RIGHT.sub(swap, caption)
+
+
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator of one sample in one epoch."""
     return np.random.default_rng([seed, epoch, index])
 
 
+def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The source augmentation's own generator of one sample in one epoch: a stream apart from `sample_rng`'s, so
+    that turning augmentation on leaves the degradations and caption picks as they were."""
+    return np.random.default_rng([seed, epoch, index, 1])
+
+
 class CaptionImageDataset(torch.utils.data.Dataset):
     """Rows of a caption dataset as processed samples: `pixel_values`, `hr_pixel_values`, `captions`, `image_id`.
 
-    `policy` randomises the LR degradation (None: the processor's fixed one); `return_hr` adds the HR target.
+    `policy` randomises the LR degradation (None: the processor's fixed one); `return_hr` adds the HR target;
+    `augmentation` changes the source photo first (and its captions with it; None: the photo as it is).
     A row whose image cannot be decoded becomes None (the collator drops it and counts it) under
     `on_bad_sample="skip"`, or raises `ValueError` naming the file and row under `"error"`.
     """
@@ -89,8 +144,10 @@ class CaptionImageDataset(torch.utils.data.Dataset):
         captions_per_image: int,
         seed: int,
         on_bad_sample: str,
+        augmentation: SourceAugmentation | None = None,
     ) -> None:
         self.rows = rows.cast_column("image", Image(decode=False))
+        self.augmentation = augmentation
         self.processor = processor
         self.policy = policy
         self.return_hr = return_hr
@@ -111,6 +168,9 @@ class CaptionImageDataset(torch.utils.data.Dataset):
         if image is None:
             return None
         rng = sample_rng(self.seed, self.epoch, index)
+        captions = row["captions"]
+        if self.augmentation is not None:
+            image, captions = self.augmentation.apply(image, captions, augmentation_rng(self.seed, self.epoch, index))
         image_processor = self.processor.image_processor
         kwargs = (
             {}
@@ -122,8 +182,8 @@ class CaptionImageDataset(torch.utils.data.Dataset):
             "image_id": row["image_id"],
             "pixel_values": features["pixel_values"][0],
             "hr_pixel_values": features["hr_pixel_values"][0] if self.return_hr else None,
-            "references": row["captions"],
-            "captions": choose_captions(row["captions"], self.captions_per_image, rng),
+            "references": captions,
+            "captions": choose_captions(captions, self.captions_per_image, rng),
         }
 
 

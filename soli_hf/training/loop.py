@@ -82,6 +82,7 @@ from .data import (
     CaptionImageDataset,
     DegradationPolicy,
     EpochShuffleSampler,
+    SourceAugmentation,
     build_training_targets,
     model_inputs,
 )
@@ -147,7 +148,14 @@ def train(config: TrainingConfig) -> Path:
             )
         policy = DegradationPolicy.from_config(config) if config.random_degradation else None
         train_set = CaptionImageDataset(  # the HR image is SOLI's SR target
-            train_rows, processor, policy, soli, config.captions_per_image, config.seed, config.on_bad_sample
+            train_rows,
+            processor,
+            policy,
+            soli,
+            config.captions_per_image,
+            config.seed,
+            config.on_bad_sample,
+            SourceAugmentation.from_config(config),
         )
         eval_set = CaptionImageDataset(
             eval_rows, processor, None, False, config.captions_per_image, config.seed, "skip"
