@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from datasets import Dataset
 from PIL import Image as PILImage
-from tqdm.auto import tqdm
 
 from ..data import safe_load_image
 from ..modeling_aligncap import AlignCapForConditionalGeneration, AlignCapRegionFeatures
@@ -40,6 +39,7 @@ from .tags import tag_targets
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+PHOTOS_PER_PART = 250  # photos whose region features are saved together while computing (the resumable unit)
 #: The AlignCapConfig settings that decide the frozen region features (with the processor's photo size).
 FEATURE_SETTINGS = (
     "global_encoder_config",
@@ -122,7 +122,8 @@ def load_or_compute_region_features(
     compute_if_missing: bool = True,
 ) -> RegionFeatureStore:
     """The frozen features of every region row: from the cache when its key matches, else computed (batches of
-    `photos_per_batch` photos with all their boxes, under `torch.no_grad`) and cached in float16.
+    `photos_per_batch` photos with all their boxes, under `torch.no_grad`; saved every `PHOTOS_PER_PART` photos, so
+    a killed computation resumes there) and cached in float16.
 
     `on_bad_sample="skip"`: a photo that cannot be read gives its regions zeros and `readable` False (the datasets
     leave them out); "error" raises naming it.
@@ -133,7 +134,8 @@ def load_or_compute_region_features(
     boxes = [[row_id, list(box)] for row_id, box in zip(region_ids(rows), rows["box"], strict=True)]
     settings = feature_settings(model, processor)
     identity = [settings, digest(json.dumps(boxes).encode())]
-    photos = list(dict.fromkeys(rows["image_path"]))
+    by_photo = photo_rows(rows)
+    photos = list(by_photo)
     key = {
         "version": CACHE_VERSION,
         "settings": settings,
@@ -142,13 +144,25 @@ def load_or_compute_region_features(
         "images": images_digest([file_digest(Path(path)) for path in photos]),
     }
 
-    def compute() -> dict[str, torch.Tensor]:
-        return compute_region_features(rows, model, processor, photos_per_batch, on_bad_sample, show_progress)
+    def compute_rows(indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        return compute_region_features(rows.select(indices), model, processor, photos_per_batch, on_bad_sample)
 
     folder = cache_folder(cache_dir, "regions", identity)
+    parts = [
+        [index for path in photos[start : start + PHOTOS_PER_PART] for index in by_photo[path]]
+        for start in range(0, len(photos), PHOTOS_PER_PART)
+    ]
     tensors = load_or_compute_features(
-        folder, key, compute, kind="region features", compute_if_missing=compute_if_missing
+        folder,
+        key,
+        compute_rows,
+        parts,
+        kind="region features",
+        compute_if_missing=compute_if_missing,
+        show_progress=show_progress,
     )
+    if not tensors[READABLE].any():
+        raise ValueError("no region's photo could be read: nothing to compute region features from")
     return RegionFeatureStore(tensors)
 
 
@@ -200,17 +214,12 @@ def compute_region_features(
     processor: AlignCapProcessor,
     photos_per_batch: int,
     on_bad_sample: str,
-    show_progress: bool,
 ) -> dict[str, torch.Tensor]:
-    """Run the frozen encoders over every region row: {feature name: (regions, ...) float16, `readable`: uint8}."""
+    """Run the frozen encoders over every region row: {feature name: (regions, ...) float16, `readable`: uint8};
+    only `readable` (all 0) when none of the rows' photos can be read."""
     outputs: dict[str, torch.Tensor] = {}
     readable = torch.zeros(len(rows), dtype=torch.uint8)
-    for batch in tqdm(
-        photo_batches(rows, photos_per_batch, on_bad_sample),
-        total=-(-len(set(rows["image_path"])) // photos_per_batch),
-        desc="region features",
-        disable=not show_progress,
-    ):
+    for batch in photo_batches(rows, photos_per_batch, on_bad_sample):
         if not batch.photos:
             continue
         inputs = processor(images=batch.photos, boxes=batch.boxes, return_tensors="pt")
@@ -224,8 +233,6 @@ def compute_region_features(
                 outputs[name] = torch.zeros((len(rows), *value.shape[1:]), dtype=torch.float16)
             outputs[name][index] = value.cpu().half()
         readable[index] = 1
-    if not outputs:
-        raise ValueError("no region's photo could be read: nothing to compute region features from")
     return outputs | {READABLE: readable}
 
 

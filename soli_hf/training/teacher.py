@@ -13,7 +13,7 @@ written atomically, so a kill never leaves half of one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
-from tqdm.auto import tqdm
 from transformers import MobileNetV2Model
 
 from ..data import safe_load_image
@@ -33,12 +32,14 @@ from .feature_cache import (
     files_fingerprint,
     images_digest,
     load_or_compute_features,
+    row_parts,
     select_rows,
 )
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+IMAGES_PER_PART = 500  # images whose features are saved together while computing (the resumable unit)
 #: The teacher folder's files whose content decides its features (weights, architecture, pixel normalisation).
 _TEACHER_FILE_PATTERNS = ("*.safetensors", "config.json", "preprocessor_config.json")
 
@@ -107,20 +108,25 @@ def load_or_compute_teacher_features(
     # The folder name fixes what is cached (teacher, grid, which images); the key's fingerprints say whether it is
     # still valid, so a changed file replaces the stale folder instead of adding another one.
     folder = cache_folder(cache_dir, "teacher", [key["teacher"], grid_size, image_ids])
+
+    def compute_rows(indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        part = rows.select(indices)
+        return {"features": compute_teacher_features(part, teacher_dir, grid_size, batch_size, on_bad_sample)}
+
     features = load_or_compute_features(
         folder,
         key,
-        lambda: {
-            "features": compute_teacher_features(rows, teacher_dir, grid_size, batch_size, on_bad_sample, show_progress)
-        },
+        compute_rows,
+        row_parts(len(rows), IMAGES_PER_PART),
         kind="teacher",
         compute_if_missing=compute_if_missing,
+        show_progress=show_progress,
     )["features"]
     return TeacherFeatures(image_ids, features)
 
 
 def compute_teacher_features(
-    rows: Dataset, teacher_dir: Path, grid_size: int, batch_size: int, on_bad_sample: str, show_progress: bool
+    rows: Dataset, teacher_dir: Path, grid_size: int, batch_size: int, on_bad_sample: str
 ) -> torch.Tensor:
     """Run the frozen teacher over every row's image: (num_images, grid_size**2, channels) float16."""
     model = MobileNetV2Model.from_pretrained(teacher_dir, add_pooling_layer=False).eval()
@@ -129,21 +135,11 @@ def compute_teacher_features(
     pool = torch.nn.AdaptiveAvgPool2d(grid_size)
     grids = []
     with torch.no_grad():
-        for batch in tqdm(
-            _batches(len(rows), batch_size),
-            total=-(-len(rows) // batch_size),
-            desc="teacher features",
-            disable=not show_progress,
-        ):
+        for batch in row_parts(len(rows), batch_size):
             pixels = torch.stack([_teacher_pixels(rows[index], size, mean, std, on_bad_sample) for index in batch])
             features = model(pixels, return_dict=True).last_hidden_state
             grids.append(pool(features).flatten(2).transpose(1, 2).half())
     return torch.cat(grids)
-
-
-def _batches(count: int, batch_size: int) -> Iterator[range]:
-    for start in range(0, count, batch_size):
-        yield range(start, min(start + batch_size, count))
 
 
 def _teacher_pixels(
