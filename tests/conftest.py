@@ -77,6 +77,18 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), 
 SHAPES = ("square", "stripe")
 
 
+def unreduced_pixels(
+    image: Image.Image, image_processor: Any, degradation: str = "bicubic", image_size: int | None = None
+) -> np.ndarray:
+    """(1, 3, S, S) `pixel_values` of a PIL image resized whole to the LR view (no box reduction before the resize):
+    the reference the reduced decoding is held to. `image_size` defaults to the image processor's."""
+    from soli_hf.image_transforms_soli import make_low_resolution, normalize_pixels
+
+    size = image_size or image_processor.image_size
+    low = make_low_resolution(image.convert("RGB"), size, degradation, None, image_processor.blur_sigma)
+    return normalize_pixels(low, image_processor.image_mean, image_processor.image_std)[None]
+
+
 def write_caption_folder(root: Path, per_split: dict[str, int]) -> Path:
     """An image folder with train/ and dev/ splits of generated photos, each with three captions."""
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import unreduced_pixels
 from PIL import Image
 
 from soli_hf import SoliImageProcessor
@@ -208,7 +209,7 @@ def test_a_camera_size_jpeg_is_drafted_and_its_lr_input_stays_within_tolerance(t
     drafted = PROCESSOR(str(path))["pixel_values"]
     # The torch-free runtime reduces through the same function: bit-identical.
     assert np.array_equal(preprocess(str(path), preprocessing_settings(PROCESSOR)), drafted)
-    whole = PROCESSOR(open_image(path))["pixel_values"]  # a PIL image given directly is never reduced
+    whole = unreduced_pixels(open_image(path), PROCESSOR)
     levels = np.abs(drafted - whole) * 255 / 2
     assert levels.mean() < DRAFT_MEAN_LEVELS and levels.max() <= DRAFT_MAX_LEVELS
 
@@ -233,5 +234,7 @@ def test_camera_size_photos_keep_nearly_all_their_captions_when_drafted(tmp_path
     assert len(paths) == 28
     captioner = load_captioner(CHECKOUT_MODEL_DIR)
     drafted = captioner.caption([str(path) for path in paths], num_beams=1)
-    whole = captioner.caption([open_image(path) for path in paths], num_beams=1)  # PIL images: never reduced
+    processor = captioner.processor.image_processor
+    whole_pixels = np.concatenate([unreduced_pixels(open_image(path), processor) for path in paths])
+    whole = captioner.caption_pixels(whole_pixels, num_beams=1)
     assert sum(a == b for a, b in zip(drafted, whole, strict=True)) >= 20

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from soli_hf.modeling_soli import BicubicUpsample
-from soli_hf.onnx.graphs import ConvBicubicUpsample, SoliEncoderGraph, StaticGridPool, bicubic_phase_kernels
+from soli_hf.onnx.graphs import (
+    ConvBicubicUpsample,
+    SoliDecoderStepGraph,
+    SoliEncoderGraph,
+    SplitInputLSTMCell,
+    StaticGridPool,
+    bicubic_phase_kernels,
+)
 
 
 @pytest.mark.parametrize("side", [4, 8, 6])
@@ -63,3 +70,29 @@ def test_encoder_graph_equals_the_encoder_and_leaves_the_model_as_it_is(tiny_mod
     torch.testing.assert_close(memory, encoded.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(keys, encoded.attention_keys, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close((hidden, cell), expected_state, atol=1e-5, rtol=1e-5)
+
+
+def test_split_input_lstm_cell_is_the_lstm_cell() -> None:
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(6 + 10, 10)
+    split = SplitInputLSTMCell(cell, 6)
+    inputs, state = torch.randn(4, 16), (torch.randn(4, 10), torch.randn(4, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(split(inputs, state), cell(inputs, state), atol=1e-6, rtol=1e-6)
+
+
+def test_decoder_step_graph_equals_a_decoder_step_and_leaves_the_model_as_it_is(tiny_model) -> None:
+    graph = SoliDecoderStepGraph(tiny_model)
+    assert isinstance(graph.decoder.lstm, SplitInputLSTMCell) and isinstance(tiny_model.decoder.lstm, nn.LSTMCell)
+    assert (
+        graph.decoder.attention is tiny_model.decoder.attention and graph.decoder.lm_head is tiny_model.decoder.lm_head
+    )
+    with torch.no_grad():
+        encoded = tiny_model.get_encoder()(torch.randn(2, 3, 64, 64))
+        memory, keys = encoded.last_hidden_state, encoded.attention_keys
+        hidden, cell = tiny_model.decoder.initial_state(memory)
+        tokens = torch.tensor([1, 5])
+        log_probs, next_hidden, next_cell = graph(tokens, memory, keys, hidden, cell)
+        logits, expected_state, _ = tiny_model.decoder(tokens[:, None], memory, keys, (hidden, cell))
+    torch.testing.assert_close(log_probs, logits[:, -1].log_softmax(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((next_hidden, next_cell), expected_state, atol=1e-5, rtol=1e-5)

@@ -18,8 +18,13 @@ float32 rounding (what onnxruntime does itself when it loads a graph), so that s
 (`quantize.py`) quantizes the folded weights. Both branches run the same folded backbone, so they still share one
 set of weights in the graph.
 
+`SoliDecoderStepGraph` runs the model's decoder with its `nn.LSTMCell` replaced by `SplitInputLSTMCell`, the same
+numbers with the input product split in two: one matrix product for the word embedding and one for the attention
+context, instead of one over their concatenation. The two have different ranges, so int8 needs a scale for each:
+with one product over both the LSTM input weights had to stay float32 (`quantize.py`).
+
 The model itself is left as it is: the graphs hold shallow copies that share its parameters, except the folded
-backbone, a copy.
+backbone and the split LSTM weights, copies.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from ..modeling_soli import BicubicUpsample, SoliForConditionalGeneration, SoliSiameseEncoder
+from ..modeling_soli import BicubicUpsample, SoliAttentionDecoder, SoliForConditionalGeneration, SoliSiameseEncoder
 from ..processing_soli import SoliProcessor
 
 #: PyTorch's bicubic convolution constant (`A` in Keys' kernel), as `F.interpolate` uses it.
@@ -168,13 +173,56 @@ class SoliEncoderGraph(nn.Module):
         return encoded.last_hidden_state, encoded.attention_keys, hidden, cell
 
 
+class SplitInputLSTMCell(nn.Module):
+    """`nn.LSTMCell` over the input [word embedding; context] with the input product split at `split`: the gates are
+    `word @ W_word.T + context @ W_context.T + hidden @ W_hh.T + b_ih + b_hh`, then the cell's usual update. The
+    same numbers to float32 rounding, from copies of the cell's parameters (constants of the graph, so that the
+    quantizer finds each product's weights)."""
+
+    def __init__(self, cell: nn.LSTMCell, split: int) -> None:
+        super().__init__()
+        weights = {
+            "weight_word": cell.weight_ih[:, :split],
+            "weight_context": cell.weight_ih[:, split:],
+            "weight_hidden": cell.weight_hh,
+            "bias": cell.bias_ih + cell.bias_hh,
+        }
+        for name, value in weights.items():
+            self.register_buffer(name, value.detach().clone().contiguous(), persistent=False)
+        self.split = split
+
+    def forward(
+        self, inputs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, cell_state = state
+        gates = (
+            F.linear(inputs[:, : self.split], self.weight_word)
+            + F.linear(inputs[:, self.split :], self.weight_context)
+            + F.linear(hidden, self.weight_hidden, self.bias)
+        )
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
+        cell_state = torch.sigmoid(forget_gate) * cell_state + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        return torch.sigmoid(output_gate) * torch.tanh(cell_state), cell_state
+
+
+def exportable_decoder(decoder: SoliAttentionDecoder) -> SoliAttentionDecoder:
+    """A shallow copy of `decoder` (the same parameters, the LSTM's copied) whose LSTM is a `SplitInputLSTMCell`;
+    `decoder` itself is left as it is."""
+    exported = copy.copy(decoder)
+    exported._modules = {
+        **decoder._modules,
+        "lstm": SplitInputLSTMCell(decoder.lstm, decoder.embed_tokens.embedding_dim),
+    }
+    return exported
+
+
 class SoliDecoderStepGraph(nn.Module):
     """One decoding step: the last token of every row and the LSTM state -> log-probabilities of the next token
-    (what beam search scores) and the new state."""
+    (what beam search scores) and the new state (the model's decoder made quantizable by `exportable_decoder`)."""
 
     def __init__(self, model: SoliForConditionalGeneration) -> None:
         super().__init__()
-        self.decoder = model.decoder
+        self.decoder = exportable_decoder(model.decoder)
 
     def forward(
         self,

@@ -28,7 +28,9 @@ embedding table and the encoder's projections. Measured on the shipped model (x8
   kernels run about 5x slower than float32 `Conv` (encoder 51 ms vs 11 ms).
 - A matrix product whose input is a concatenation stays float32: the LSTM's input is [word embedding; attention
   context], two activations of different ranges, and one uint8 scale for both changed 20% of the dev captions
-  (7% with it excluded).
+  (7% with it excluded). The exporter now splits that product in two (`graphs.SplitInputLSTMCell`), each int8
+  with its own scale: 189 of the first 200 dev captions stay identical to float32 (190 with the product kept
+  float32), and the decoder step shrinks from 9.3 to 4.8 MiB. The exclusion remains for folders exported before.
 """
 
 from __future__ import annotations
