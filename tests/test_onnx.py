@@ -295,3 +295,19 @@ def test_the_committed_profile_report_renders_from_its_json(tmp_path) -> None:
     write_profile_report(report, tmp_path / "onnx_profile.json")
     expected = (ROOT / "benchmarks" / "onnx_profile.md").read_text(encoding="utf-8")
     assert (tmp_path / "onnx_profile.md").read_text(encoding="utf-8") == expected
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_the_runtime_bans_repeated_ngrams_as_transformers_does(size) -> None:
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from soli_hf.onnx.runtime import GenerationSettings, _process_scores
+
+    rng = np.random.default_rng(size)
+    settings = GenerationSettings(1, 2, 0, 1, 20, size, (), 1.0, False)
+    processor = NoRepeatNGramLogitsProcessor(size)
+    for length in range(1, 14):
+        sequences = rng.integers(3, 7, (5, length))  # few distinct tokens: many repeated n-grams
+        scores = rng.normal(size=(5, 9)).astype(np.float32)
+        expected = processor(torch.as_tensor(sequences), torch.as_tensor(scores)).numpy()
+        np.testing.assert_array_equal(_process_scores(sequences, scores, settings), expected)

@@ -137,11 +137,14 @@ def _process_scores(sequences: np.ndarray, scores: np.ndarray, settings: Generat
         scores[:, settings.eos_token_id] = -np.inf
     size, length = settings.no_repeat_ngram_size, sequences.shape[1]
     if size > 0 and length >= size:
-        # A window of `size` tokens whose first size-1 tokens equal the last size-1 generated bans its last token.
-        windows = np.lib.stride_tricks.sliding_window_view(sequences, size, axis=1)
-        prefix = sequences[:, length + 1 - size :]
-        rows, starts = np.nonzero((windows[..., :-1] == prefix[:, None, :]).all(axis=-1))
-        scores[rows, windows[rows, starts, -1]] = -np.inf
+        # A window of `size` tokens whose first size-1 tokens equal the last size-1 generated bans its last token:
+        # `matches[row, start]` compares each window's k-th token with the k-th of those last tokens, k < size-1.
+        starts = length - size + 1
+        matches = np.ones((sequences.shape[0], starts), dtype=bool)
+        for k in range(size - 1):
+            matches &= sequences[:, k : k + starts] == sequences[:, starts + k, None]
+        rows, window_starts = np.nonzero(matches)
+        scores[rows, sequences[rows, window_starts + size - 1]] = -np.inf
     if settings.suppress_tokens:
         scores[:, list(settings.suppress_tokens)] = -np.inf
     return scores
