@@ -33,7 +33,7 @@ from soli_hf import (
     SoliProcessor,
     build_tokenizer,
 )
-from soli_hf.bench.latency import ORT_INT8, PYTORCH, SOLI
+from soli_hf.bench.latency import ORT_FP32, ORT_INT8, PYTORCH, SOLI
 from soli_hf.bench.latency_report import soli_over_peer, target_check
 from soli_hf.bench.peers import PEERS
 
@@ -528,8 +528,8 @@ def _row(backend: str, mode: str | None, threads: int, median: float, system: st
 
 def sample_report() -> dict:
     """A report as scripts/benchmark.py latency writes it: int8 one thread meets the target in lr only."""
-    soli = [_row(PYTORCH, "both", 1, 40.0), _row(ORT_INT8, "both", 1, 16.0), _row(ORT_INT8, "lr", 1, 7.5)]
-    soli += [_row(ORT_INT8, "lr", 2, 6.0)]
+    soli = [_row(PYTORCH, "both", 1, 40.0), _row(ORT_INT8, "both", 1, 16.0), _row(ORT_INT8, "lr", 1, 4.5)]
+    soli += [_row(ORT_FP32, "lr", 1, 9.0), _row(ORT_INT8, "lr", 2, 6.0)]
     peers = [_row(PYTORCH, None, t, ms, "blip-base") for t, ms in ((1, 2000.0), (2, 1500.0))]
     return {
         "machine": {"processor": "x86_64", "cpus": 2, "cpu_model": "Some CPU"},

@@ -40,4 +40,4 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     assert f"{bilinear['metrics']['CIDEr']:.3f} / {bilinear['metrics']['Bleu_4']:.3f}" in card
     assert f"CIDEr {report['human_leave_one_out']['CIDEr']:.3f}" in card
     assert "arXiv:2512.08873" in card and "Flickr8k" in card
-    assert "| ort-int8 | lr | 1 | 7.5 | 9.0 | 100 | 12 | 20.0 | 150 |" in card
+    assert "| ort-int8 | lr | 1 | 4.5 | 5.4 | 100 | 12 | 20.0 | 150 |" in card
