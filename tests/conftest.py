@@ -77,15 +77,13 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), 
 SHAPES = ("square", "stripe")
 
 
-def unreduced_pixels(
-    image: Image.Image, image_processor: Any, degradation: str = "bicubic", image_size: int | None = None
-) -> np.ndarray:
-    """(1, 3, S, S) `pixel_values` of a PIL image resized whole to the LR view (no box reduction before the resize):
-    the reference the reduced decoding is held to. `image_size` defaults to the image processor's."""
-    from soli_hf.image_transforms_soli import make_low_resolution, normalize_pixels
+def unreduced_pixels(image: Image.Image, image_processor: Any, degradation: str = "bicubic") -> np.ndarray:
+    """(1, 3, S, S) `pixel_values` of a PIL image resized whole to the LR view in one resize (no draft decoding, no
+    box averaging first): the reference the reduced path is held to."""
+    from soli_hf.image_transforms_soli import normalize_pixels
 
-    size = image_size or image_processor.image_size
-    low = make_low_resolution(image.convert("RGB"), size, degradation, None, image_processor.blur_sigma)
+    resampling = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[degradation]
+    low = image.convert("RGB").resize((image_processor.image_size,) * 2, resampling)
     return normalize_pixels(low, image_processor.image_mean, image_processor.image_std)[None]
 
 

@@ -88,19 +88,28 @@ def test_onnx_runtime_preprocessing_applies_the_exif_orientation_too(rotated_jpe
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
-def test_a_large_file_is_decoded_reduced_within_the_stated_tolerance(tmp_path: Path, suffix: str) -> None:
+def test_a_large_photo_is_reduced_within_the_stated_tolerance(tmp_path: Path, suffix: str) -> None:
+    """A JPEG file is decoded at 1/4 scale (draft), a PNG whole; every input, file or PIL image, is then box-averaged
+    before the resize (`REDUCING_GAP`): the LR view stays within the stated tolerance of one whole resize."""
     path = tmp_path / f"large{suffix}"
     textured_photo(3000, 2000).save(path, quality=90, compress_level=1)
-    reduced = to_rgb_image(path, min_side=min_decoded_side(64, "bicubic", None))
-    assert min(reduced.size) >= 4 * 64 and reduced.width <= 750  # JPEG draft 1/4, PNG box reduction 1/7
+    decoded = to_rgb_image(path, min_side=min_decoded_side(64, "bicubic", None))
+    assert decoded.size == ((750, 500) if suffix == ".jpg" else (3000, 2000))
     full = open_image(path)
     for degradation in ("bicubic", "bilinear"):
         reference = unreduced_pixels(full, PROCESSOR, degradation)
-        # a PIL image in memory is reduced the same way (box averaging, no draft): as close to the whole one
-        assert np.abs(pixels(full, degradation=degradation) - reference).max() <= REDUCED_DECODING_MAX_DIFFERENCE
-        difference = np.abs(pixels(path, degradation=degradation) - reference)
-        assert difference.max() <= REDUCED_DECODING_MAX_DIFFERENCE
-        assert difference.mean() <= REDUCED_DECODING_MEAN_DIFFERENCE
+        for image in (path, full):
+            difference = np.abs(pixels(image, degradation=degradation) - reference)
+            assert difference.max() <= REDUCED_DECODING_MAX_DIFFERENCE
+            assert difference.mean() <= REDUCED_DECODING_MEAN_DIFFERENCE
+
+
+def test_photos_under_the_reducing_gap_are_resized_whole() -> None:
+    """The 224x224 Flickr8k photos (3.5x the 64-pixel LR side, under `REDUCING_GAP` x 2) train and evaluate on one
+    whole resize, as before the reducing gap."""
+    photo = textured_photo(224, 224)
+    for degradation in ("bicubic", "bilinear"):
+        assert np.array_equal(pixels(photo, degradation=degradation), unreduced_pixels(photo, PROCESSOR, degradation))
 
 
 def test_step_degradations_and_scale_factors_decode_the_whole_file(tmp_path: Path) -> None:
