@@ -75,6 +75,8 @@ class Captioner(ABC):
         inference_branches: the inference mode the model runs in ("both": SR and LR branches, or "lr"; "n/a" for a
             region captioner, which has no branches to choose).
         quantization: the int8 quantization record of quantized graphs; None for float32 weights.
+        start_tokens: how many tokens the ids of `generate` hold before the new ones: 1 (the decoder's start token)
+            for encoder-decoder captioners, 0 for a language model prompted with embeddings (the Q-Former family).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Captioner(ABC):
     generation_defaults: dict[str, int]
     inference_branches: str
     quantization: dict[str, Any] | None = None
+    start_tokens: int = 1
 
     @abstractmethod
     def preprocess(self, images: Any) -> np.ndarray:
@@ -200,6 +203,11 @@ class PytorchCaptioner(Captioner):
     def inference_branches(self) -> str:
         """SOLI's inference mode (`config.inference_branches`); "lr" for a family that encodes the LR image alone."""
         return getattr(self.model.config, "inference_branches", "lr")
+
+    @property
+    def start_tokens(self) -> int:
+        """1 for an encoder-decoder model (its ids start with the decoder's start token), else 0."""
+        return int(self.model.config.is_encoder_decoder)
 
     @classmethod
     def from_pretrained(

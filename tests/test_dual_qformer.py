@@ -425,3 +425,31 @@ def test_real_parts_build_a_captioner_that_generates(images, capsys):
             f"\ndual-encoder Q-Former on the real parts: trainable {counts['trainable']:,} / frozen "
             f"{counts['frozen']:,} parameters (language model {lm:,}); untrained caption: {caption!r}"
         )
+
+
+def test_side_by_side_evaluation_reports_parameters_size_and_latency(
+    saved_dual_model, saved_tiny_model, tmp_path
+) -> None:
+    """`soli evaluate` with a SOLI and a Q-Former folder: one report with each one's size on disk, its parameters
+    trained and frozen (the Q-Former's encoders and language model) and its one-thread ms per caption."""
+    from conftest import write_caption_folder
+
+    from soli_hf.evaluation import run_evaluation
+
+    data = write_caption_folder(tmp_path / "data", {"dev": 3})
+    out = tmp_path / "report"
+    run_evaluation(
+        [saved_tiny_model, saved_dual_model], data, "dev", out, max_new_tokens=4, meteor=False, latency_photos=2
+    )
+    soli, dual = json.loads((out / "metrics.json").read_text())["settings"]["models"]
+    model = DualQFormerForConditionalGeneration.from_pretrained(saved_dual_model)
+    frozen, trainable = frozen_and_trainable(model)
+    assert dual["parameters"] == {
+        "trained": sum(p.numel() for p in trainable.values()),
+        "frozen": sum(p.numel() for p in frozen.values()),
+    }
+    assert soli["parameters"]["frozen"] == 0 and soli["parameters"]["trained"] > 0
+    assert dual["size_mib"] == pytest.approx((saved_dual_model / "model.safetensors").stat().st_size / 2**20)
+    assert soli["latency_ms"] > 0 and dual["latency_ms"] > 0
+    report = (out / "report.md").read_text()
+    assert "| size MiB | parameters trained / frozen | ms per caption, 1 thread |" in report

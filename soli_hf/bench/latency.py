@@ -74,11 +74,13 @@ class LatencySetup:
 
 @dataclass
 class Footprint:
-    """What a loaded captioner weighs: its files on disk (or fp32 parameters) and its parameter count."""
+    """What a loaded captioner weighs: its files on disk (or fp32 parameters), its parameter count and how many of
+    those are frozen pretrained parts (`frozen_modules()` of the families built on them; None for ONNX graphs)."""
 
     size_mib: float
     parameters: int | None
     size_source: str
+    frozen_parameters: int | None = None
 
 
 @dataclass
@@ -111,10 +113,10 @@ class LatencyResult:
 
 def caption_tokens(captioner: Captioner, images: Sequence[Image.Image], tokens: int) -> int:
     """One timed call: `preprocess` the decoded photos, then greedy `generate` of exactly `tokens` new tokens;
-    returns how many new tokens the ids hold (every captioner's prompt is its one start token)."""
+    returns how many new tokens the ids hold (after the captioner's `start_tokens`)."""
     pixel_values = captioner.preprocess(list(images))
     ids = captioner.generate(pixel_values, num_beams=1, min_new_tokens=tokens, max_new_tokens=tokens)
-    return ids.shape[1] - 1
+    return ids.shape[1] - captioner.start_tokens
 
 
 def time_captions(
@@ -155,17 +157,20 @@ def _check_length(length: int, tokens: int) -> None:
 
 
 def footprint(captioner: Captioner, artifact: str | os.PathLike = "") -> Footprint:
-    """What a loaded captioner weighs: its graph files (ONNX), its weights file (a saved SOLI folder `artifact`), or
-    for a model without files (the random-weight peers) its fp32 parameters at 4 bytes each."""
+    """What a loaded captioner weighs: its graph files (ONNX), its weights file (a saved folder `artifact`), or for a
+    model without one (the random-weight peers, a Hub id) its fp32 parameters at 4 bytes each."""
     if isinstance(captioner, OnnxCaptioner):
         files = [graph["file"] for graph in captioner.runtime.manifest["graphs"].values()]
         size = sum((Path(artifact) / name).stat().st_size for name in files)
         return Footprint(size / 2**20, None, " + ".join(files))
-    parameters = sum(p.numel() for p in captioner.model.parameters())
-    if artifact:
-        weights = Path(artifact) / WEIGHTS_NAME
-        return Footprint(weights.stat().st_size / 2**20, parameters, WEIGHTS_NAME)
-    return Footprint(4 * parameters / 2**20, parameters, "fp32 parameters x 4 bytes")
+    model = captioner.model
+    parameters = sum(p.numel() for p in model.parameters())
+    frozen_modules = model.frozen_modules() if hasattr(model, "frozen_modules") else []
+    frozen = sum(p.numel() for module in frozen_modules for p in module.parameters())
+    weights = Path(artifact) / WEIGHTS_NAME if artifact else None
+    if weights is not None and weights.is_file():
+        return Footprint(weights.stat().st_size / 2**20, parameters, WEIGHTS_NAME, frozen)
+    return Footprint(4 * parameters / 2**20, parameters, "fp32 parameters x 4 bytes", frozen)
 
 
 def build_captioner(setup: LatencySetup) -> Captioner:

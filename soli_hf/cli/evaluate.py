@@ -56,6 +56,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             inference_branches=args.inference_branches,
             num_threads=args.num_threads,
             meteor=not args.no_meteor,
+            latency_photos=args.latency_photos,
         )
     except (ValueError, OSError) as error:
         print(f"soli evaluate: error: {error}", file=sys.stderr)
@@ -108,3 +109,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-threads", type=positive_int, default=None, help="onnxruntime threads (with --onnx)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (the only Java metric)")
+    parser.add_argument(
+        "--latency-photos",
+        type=int,
+        default=0,
+        help="time each --model's one-thread ms per caption on this many photos (0: not timed; an idle machine)",
+    )

@@ -163,9 +163,14 @@ def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     """The report's "Models" table: where each model came from and how it ran (the settings it actually used)."""
     if not records:
         return []
-    header = ["model", "source", "backend", "inference branches", "beams", "max new tokens", "weights"]
-    rows = [
-        [
+    header = ["model", "source", "backend", "inference branches", "beams", "max new tokens", "weights", "size MiB"]
+    header += ["parameters trained / frozen"]
+    timed = any("latency_ms" in record for record in records)
+    header += ["ms per caption, 1 thread"] if timed else []
+    rows = []
+    for record in records:
+        parameters = record.get("parameters")
+        row = [
             record["model"],
             f"`{record['source']}`",
             record["backend"],
@@ -173,10 +178,20 @@ def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
             record["num_beams"],
             record["max_new_tokens"],
             _weights(record["quantization"]),
+            f"{record['size_mib']:.1f}" if "size_mib" in record else "-",
+            f"{_millions(parameters['trained'])} / {_millions(parameters['frozen'])}" if parameters else "-",
         ]
-        for record in records
-    ]
-    return ["", "## Models", "", markdown_table(header, rows)]
+        rows.append(row + ([f"{record['latency_ms']:.1f}" if "latency_ms" in record else "-"] if timed else []))
+    lines = ["", "## Models", "", markdown_table(header, rows)]
+    if timed:
+        lines += ["", "ms per caption: PyTorch on one thread, batch 1, greedy, exactly 12 new tokens, median over the"]
+        lines += ["first photos of the split (`--latency-photos`); times from a busy machine are not comparable."]
+    return lines
+
+
+def _millions(count: int) -> str:
+    """A parameter count in millions, e.g. `14.0 M`."""
+    return f"{count / 1e6:.1f} M"
 
 
 def _weights(quantization: dict[str, Any] | None) -> str:

@@ -8,8 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
+
+from ..bench.latency import footprint, time_captions
 from ..captioner import Captioner, load_captioner
-from ..data import load_caption_dataset_with_report
+from ..data import load_caption_dataset_with_report, safe_load_image
 from ..metrics import (
     caption_diversity,
     compute_caption_metrics,
@@ -26,6 +31,9 @@ from .report import ConditionResult, write_report
 logger = logging.getLogger(__name__)
 
 SAMPLES_ON_PAGE = 24
+#: New tokens of every caption timed by `latency_photos` (12: about the mean Flickr8k caption, as in the latency
+#: benchmark).
+LATENCY_TOKENS = 12
 #: The decoding settings each model's record in the report holds.
 RECORDED_DECODING = ("num_beams", "max_new_tokens")
 
@@ -44,8 +52,10 @@ def model_labels(model_dirs: Sequence[str | Path], inference_branches: str | Non
 
 
 def model_record(label: str, source: str | Path, backend: str, captioner: Captioner, decoding: dict[str, int]) -> dict:
-    """What the report says of one model: where it came from, how it ran (backend, inference mode, int8 or not)
-    and the decoding settings it actually used."""
+    """What the report says of one model: where it came from, how it ran (backend, inference mode, int8 or not),
+    the decoding settings it actually used and what it weighs (files on disk, parameters trained and frozen)."""
+    weight = footprint(captioner, source if Path(source).is_dir() else "")
+    parameters = weight.parameters
     return {
         "model": label,
         "source": str(source),
@@ -53,7 +63,27 @@ def model_record(label: str, source: str | Path, backend: str, captioner: Captio
         "inference_branches": captioner.inference_branches,
         **{key: decoding[key] for key in RECORDED_DECODING},
         "quantization": captioner.quantization,
+        "size_mib": weight.size_mib,
+        "parameters": None
+        if parameters is None
+        else {
+            "trained": parameters - weight.frozen_parameters,
+            "frozen": weight.frozen_parameters,
+        },
     }
+
+
+def one_thread_latency_ms(captioner: Captioner, photos: Sequence[Image.Image]) -> float:
+    """Median milliseconds per caption of a PyTorch captioner on one thread: batch 1, greedy, exactly
+    `LATENCY_TOKENS` new tokens (as `scripts/benchmark.py latency` times them), each photo once after two untimed
+    captions. The process's torch thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = time_captions(captioner, photos, repeats=1, warmup=2, tokens=LATENCY_TOKENS)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * float(np.median(seconds))
 
 
 def _shared_setting(records: Sequence[dict[str, Any]], key: str) -> Any:
@@ -78,6 +108,7 @@ def run_evaluation(
     inference_branches: str | None = None,
     num_threads: int | None = None,
     meteor: bool = True,
+    latency_photos: int = 0,
 ) -> list[ConditionResult]:
     """Caption `split` of `data` with every model (saved SOLI folders or Hub ids in PyTorch, then exported ONNX
     folders) under every condition and write the report into `out`: metrics.json, captions.jsonl, report.md,
@@ -93,7 +124,9 @@ def run_evaluation(
     records what each model used. `inference_branches` replaces the saved mode of the PyTorch models; an ONNX
     folder must have been exported with it. `num_threads`: onnxruntime's threads. Bad samples of the split are
     skipped (`load_caption_dataset`'s "skip"), and the report counts them, with the images that could not be read
-    while captioning. Returns the per-(model, condition) results."""
+    while captioning. `latency_photos` > 0: each PyTorch model's one-thread milliseconds per caption on that many
+    photos of the split (`one_thread_latency_ms`; whole-photo captioners only; time it on an otherwise idle machine).
+    Returns the per-(model, condition) results."""
     sources = [(model, "pytorch") for model in model_dirs] + [(folder, "onnx") for folder in onnx_dirs]
     if not sources:
         raise ValueError("give at least one model: a saved SOLI folder (--model) or an ONNX folder (--onnx)")
@@ -124,6 +157,10 @@ def run_evaluation(
             check_region_captioners([captioner], [source])
         decoding = captioner.decoding(**overrides)
         records.append(model_record(label, source, backend, captioner, decoding))
+        if latency_photos and backend == "pytorch" and not regions:
+            loaded = (safe_load_image(rows[index], "skip") for index in range(min(latency_photos, len(rows))))
+            photos = [photo.convert("RGB") for photo in loaded if photo is not None]
+            records[-1]["latency_ms"] = one_thread_latency_ms(captioner, photos)
         for condition in conditions:
             settings = {
                 "batch_size": batch_size,
