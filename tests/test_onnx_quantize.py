@@ -243,3 +243,32 @@ def test_the_profile_names_static_quantization() -> None:
     assert quantization_label(None) == "none (float32)"
     assert quantization_label({"name": "arm64", "mode": "dynamic"}) == "arm64"
     assert quantization_label({"name": "avx512", "mode": "static"}) == "avx512, static encoder"
+
+
+def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp_path) -> None:
+    """The exporter writes one Transpose for a weight two matrix products share (SOLI's projection, used by both
+    branches); `_prepare` turns it into the transposed weight, which both products then read as an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from soli_hf.onnx.quantize import _prepare
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["weight"], ["weight_t"], perm=[1, 0]),
+            helper.make_node("MatMul", ["a", "weight_t"], ["out_a"]),
+            helper.make_node("MatMul", ["b", "weight_t"], ["out_b"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 4]) for name in ("a", "b")],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3]) for name in ("out_a", "out_b")],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    source = tmp_path / "graph.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    (tmp_path / "scratch").mkdir()
+    prepared, keep_float = _prepare(source, tmp_path / "scratch")
+    model = onnx.load(prepared)
+    assert [node.op_type for node in model.graph.node] == ["MatMul", "MatMul"] and keep_float == []
+    (folded,) = model.graph.initializer  # the original weight, read by nothing now, is gone
+    assert folded.name == "weight_t" and np.array_equal(numpy_helper.to_array(folded), weight.T)

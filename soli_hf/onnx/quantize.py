@@ -278,16 +278,41 @@ def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
       existing shape differ"). Shape inference recomputes them.
     - `Gemm` (a linear layer) becomes `MatMul` + `Add`, as onnxruntime's dynamic quantizer does itself, so that
       both backends quantize the same nodes under names known here.
+    - A `Transpose` of a weight becomes the transposed weight (`_fold_weight_transposes`), so that the products
+      reading it see a weight the quantizer can quantize.
     - Matrix products fed by a `Concat` are returned to exclude (see the module docstring).
     """
     model = _load_graph(path)
     del model.graph.value_info[:]
+    _fold_weight_transposes(model)
     ONNXModel(model).replace_gemm_with_matmul()
     concatenated = {output for node in model.graph.node if node.op_type == "Concat" for output in node.output}
     keep_float = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[0] in concatenated]
     prepared = scratch / path.name
     onnx.save(model, prepared)
     return prepared, keep_float
+
+
+def _fold_weight_transposes(model: onnx.ModelProto) -> None:
+    """Replace every `Transpose` of an initializer by the transposed initializer (under the node's output name) and
+    drop the initializers no node reads any more. The exporter writes one `Transpose` for a weight that several
+    matrix products share (the projection both SOLI branches use), and the dynamic quantizer only quantizes a
+    product whose weight is an initializer: that product stayed float32 (0.56 of the 7.3 ms "both" encoder)."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    folded = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in weights:
+            array = onnx.numpy_helper.to_array(weights[node.input[0]])
+            perm = next((list(attribute.ints) for attribute in node.attribute if attribute.name == "perm"), None)
+            graph.initializer.append(onnx.numpy_helper.from_array(np.transpose(array, perm), node.output[0]))
+            folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    unread = [init for init in graph.initializer if init.name not in read]
+    for init in unread:
+        graph.initializer.remove(init)
 
 
 def _load_graph(path: Path) -> onnx.ModelProto:
