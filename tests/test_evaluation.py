@@ -215,3 +215,51 @@ def test_caption_agreement_counts_identical_captions_on_the_images_both_captione
 def test_evaluate_needs_a_model_or_an_onnx_folder(tmp_path: Path, capsys) -> None:
     assert soli_main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "give --model DIR [DIR ...] and/or --onnx DIR [DIR ...]" in capsys.readouterr().err
+
+
+def test_an_interrupted_evaluation_resumes_with_the_captions_it_saved(
+    tmp_path: Path, saved_tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while captioning its second condition, the evaluation is run again with `resume=True`: only that
+    condition is captioned, the report equals an unbroken run's, and the saved captions are gone afterwards; a
+    changed setting (beams) or no `resume` captions everything again."""
+    import soli_hf.evaluation.runner as runner
+
+    data = write_caption_folder(tmp_path / "data", {"dev": 4})
+    conditions = [LowResCondition(), *fixed_sizes([16])]
+    settings = {"conditions": conditions, "max_new_tokens": 5, "batch_size": 2, "meteor": False}
+    unbroken = run_evaluation([saved_tiny_model], data, "dev", tmp_path / "unbroken", **settings)
+
+    caption = runner.caption_dataset
+    calls: list[str] = []
+
+    def killed_at_second(captioner, rows, condition, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(condition.name)
+        return caption(captioner, rows, condition, **kwargs)
+
+    out = tmp_path / "report"
+    monkeypatch.setattr(runner, "caption_dataset", killed_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation([saved_tiny_model], data, "dev", out, **settings)
+    assert len(list((out / ".partial").iterdir())) == 1
+
+    def counted(captioner, rows, condition, **kwargs):
+        calls.append(condition.name)
+        return caption(captioner, rows, condition, **kwargs)
+
+    monkeypatch.setattr(runner, "caption_dataset", counted)
+    resumed = run_evaluation([saved_tiny_model], data, "dev", out, resume=True, **settings)
+    assert calls == ["bicubic@input", "bicubic@16px"]  # the first condition came from the saved run
+    assert [(r.predictions, r.metrics) for r in resumed] == [(r.predictions, r.metrics) for r in unbroken]
+    assert resumed[0].lr_images.keys() == unbroken[0].lr_images.keys()  # the samples page keeps its inputs
+    assert not (out / ".partial").exists()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "caption_dataset", killed_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation([saved_tiny_model], data, "dev", out, **settings)
+    monkeypatch.setattr(runner, "caption_dataset", counted)
+    run_evaluation([saved_tiny_model], data, "dev", out, resume=True, **{**settings, "max_new_tokens": 4})
+    assert calls == ["bicubic@input", "bicubic@input", "bicubic@16px"]  # another setting: the saved run not reused

@@ -57,6 +57,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             num_threads=args.num_threads,
             meteor=not args.no_meteor,
             latency_photos=args.latency_photos,
+            resume=args.resume,
         )
     except (ValueError, OSError) as error:
         print(f"soli evaluate: error: {error}", file=sys.stderr)
@@ -114,4 +115,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="time each --model's one-thread ms per caption on this many photos (0: not timed; an idle machine)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the captions an interrupted evaluation into the same --out saved (same models, settings, split)",
     )

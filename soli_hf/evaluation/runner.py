@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,10 @@ from ..metrics import (
     leave_one_out_model_scores,
 )
 from ..metrics.meteor import meteor_unavailable_reason
-from ..training.regions import first_images
+from ..training.regions import first_images, region_ids
 from .captioning import caption_dataset
 from .conditions import LowResCondition
+from .partial import PARTIAL_DIR, load_run, save_run, weights_stamp
 from .regions import TAG_BASELINE, caption_region_dataset, check_region_captioners, region_references
 from .report import ConditionResult, write_report
 
@@ -109,6 +113,7 @@ def run_evaluation(
     num_threads: int | None = None,
     meteor: bool = True,
     latency_photos: int = 0,
+    resume: bool = False,
 ) -> list[ConditionResult]:
     """Caption `split` of `data` with every model (saved SOLI folders or Hub ids in PyTorch, then exported ONNX
     folders) under every condition and write the report into `out`: metrics.json, captions.jsonl, report.md,
@@ -126,7 +131,9 @@ def run_evaluation(
     skipped (`load_caption_dataset`'s "skip"), and the report counts them, with the images that could not be read
     while captioning. `latency_photos` > 0: each PyTorch model's one-thread milliseconds per caption on that many
     photos of the split (`one_thread_latency_ms`; whole-photo captioners only; time it on an otherwise idle machine).
-    Returns the per-(model, condition) results."""
+    Each finished (model, condition) is saved under `out` (`evaluation.partial`) until the report is written;
+    `resume` reuses what an interrupted evaluation with the same models, settings and split saved there (without
+    it, anything saved before is discarded). Returns the per-(model, condition) results."""
     sources = [(model, "pytorch") for model in model_dirs] + [(folder, "onnx") for folder in onnx_dirs]
     if not sources:
         raise ValueError("give at least one model: a saved SOLI folder (--model) or an ONNX folder (--onnx)")
@@ -146,6 +153,9 @@ def run_evaluation(
     human = {} if regions else leave_one_out_human_scores(references, meteor=meteor)
     results, records = [], []
     overrides = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    if not resume:
+        shutil.rmtree(Path(out) / PARTIAL_DIR, ignore_errors=True)
+    evaluated = {"data": str(data), "split": split, "rows": len(rows), "ids": _ids_digest(rows), "batch": batch_size}
     for (source, backend), label in zip(
         sources, model_labels([s for s, _ in sources], inference_branches), strict=True
     ):
@@ -167,14 +177,26 @@ def run_evaluation(
                 "keep_images": SAMPLES_ON_PAGE,
                 "description": f"{label} {condition.name}",
             }
-            if regions:
+            key = {
+                **evaluated,
+                "model": str(source),
+                "backend": backend,
+                "weights": weights_stamp(source),
+                "inference_branches": inference_branches,
+                "condition": vars(condition),
+                "decoding": decoding,
+            }
+            run = load_run(out, key) if resume else None
+            if run is not None:
+                logger.info("%s %s: captions of the interrupted evaluation reused", label, condition.name)
+            elif regions:
                 run = caption_region_dataset(captioner, rows, condition, **settings, **decoding)
-                outputs = [(label, run.predictions, run.lr_images)]
-                if run.tag_predictions is not None:
-                    outputs.append((f"{label} {TAG_BASELINE}", run.tag_predictions, {}))
             else:
                 run = caption_dataset(captioner, rows, condition, **settings, **decoding)
-                outputs = [(label, run.predictions, run.lr_images)]
+            save_run(out, key, run)
+            outputs = [(label, run.predictions, run.lr_images)]
+            if regions and run.tag_predictions is not None:
+                outputs.append((f"{label} {TAG_BASELINE}", run.tag_predictions, {}))
             if not run.predictions:
                 raise ValueError(f"{data} ({split}): no readable image to caption")
             for name, predictions, lr_images in outputs:
@@ -199,4 +221,11 @@ def run_evaluation(
         "models": records,
     }
     write_report(Path(out), results, references, human, settings, bad_samples)
+    shutil.rmtree(Path(out) / PARTIAL_DIR, ignore_errors=True)
     return results
+
+
+def _ids_digest(rows: Any) -> str:
+    """A digest of the evaluated rows' ids (regions: their photos' and chains')."""
+    ids = region_ids(rows) if "box" in rows.column_names else list(rows["image_id"])
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
