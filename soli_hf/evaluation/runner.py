@@ -189,11 +189,12 @@ def run_evaluation(
             run = load_run(out, key) if resume else None
             if run is not None:
                 logger.info("%s %s: captions of the interrupted evaluation reused", label, condition.name)
-            elif regions:
-                run = caption_region_dataset(captioner, rows, condition, **settings, **decoding)
             else:
-                run = caption_dataset(captioner, rows, condition, **settings, **decoding)
-            save_run(out, key, run)
+                if regions:
+                    run = caption_region_dataset(captioner, rows, condition, **settings, **decoding)
+                else:
+                    run = caption_dataset(captioner, rows, condition, **settings, **decoding)
+                save_run(out, key, run)
             outputs = [(label, run.predictions, run.lr_images)]
             if regions and run.tag_predictions is not None:
                 outputs.append((f"{label} {TAG_BASELINE}", run.tag_predictions, {}))
