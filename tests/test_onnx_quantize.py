@@ -199,7 +199,7 @@ def test_static_quantization_writes_qdq_convolutions_that_run_as_qlinearconv(flo
 def test_static_quantization_needs_calibration_and_folded_batch_norms(float32_dir, tmp_path, images) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         quantize_onnx(float32_dir, tmp_path / "a", mode="qat")
-    with pytest.raises(ValueError, match="calibration images are needed for mode='static'"):
+    with pytest.raises(ValueError, match=r"calibration images are needed for mode \('static', 'compact'\)"):
         quantize_onnx(float32_dir, tmp_path / "b", mode="static")
     with pytest.raises(ValueError, match="and only there"):
         quantize_onnx(float32_dir, tmp_path / "c", calibration=images)
@@ -226,7 +226,7 @@ def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model
     out = tmp_path / "static"
     flags = ("--quantize", "arm64", "--quantization-mode", "static")
     status, _, err = run_cli("export", "--model", str(saved_model), "--out", str(out), *flags)
-    assert status == 2 and "needs --calibration-data" in err
+    assert status == 2 and "static or compact needs --calibration-data" in err
     status, _, err = run_cli(
         "export", "--model", str(saved_model), "--out", str(out), *flags, "--calibration-data", str(flickr8k)
     )
@@ -235,6 +235,13 @@ def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model
         "images": 3,
         "method": "MinMax",
     }
+    compact = ("--quantization-mode", "compact", "--calibration-data", str(flickr8k), "--size-budget-mb", "50")
+    status, _, err = run_cli(
+        "export", "--model", str(saved_model), "--out", str(tmp_path / "c"), "--quantize", "arm64", *compact
+    )
+    assert status == 0, err
+    storage = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())["quantization"]["graphs"]["encoder"]
+    assert storage["convolution_weights"]["size_budget_mb"] == 50 and storage["convolution_weights"]["int8"] == []
 
 
 def test_the_profile_names_static_quantization() -> None:
@@ -272,3 +279,74 @@ def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp
     assert [node.op_type for node in model.graph.node] == ["MatMul", "MatMul"] and keep_float == []
     (folded,) = model.graph.initializer  # the original weight, read by nothing now, is gone
     assert folded.name == "weight_t" and np.array_equal(numpy_helper.to_array(folded), weight.T)
+
+
+# --- compact mode: the convolution weights stored in float16 / int8 (GPTQ) to fit a size budget ------------------
+
+
+def test_gptq_keeps_a_product_closer_than_rounding_each_weight() -> None:
+    """On inputs with correlated channels (as a network's activations are), GPTQ's codes keep `W @ x` closer to the
+    float product than the nearest codes, with the same per-row scales and codes in the int8 range."""
+    from soli_hf.onnx.compact import channel_scales, gptq
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 96))
+    inputs = rng.normal(size=(96, 24)) @ rng.normal(size=(24, 4000)) + 0.1 * rng.normal(size=(96, 4000))
+    codes, scales = gptq(weight, inputs @ inputs.T)
+    nearest = np.clip(np.round(weight / channel_scales(weight)[:, None]), -127, 127)
+    assert codes.dtype == np.int8 and np.allclose(scales, channel_scales(weight))
+    expected = weight @ inputs
+    gptq_error = np.linalg.norm((codes * scales[:, None]) @ inputs - expected)
+    nearest_error = np.linalg.norm((nearest * channel_scales(weight)[:, None]) @ inputs - expected)
+    assert gptq_error < 0.7 * nearest_error
+
+
+def test_compact_quantization_fits_the_budget_with_folded_weights(float32_dir, tmp_path, images, monkeypatch) -> None:
+    """Compact mode stores the encoder's convolution weights in float16, then int8 for as many 1x1 convolutions as
+    the budget needs; onnxruntime folds their decoding at load (the kernels are the float32 convolutions of dynamic
+    mode), and the encoder's outputs stay close to dynamic int8's."""
+    from soli_hf.bench.onnx_profile import operator_times
+    from soli_hf.onnx import compact
+
+    monkeypatch.setattr(compact, "MIN_INT8_WEIGHTS", 1)  # the tiny model's convolutions are all small
+    dynamic = tmp_path / "dynamic"
+    quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
+    roomy, tight = tmp_path / "roomy", tmp_path / "tight"
+    quantize_onnx(float32_dir, roomy, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=100)
+    graphs_bytes = sum((roomy / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx"))
+    budget = (graphs_bytes - 1) / 1e6  # one byte under float16 storage: some weights must go int8
+    quantize_onnx(float32_dir, tight, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=budget)
+    for folder, int8_expected in ((roomy, False), (tight, True)):
+        quantization = json.loads((folder / MANIFEST_NAME).read_text())["quantization"]
+        assert quantization["mode"] == "compact"
+        storage = quantization["graphs"]["encoder"]["convolution_weights"]
+        assert bool(storage["int8"]) == int8_expected and storage["calibration"]["images"] == len(images)
+        encoder = onnx.load(folder / "encoder.onnx")
+        stored = {init.data_type for init in encoder.graph.initializer if init.name.endswith((".float16", ".int8"))}
+        assert stored == ({onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8} if int8_expected else {10})
+    assert sum((tight / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx")) <= budget * 1e6
+    reference, smaller = SoliOnnxCaptioner(dynamic, num_threads=1), SoliOnnxCaptioner(tight, num_threads=1)
+    pixel_values = reference.preprocess(images)
+    kernels = {
+        folder: set(operator_times(folder / "encoder.onnx", {"pixel_values": pixel_values}, threads=1, runs=1))
+        for folder in (dynamic, tight)
+    }
+    assert "Conv" in kernels[tight] and kernels[tight] == kernels[dynamic]  # no Cast / Mul left at run time
+    for expected, actual in zip(reference.encode(pixel_values), smaller.encode(pixel_values), strict=True):
+        assert np.abs(actual - expected).mean() < 0.05 * np.abs(expected).mean() + 1e-4
+    assert len(smaller.caption(images)) == len(images)
+
+
+def test_compact_quantization_refuses_what_it_cannot_do(float32_dir, tmp_path, images) -> None:
+    with pytest.raises(ValueError, match=r"needed for mode \('static', 'compact'\)"):
+        quantize_onnx(float32_dir, tmp_path / "a", mode="compact")
+    with pytest.raises(ValueError, match="size_budget_mb must be positive"):
+        quantize_onnx(float32_dir, tmp_path / "b", mode="compact", calibration=images, size_budget_mb=0)
+    with pytest.raises(ValueError, match=r"the int8 decoder step alone is 0\.\d\d MB, over the 1e-06 MB size budget"):
+        quantize_onnx(float32_dir, tmp_path / "c", mode="compact", calibration=images, size_budget_mb=1e-6)
+    decoder = quantize_onnx(float32_dir, tmp_path / "dynamic", backend="onnxruntime")[1]
+    assert decoder.name == "decoder_step.onnx"
+    tiny_budget = (decoder.stat().st_size + 1000) / 1e6  # 1 kB left for the encoder
+    with pytest.raises(ValueError, match=r"encoder graph is 0\.\d\d MB .* over its share of the size budget, 0\.00 MB"):
+        quantize_onnx(float32_dir, tmp_path / "d", mode="compact", calibration=images, size_budget_mb=tiny_budget)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # nothing half-written

@@ -17,12 +17,16 @@ def run_export(args: argparse.Namespace) -> int:
     from ..onnx.export import export_onnx
     from ..onnx.folder import check_output_folder
     from ..onnx.quantize import quantize_onnx
+    from ..onnx.spec import CALIBRATED_MODES
 
     try:
-        if (args.quantization_mode == "static") != (args.calibration_data is not None):
-            raise ValueError("--quantization-mode static needs --calibration-data, and --calibration-data needs it")
+        calibrated = " or ".join(CALIBRATED_MODES)
+        if (args.quantization_mode in CALIBRATED_MODES) != (args.calibration_data is not None):
+            raise ValueError(
+                f"--quantization-mode {calibrated} needs --calibration-data, and --calibration-data needs one of them"
+            )
         if args.calibration_data is not None and args.quantize is None:
-            raise ValueError("--quantization-mode static needs --quantize TARGET")
+            raise ValueError(f"--quantization-mode {args.quantization_mode} needs --quantize TARGET")
         check_output_folder(args.out)  # refused before the float32 export that --quantize makes first
         calibration = None
         if args.calibration_data is not None:
@@ -35,7 +39,12 @@ def run_export(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as float32_dir:
                 export_onnx(captioner.model, float32_dir, **export)
                 written = quantize_onnx(
-                    float32_dir, args.out, target=args.quantize, mode=args.quantization_mode, calibration=calibration
+                    float32_dir,
+                    args.out,
+                    target=args.quantize,
+                    mode=args.quantization_mode,
+                    calibration=calibration,
+                    size_budget_mb=args.size_budget_mb,
                 )
     except (ValueError, OSError) as error:
         print(f"soli export: error: {error}", file=sys.stderr)
@@ -60,7 +69,13 @@ def calibration_photos(data: str | Path, split: str = "train", count: int = 300)
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli export` (also those of scripts/export_onnx.py)."""
-    from ..onnx.spec import DEFAULT_OPSET, EXPORT_BACKENDS, QUANTIZATION_MODES, QUANTIZATION_TARGETS
+    from ..onnx.spec import (
+        DEFAULT_OPSET,
+        DEFAULT_SIZE_BUDGET_MB,
+        EXPORT_BACKENDS,
+        QUANTIZATION_MODES,
+        QUANTIZATION_TARGETS,
+    )
 
     parser.add_argument("--model", required=True, help="a saved SOLI folder (model + processor) or Hub id")
     parser.add_argument(
@@ -79,18 +94,25 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantization-mode",
         choices=QUANTIZATION_MODES,
         default="dynamic",
-        help="with --quantize: dynamic int8 for both graphs, or static for the encoder's convolutions (QDQ, "
-        "calibrated on --calibration-data; the decoder step stays dynamic)",
+        help="with --quantize: dynamic int8 for both graphs; static for the encoder's convolutions (QDQ, "
+        "calibrated on --calibration-data; the decoder step stays dynamic); or compact: dynamic, with the encoder's "
+        "convolution weights stored in float16 and int8 (GPTQ, calibrated) to fit --size-budget-mb",
     )
     parser.add_argument(
         "--calibration-data",
         default=None,
-        help="static mode: a caption dataset (a Flickr8k folder, COCO/Karpathy JSON, image folder) whose "
-        "--calibration-split photos calibrate the activations' scales",
+        help="static and compact modes: a caption dataset (a Flickr8k folder, COCO/Karpathy JSON, image folder) "
+        "whose --calibration-split photos calibrate the activations' scales (static) or the int8 weights (compact)",
     )
     parser.add_argument("--calibration-split", default="train", help="its split to take the photos from (not dev)")
     parser.add_argument(
         "--calibration-images", type=positive_int, default=300, help="photos to calibrate on, spread over the split"
+    )
+    parser.add_argument(
+        "--size-budget-mb",
+        type=float,
+        default=DEFAULT_SIZE_BUDGET_MB,
+        help="compact mode: the most both graphs may weigh together, in MB (10^6 bytes)",
     )
     parser.add_argument("--backend", choices=EXPORT_BACKENDS, default="auto", help="exporter: Optimum's or torch.onnx")
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of both graphs")

@@ -198,9 +198,10 @@ def _weights(quantization: dict[str, Any] | None) -> str:
     """float32, or how the weights were quantized to int8."""
     if quantization is None:
         return "float32"
-    return (
-        f"int8 ({quantization['name']}: {quantization['mode']} quantization of {', '.join(quantization['operators'])})"
-    )
+    operators = ", ".join(quantization["operators"])
+    if quantization["mode"] == "compact":
+        return f"int8 ({quantization['name']}: dynamic quantization of {operators}; convolution weights float16/int8)"
+    return f"int8 ({quantization['name']}: {quantization['mode']} quantization of {operators})"
 
 
 def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:

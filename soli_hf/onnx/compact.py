@@ -1,0 +1,200 @@
+"""Compact convolution weights: an int8 encoder graph whose float32 convolutions are stored in fewer bytes.
+
+Dynamic int8 (`quantize.py`) keeps MobileNetV2's convolutions in float32, so the `lr` int8 folder was 14.8 MiB. Here
+the convolutions still RUN in float32 (same kernels, same speed), but their weights are STORED smaller and decoded
+into float32 constants by onnxruntime when it loads the graph (it folds a `Cast` / `Mul` of constants):
+- every float32 convolution weight as float16;
+- then, one by one, 1x1 convolutions of at least `MIN_INT8_WEIGHTS` weights as int8 (symmetric, one scale per
+  output channel), rounded with GPTQ (Frantar et al. 2022, `gptq`), in the order of the least added error per byte
+  saved, until the graphs fit the size budget. The error is measured on the calibration photos (training photos,
+  never the evaluation split): the relative change of the encoder's first output (the memory grid).
+
+Why not simply int8 everywhere: the captions are sensitive to these weights. Measured on the shipped model, `lr`,
+all 1,000 Flickr8k dev photos against float32 (`benchmarks/onnx_int8_dev.md`): float16 keeps 92.3% / 91.7% of the
+captions identical (greedy / beam 3), int8 rounded to nearest for the 13 largest 1x1 convolutions 82.7% / 78.8%, the
+same with GPTQ 91.5% / 89.9%; this module's selection for a 10 MB budget 92.1% / 90.9% (9.9 MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+#: The smallest 1x1 convolution (in weights) that is considered for int8; smaller ones stay float16.
+MIN_INT8_WEIGHTS = 20_000
+#: GPTQ's damping of the input second moment, a fraction of its mean diagonal.
+GPTQ_DAMPING = 0.01
+#: Calibration photos run through the encoder this many at a time.
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class CompactEncoder:
+    """The compacted encoder graph, the convolution weights stored as int8, and the relative error of its memory
+    output against the float32 weights on the calibration photos."""
+
+    model: onnx.ModelProto
+    int8_weights: list[str]
+    calibration_error: float
+
+
+def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_bytes: int) -> CompactEncoder:
+    """Store `encoder`'s float32 convolution weights in float16, then int8 (GPTQ) for the pointwise convolutions that
+    add the least error per byte, until the serialized graph is at most `budget_bytes`.
+
+    Args:
+        encoder: an encoder graph whose convolutions read float32 initializers (an exported or int8 SOLI encoder).
+        pixel_values: calibration inputs (B, 3, S, S), preprocessed as the captioner does; use training photos.
+        budget_bytes: the most the compacted graph may weigh.
+
+    Raises:
+        ValueError: when even every candidate as int8 does not fit the budget, or the graph has no float32
+            convolution weight.
+    """
+    shapes = {tensor.name: tuple(tensor.dims) for tensor in encoder.graph.initializer}
+    convolutions = float32_convolutions(encoder)
+    if not convolutions:
+        raise ValueError("compact: the encoder graph has no float32 convolution weight to store smaller")
+    storage = {node.input[1]: "float16" for node in convolutions}
+    candidates = [
+        node
+        for node in convolutions
+        if shapes[node.input[1]][2:] == (1, 1) and np.prod(shapes[node.input[1]]) >= MIN_INT8_WEIGHTS
+    ]
+    weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in encoder.graph.initializer}
+    moments = input_second_moments(encoder, candidates, pixel_values)
+    codes = {name: gptq(weights[name].reshape(shapes[name][0], -1), moment) for name, moment in moments.items()}
+    reference = _memory(encoder, pixel_values)
+
+    def error(choice: dict[str, str]) -> float:
+        output = _memory(stored_weights(encoder, choice, codes), pixel_values)
+        return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
+
+    base = error(storage) ** 2
+    added = {name: (error(storage | {name: "int8"}) ** 2 - base) / weights[name].size for name in codes}
+    model = stored_weights(encoder, storage, codes)
+    for name in sorted(added, key=added.get):
+        if model.ByteSize() <= budget_bytes:
+            break
+        storage[name] = "int8"
+        model = stored_weights(encoder, storage, codes)
+    if model.ByteSize() > budget_bytes:
+        raise ValueError(
+            f"compact: the encoder graph is {model.ByteSize() / 1e6:.2f} MB with every 1x1 convolution of at least "
+            f"{MIN_INT8_WEIGHTS} weights in int8 and the others in float16: over its share of the size budget, "
+            f"{budget_bytes / 1e6:.2f} MB"
+        )
+    int8 = [name for name, kind in storage.items() if kind == "int8"]
+    return CompactEncoder(model, int8, error(storage))
+
+
+def gptq(weight: np.ndarray, moment: np.ndarray, damping: float = GPTQ_DAMPING) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and per-row scales of a (out, in) weight that keep `weight @ x` close for inputs `x` whose second
+    moment `E[x x^T]` is proportional to `moment` (in, in).
+
+    The columns are rounded one by one, in the order of the largest input energy (the moment's diagonal); each
+    column's rounding error is spread over the columns not yet rounded through the Cholesky factor of the moment's
+    inverse, so that the later roundings correct the earlier ones (GPTQ's update, with its "act order")."""
+    order = np.argsort(-np.diag(moment))
+    weight = weight[:, order].astype(np.float64)
+    moment = moment[np.ix_(order, order)].astype(np.float64)
+    dead = np.diag(moment) == 0  # an input that is always zero: its weights are free, round them as they come
+    moment[dead, dead] = 1.0
+    moment += damping * np.mean(np.diag(moment)) * np.eye(len(order))
+    scales = channel_scales(weight)
+    factor = np.linalg.cholesky(np.linalg.inv(moment)).T  # upper triangular
+    codes = np.zeros_like(weight)
+    for column in range(weight.shape[1]):
+        codes[:, column] = np.clip(np.round(weight[:, column] / scales), -127, 127)
+        error = (weight[:, column] - codes[:, column] * scales) / factor[column, column]
+        weight[:, column + 1 :] -= np.outer(error, factor[column, column + 1 :])
+    return codes[:, np.argsort(order)].astype(np.int8), scales.astype(np.float32)
+
+
+def channel_scales(weight: np.ndarray) -> np.ndarray:
+    """Symmetric int8 scales of a (out, in) weight, one per output channel (row)."""
+    scales = np.abs(weight).max(axis=1) / 127.0
+    return np.where(scales == 0, 1.0, scales)
+
+
+def input_second_moments(
+    encoder: onnx.ModelProto, convolutions: list[onnx.NodeProto], pixel_values: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`sum x x^T` (float64) of each 1x1 convolution's input over every pixel of every calibration image, keyed by
+    the convolution's weight. A weight that several convolutions read (the two SOLI branches share the backbone)
+    sums the inputs of all of them."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(encoder)
+    names = list(dict.fromkeys(node.input[0] for node in convolutions))
+    for name in names:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = _session(probe)
+    weight_of = {}
+    for node in convolutions:
+        weight_of.setdefault(node.input[0], []).append(node.input[1])
+    moments: dict[str, np.ndarray] = {}
+    for start in range(0, len(pixel_values), BATCH):
+        batch = {session.get_inputs()[0].name: pixel_values[start : start + BATCH]}
+        for name, activations in zip(names, session.run(names, batch), strict=True):
+            columns = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).astype(np.float64)
+            for weight in weight_of[name]:
+                moments[weight] = moments.get(weight, 0) + columns @ columns.T
+    return moments
+
+
+def stored_weights(
+    encoder: onnx.ModelProto, storage: dict[str, str], int8_codes: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> onnx.ModelProto:
+    """A copy of `encoder` where each weight named in `storage` is kept as "float16" (then `Cast`) or "int8" (its
+    `int8_codes` codes and scales, then `Cast` and `Mul`): the convolutions read the same float32 name as before."""
+    model = onnx.ModelProto()
+    model.CopyFrom(encoder)
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    decoders = []
+    for name, kind in storage.items():
+        weight = numpy_helper.to_array(initializers[name])
+        graph.initializer.remove(initializers[name])
+        if kind == "float16":
+            graph.initializer.append(numpy_helper.from_array(weight.astype(np.float16), f"{name}.float16"))
+            decoders.append(helper.make_node("Cast", [f"{name}.float16"], [name], to=TensorProto.FLOAT))
+            continue
+        codes, scales = int8_codes[name]
+        graph.initializer.append(numpy_helper.from_array(codes.reshape(weight.shape), f"{name}.int8"))
+        graph.initializer.append(numpy_helper.from_array(scales.reshape(-1, 1, 1, 1), f"{name}.scale"))
+        decoders.append(helper.make_node("Cast", [f"{name}.int8"], [f"{name}.codes"], to=TensorProto.FLOAT))
+        decoders.append(helper.make_node("Mul", [f"{name}.codes", f"{name}.scale"], [name]))
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(decoders + nodes)
+    return model
+
+
+def float32_convolutions(encoder: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The convolutions whose weight is a float32 initializer, in graph order."""
+    initializers = {tensor.name: tensor for tensor in encoder.graph.initializer}
+    return [
+        node
+        for node in encoder.graph.node
+        if node.op_type == "Conv"
+        and node.input[1] in initializers
+        and initializers[node.input[1]].data_type == TensorProto.FLOAT
+    ]
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the probe's extra outputs have no shapes: no warning for each
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _memory(encoder: onnx.ModelProto, pixel_values: np.ndarray) -> np.ndarray:
+    """The encoder's first output (the memory grid) for all calibration inputs."""
+    session = _session(encoder)
+    name = session.get_inputs()[0].name
+    outputs = [session.run(None, {name: pixel_values[s : s + BATCH]})[0] for s in range(0, len(pixel_values), BATCH)]
+    return np.concatenate(outputs)
