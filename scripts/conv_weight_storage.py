@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 
 from soli_hf.cli.export import calibration_photos
-from soli_hf.onnx.compact import channel_scales, float32_convolutions, gptq, input_second_moments, stored_weights
+from soli_hf.onnx.compact import stored_weights
+from soli_hf.onnx.gptq import channel_scales, float32_convolutions, gptq, input_second_moments
 from soli_hf.onnx.manifest import read_manifest
 from soli_hf.onnx.runtime import preprocess
 from soli_hf.onnx.spec import DECODER_STEP, ENCODER, MANIFEST_NAME

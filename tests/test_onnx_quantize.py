@@ -199,7 +199,7 @@ def test_static_quantization_writes_qdq_convolutions_that_run_as_qlinearconv(flo
 def test_static_quantization_needs_calibration_and_folded_batch_norms(float32_dir, tmp_path, images) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         quantize_onnx(float32_dir, tmp_path / "a", mode="qat")
-    with pytest.raises(ValueError, match=r"calibration images are needed for mode \('static', 'compact'\)"):
+    with pytest.raises(ValueError, match=r"calibration images are needed for mode \('static', 'fast', 'compact'\)"):
         quantize_onnx(float32_dir, tmp_path / "b", mode="static")
     with pytest.raises(ValueError, match="and only there"):
         quantize_onnx(float32_dir, tmp_path / "c", calibration=images)
@@ -226,7 +226,7 @@ def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model
     out = tmp_path / "static"
     flags = ("--quantize", "arm64", "--quantization-mode", "static")
     status, _, err = run_cli("export", "--model", str(saved_model), "--out", str(out), *flags)
-    assert status == 2 and "static or compact needs --calibration-data" in err
+    assert status == 2 and "static, fast or compact needs --calibration-data" in err
     status, _, err = run_cli(
         "export", "--model", str(saved_model), "--out", str(out), *flags, "--calibration-data", str(flickr8k)
     )
@@ -274,7 +274,7 @@ def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp
     source = tmp_path / "graph.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
     (tmp_path / "scratch").mkdir()
-    prepared, keep_float = _prepare(source, tmp_path / "scratch")
+    prepared, keep_float, _ = _prepare(source, tmp_path / "scratch")
     model = onnx.load(prepared)
     assert [node.op_type for node in model.graph.node] == ["MatMul", "MatMul"] and keep_float == []
     (folded,) = model.graph.initializer  # the original weight, read by nothing now, is gone
@@ -287,7 +287,7 @@ def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp
 def test_gptq_keeps_a_product_closer_than_rounding_each_weight() -> None:
     """On inputs with correlated channels (as a network's activations are), GPTQ's codes keep `W @ x` closer to the
     float product than the nearest codes, with the same per-row scales and codes in the int8 range."""
-    from soli_hf.onnx.compact import channel_scales, gptq
+    from soli_hf.onnx.gptq import channel_scales, gptq
 
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(64, 96))
@@ -338,7 +338,7 @@ def test_compact_quantization_fits_the_budget_with_folded_weights(float32_dir, t
 
 
 def test_compact_quantization_refuses_what_it_cannot_do(float32_dir, tmp_path, images) -> None:
-    with pytest.raises(ValueError, match=r"needed for mode \('static', 'compact'\)"):
+    with pytest.raises(ValueError, match=r"needed for mode \('static', 'fast', 'compact'\)"):
         quantize_onnx(float32_dir, tmp_path / "a", mode="compact")
     with pytest.raises(ValueError, match="size_budget_mb must be positive"):
         quantize_onnx(float32_dir, tmp_path / "b", mode="compact", calibration=images, size_budget_mb=0)
@@ -350,3 +350,56 @@ def test_compact_quantization_refuses_what_it_cannot_do(float32_dir, tmp_path, i
     with pytest.raises(ValueError, match=r"encoder graph is 0\.\d\d MB .* over its share of the size budget, 0\.00 MB"):
         quantize_onnx(float32_dir, tmp_path / "d", mode="compact", calibration=images, size_budget_mb=tiny_budget)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # nothing half-written
+
+
+# --- fast mode: the large 1x1 convolutions as int8 matrix products with GPTQ codes --------------------------------
+
+
+def test_fast_quantization_runs_pointwise_convolutions_as_int8_products(
+    float32_dir, tmp_path, images, monkeypatch
+) -> None:
+    """Fast mode rewrites the encoder's large 1x1 convolutions as channels-last matrix products that the dynamic
+    quantizer makes int8 (onnxruntime runs them with its int8 kernels), gives them GPTQ's codes instead of the
+    nearest ones, and keeps the encoder's outputs close to float32."""
+    from soli_hf.bench.onnx_profile import operator_times
+    from soli_hf.onnx import pointwise
+
+    monkeypatch.setattr(pointwise, "MIN_FAST_WEIGHTS", 1)  # the tiny model's convolutions are all small
+    quantize_onnx(float32_dir, tmp_path / "dynamic", backend="onnxruntime")
+    fast = tmp_path / "fast"
+    quantize_onnx(float32_dir, fast, backend="onnxruntime", mode="fast", calibration=images)
+    quantization = json.loads((fast / MANIFEST_NAME).read_text())["quantization"]
+    products = quantization["graphs"]["encoder"]["pointwise_products"]
+    assert quantization["mode"] == "fast" and products["int8"] and products["calibration"]["images"] == len(images)
+    # Each rewritten weight is stored once, int8, however many convolutions (branches) read it.
+    encoder = onnx.load(fast / "encoder.onnx")
+    initializers = {init.name: init for init in encoder.graph.initializer}
+    codes = {name: initializers[f"{name}.matmul_quantized"] for name in products["int8"]}
+    assert {tensor.data_type for tensor in codes.values()} == {onnx.TensorProto.INT8}
+    assert not set(products["int8"]) & set(initializers)  # the float32 weights are gone
+    # GPTQ's codes, not the nearest ones: some differ from rounding each weight with the stored scale.
+    float32 = {
+        init.name: onnx.numpy_helper.to_array(init)
+        for init in onnx.load(float32_dir / "encoder.onnx").graph.initializer
+    }
+    differing = 0
+    for name, tensor in codes.items():
+        scale = onnx.numpy_helper.to_array(initializers[f"{name}.matmul_scale"])
+        nearest = np.clip(np.round(float32[name].reshape(len(scale), -1).T / scale), -127, 127)
+        differing += int((onnx.numpy_helper.to_array(tensor) != nearest).sum())
+    assert differing > 0
+    reference, faster = SoliOnnxCaptioner(float32_dir, num_threads=1), SoliOnnxCaptioner(fast, num_threads=1)
+    pixel_values = reference.preprocess(images)
+
+    def count(folder: Path, op_type: str) -> int:
+        return sum(node.op_type == op_type for node in onnx.load(folder / "encoder.onnx").graph.node)
+
+    dynamic = tmp_path / "dynamic"
+    assert count(fast, "MatMulInteger") > count(dynamic, "MatMulInteger")
+    assert count(fast, "Conv") < count(dynamic, "Conv")
+    kernels = operator_times(fast / "encoder.onnx", {"pixel_values": pixel_values}, threads=1, runs=1)
+    assert "DynamicQuantizeMatMul" in kernels and "ConvInteger" not in kernels  # onnxruntime's int8 products
+    for expected, actual in zip(reference.encode(pixel_values), faster.encode(pixel_values), strict=True):
+        # every 1x1 convolution of a random tiny model in int8 (weights and activations): the static test's bound
+        assert np.abs(actual - expected).mean() < 0.25 * np.abs(expected).mean() + 1e-3
+    assert len(faster.caption(images)) == len(images)

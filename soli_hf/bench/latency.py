@@ -31,10 +31,11 @@ from PIL import Image
 from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
 from .memory import peak_rss_mib
 
-PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC = "pytorch-eager", "ort-fp32", "ort-int8", "ort-int8-static"
-BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC)
-#: The graphs each onnxruntime backend must load: float32, dynamic int8, static int8 (`quantization_kind`).
-_ONNX_WEIGHTS = {ORT_FP32: "float32", ORT_INT8: "int8", ORT_INT8_STATIC: "static int8"}
+PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
+ORT_INT8_STATIC, ORT_INT8_FAST = "ort-int8-static", "ort-int8-fast"
+BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST)
+#: The graphs each onnxruntime backend must load (`quantization_kind`).
+_ONNX_WEIGHTS = {ORT_FP32: "float32", ORT_INT8: "int8", ORT_INT8_STATIC: "static int8", ORT_INT8_FAST: "fast int8"}
 SOLI = "soli"
 
 
@@ -201,10 +202,12 @@ def build_captioner(setup: LatencySetup) -> Captioner:
 
 
 def quantization_kind(quantization: dict[str, Any] | None) -> str:
-    """The kind of weights a manifest's quantization record names: "float32", "int8" (dynamic) or "static int8"."""
+    """The kind of weights a manifest's quantization record names: "float32", "int8" (dynamic), or the calibrated
+    modes' "static int8", "fast int8" and "compact int8"."""
     if quantization is None:
         return "float32"
-    return "static int8" if quantization.get("mode") == "static" else "int8"
+    mode = quantization.get("mode", "dynamic")
+    return "int8" if mode == "dynamic" else f"{mode} int8"
 
 
 def measure(setup: LatencySetup) -> LatencyResult:

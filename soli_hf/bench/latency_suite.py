@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .exports import export_soli, inference_modes
-from .latency import ORT_INT8, ORT_INT8_STATIC, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
+from .latency import ORT_INT8, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
 from .latency_report import soli_over_peer, target_check
 from .machine import library_versions, machine
 
@@ -28,7 +28,7 @@ DECODING = (
 )
 SOLI_WARMUP, PEER_PHOTOS, PEER_WARMUP, PEER_REPEATS = 3, 3, 1, 1
 #: The batch of the throughput rows (one untimed batch first), and the backends timed there (with the peers).
-BATCH_SIZE, BATCH_BACKENDS = 32, (PYTORCH, ORT_INT8, ORT_INT8_STATIC)
+BATCH_SIZE, BATCH_BACKENDS = 32, (PYTORCH, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST)
 
 
 def latency_setups(
@@ -80,8 +80,8 @@ def benchmark_latency(
     calibration: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Latency of every configuration, each in its own subprocess, on scikit-image's sample photos: the report
-    (JSON-ready) that `latency_report` reads. `calibration`: the photos static int8 is calibrated on (training
-    photos; none: no static int8 rows); `batch_size` 1: no throughput rows."""
+    (JSON-ready) that `latency_report` reads. `calibration`: the photos static and fast int8 are calibrated on
+    (training photos; none: no such rows); `batch_size` 1: no throughput rows."""
     from tqdm import tqdm
 
     from .peers import PEERS
@@ -120,6 +120,7 @@ def benchmark_latency(
         "decoding": DECODING,
         "repeats": repeats,
         "target": target_check(soli_rows),
+        "fast_target": target_check(soli_rows, ORT_INT8_FAST),
         "results": soli_rows,
         "peers": peer_rows,
         "throughput": [r for r in results if r["batch_size"] > 1],

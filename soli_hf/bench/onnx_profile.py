@@ -129,11 +129,12 @@ def profile_onnx(
 
 
 def quantization_label(quantization: dict[str, Any] | None) -> str:
-    """How a manifest's graphs are quantized, in words: the target, and "static encoder" for static int8."""
+    """How a manifest's graphs are quantized, in words: the target, and the encoder's mode where it is not dynamic
+    ("static encoder", "fast encoder", "compact encoder")."""
     if quantization is None:
         return "none (float32)"
-    static = quantization.get("mode") == "static"
-    return f"{quantization['name']}, static encoder" if static else quantization["name"]
+    mode = quantization.get("mode", "dynamic")
+    return quantization["name"] if mode == "dynamic" else f"{quantization['name']}, {mode} encoder"
 
 
 def profile_markdown(result: dict[str, Any], top: int = 8) -> str:

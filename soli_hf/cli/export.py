@@ -20,7 +20,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..onnx.spec import CALIBRATED_MODES
 
     try:
-        calibrated = " or ".join(CALIBRATED_MODES)
+        calibrated = ", ".join(CALIBRATED_MODES[:-1]) + " or " + CALIBRATED_MODES[-1]
         if (args.quantization_mode in CALIBRATED_MODES) != (args.calibration_data is not None):
             raise ValueError(
                 f"--quantization-mode {calibrated} needs --calibration-data, and --calibration-data needs one of them"
@@ -95,14 +95,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         choices=QUANTIZATION_MODES,
         default="dynamic",
         help="with --quantize: dynamic int8 for both graphs; static for the encoder's convolutions (QDQ, "
-        "calibrated on --calibration-data; the decoder step stays dynamic); or compact: dynamic, with the encoder's "
-        "convolution weights stored in float16 and int8 (GPTQ, calibrated) to fit --size-budget-mb",
+        "calibrated on --calibration-data; the decoder step stays dynamic); fast: dynamic, with the encoder's "
+        "last-stage 1x1 convolutions as int8 products (GPTQ weights calibrated on --calibration-data; for "
+        "inference_branches both); or compact: dynamic, with the encoder's convolution weights stored in float16 "
+        "and int8 (GPTQ, calibrated) to fit --size-budget-mb (for lr)",
     )
     parser.add_argument(
         "--calibration-data",
         default=None,
-        help="static and compact modes: a caption dataset (a Flickr8k folder, COCO/Karpathy JSON, image folder) "
-        "whose --calibration-split photos calibrate the activations' scales (static) or the int8 weights (compact)",
+        help="static, fast and compact modes: a caption dataset (a Flickr8k folder, COCO/Karpathy JSON, image "
+        "folder) whose --calibration-split photos calibrate the activations' scales (static) or the int8 weights",
     )
     parser.add_argument("--calibration-split", default="train", help="its split to take the photos from (not dev)")
     parser.add_argument(

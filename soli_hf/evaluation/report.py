@@ -199,9 +199,9 @@ def _weights(quantization: dict[str, Any] | None) -> str:
     if quantization is None:
         return "float32"
     operators = ", ".join(quantization["operators"])
-    if quantization["mode"] == "compact":
-        return f"int8 ({quantization['name']}: dynamic quantization of {operators}; convolution weights float16/int8)"
-    return f"int8 ({quantization['name']}: {quantization['mode']} quantization of {operators})"
+    detail = {"fast": "; last-stage 1x1 convolutions int8 (GPTQ)", "compact": "; convolution weights float16/int8"}
+    mode = "dynamic" if quantization["mode"] in detail else quantization["mode"]
+    return f"int8 ({quantization['name']}: {mode} quantization of {operators}{detail.get(quantization['mode'], '')})"
 
 
 def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:

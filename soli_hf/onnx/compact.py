@@ -21,15 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from .gptq import encoder_output, float32_convolutions, gptq, input_second_moments
 
 #: The smallest 1x1 convolution (in weights) that is considered for int8; smaller ones stay float16.
 MIN_INT8_WEIGHTS = 20_000
-#: GPTQ's damping of the input second moment, a fraction of its mean diagonal.
-GPTQ_DAMPING = 0.01
-#: Calibration photos run through the encoder this many at a time.
-BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -68,10 +65,10 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
     weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in encoder.graph.initializer}
     moments = input_second_moments(encoder, candidates, pixel_values)
     codes = {name: gptq(weights[name].reshape(shapes[name][0], -1), moment) for name, moment in moments.items()}
-    reference = _memory(encoder, pixel_values)
+    reference = encoder_output(encoder, pixel_values)
 
     def error(choice: dict[str, str]) -> float:
-        output = _memory(stored_weights(encoder, choice, codes), pixel_values)
+        output = encoder_output(stored_weights(encoder, choice, codes), pixel_values)
         return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
 
     base = error(storage) ** 2
@@ -90,60 +87,6 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
         )
     int8 = [name for name, kind in storage.items() if kind == "int8"]
     return CompactEncoder(model, int8, error(storage))
-
-
-def gptq(weight: np.ndarray, moment: np.ndarray, damping: float = GPTQ_DAMPING) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes and per-row scales of a (out, in) weight that keep `weight @ x` close for inputs `x` whose second
-    moment `E[x x^T]` is proportional to `moment` (in, in).
-
-    The columns are rounded one by one, in the order of the largest input energy (the moment's diagonal); each
-    column's rounding error is spread over the columns not yet rounded through the Cholesky factor of the moment's
-    inverse, so that the later roundings correct the earlier ones (GPTQ's update, with its "act order")."""
-    order = np.argsort(-np.diag(moment))
-    weight = weight[:, order].astype(np.float64)
-    moment = moment[np.ix_(order, order)].astype(np.float64)
-    dead = np.diag(moment) == 0  # an input that is always zero: its weights are free, round them as they come
-    moment[dead, dead] = 1.0
-    moment += damping * np.mean(np.diag(moment)) * np.eye(len(order))
-    scales = channel_scales(weight)
-    factor = np.linalg.cholesky(np.linalg.inv(moment)).T  # upper triangular
-    codes = np.zeros_like(weight)
-    for column in range(weight.shape[1]):
-        codes[:, column] = np.clip(np.round(weight[:, column] / scales), -127, 127)
-        error = (weight[:, column] - codes[:, column] * scales) / factor[column, column]
-        weight[:, column + 1 :] -= np.outer(error, factor[column, column + 1 :])
-    return codes[:, np.argsort(order)].astype(np.int8), scales.astype(np.float32)
-
-
-def channel_scales(weight: np.ndarray) -> np.ndarray:
-    """Symmetric int8 scales of a (out, in) weight, one per output channel (row)."""
-    scales = np.abs(weight).max(axis=1) / 127.0
-    return np.where(scales == 0, 1.0, scales)
-
-
-def input_second_moments(
-    encoder: onnx.ModelProto, convolutions: list[onnx.NodeProto], pixel_values: np.ndarray
-) -> dict[str, np.ndarray]:
-    """`sum x x^T` (float64) of each 1x1 convolution's input over every pixel of every calibration image, keyed by
-    the convolution's weight. A weight that several convolutions read (the two SOLI branches share the backbone)
-    sums the inputs of all of them."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(encoder)
-    names = list(dict.fromkeys(node.input[0] for node in convolutions))
-    for name in names:
-        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = _session(probe)
-    weight_of = {}
-    for node in convolutions:
-        weight_of.setdefault(node.input[0], []).append(node.input[1])
-    moments: dict[str, np.ndarray] = {}
-    for start in range(0, len(pixel_values), BATCH):
-        batch = {session.get_inputs()[0].name: pixel_values[start : start + BATCH]}
-        for name, activations in zip(names, session.run(names, batch), strict=True):
-            columns = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).astype(np.float64)
-            for weight in weight_of[name]:
-                moments[weight] = moments.get(weight, 0) + columns @ columns.T
-    return moments
 
 
 def stored_weights(
@@ -172,29 +115,3 @@ def stored_weights(
     del graph.node[:]
     graph.node.extend(decoders + nodes)
     return model
-
-
-def float32_convolutions(encoder: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The convolutions whose weight is a float32 initializer, in graph order."""
-    initializers = {tensor.name: tensor for tensor in encoder.graph.initializer}
-    return [
-        node
-        for node in encoder.graph.node
-        if node.op_type == "Conv"
-        and node.input[1] in initializers
-        and initializers[node.input[1]].data_type == TensorProto.FLOAT
-    ]
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the probe's extra outputs have no shapes: no warning for each
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _memory(encoder: onnx.ModelProto, pixel_values: np.ndarray) -> np.ndarray:
-    """The encoder's first output (the memory grid) for all calibration inputs."""
-    session = _session(encoder)
-    name = session.get_inputs()[0].name
-    outputs = [session.run(None, {name: pixel_values[s : s + BATCH]})[0] for s in range(0, len(pixel_values), BATCH)]
-    return np.concatenate(outputs)

@@ -4,8 +4,11 @@
 `decoder_step.onnx`, `soli_onnx.json` with a `quantization` entry) that `SoliOnnxCaptioner` loads unchanged. Like
 the export, it writes that folder whole or not at all (`folder.py`).
 
-Three modes:
+Four modes:
 - "dynamic" (the default): both graphs, as below.
+- "fast" (`mode="fast", calibration=images`): "dynamic", and the encoder's large 1x1 convolutions (MobileNetV2's last
+  stage) as int8 matrix products with GPTQ weights calibrated on the images (`pointwise.py`): the "both" encoder runs
+  about 1.5 ms faster (6.4 -> 4.9 ms on one thread).
 - "compact" (`mode="compact", calibration=images`): "dynamic", and the encoder's float32 convolution weights stored in
   float16 and, for the 1x1 convolutions that change the encoder least, int8 (GPTQ, calibrated on the images), until
   both graphs fit `size_budget_mb` (`compact.py`). The convolutions still run in float32: the same speed, a smaller
@@ -67,6 +70,7 @@ from onnxruntime.quantization.onnx_model import ONNXModel
 from .compact import compact_encoder
 from .folder import write_export_folder
 from .manifest import REEXPORT, read_manifest
+from .pointwise import pointwise_as_matmul, use_gptq_codes
 from .runtime import preprocess
 from .spec import (
     CALIBRATED_MODES,
@@ -181,7 +185,8 @@ def _write_quantized(
     written, excluded, graphs = [], {}, {}
     with tempfile.TemporaryDirectory() as scratch, _without_preprocessing_hint():
         for graph in GRAPHS:
-            prepared, excluded[graph.key] = _prepare(source / graph.file_name, Path(scratch))
+            fast = mode == "fast" and graph.key == ENCODER.key
+            prepared, excluded[graph.key], products = _prepare(source / graph.file_name, Path(scratch), fast)
             if mode == "static" and graph.key == ENCODER.key:
                 inputs = ImageCalibrationReader(calibration, manifest["preprocessing"], ENCODER.inputs[0].name)
                 _quantize_static(prepared, out / graph.file_name, settings, inputs)
@@ -195,24 +200,11 @@ def _write_quantized(
             else:
                 quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
                 graphs[graph.key] = {"mode": "dynamic", "operators": list(QUANTIZED_OPERATORS), "backend": backend}
+            if fast:
+                graphs[graph.key]["pointwise_products"] = _use_gptq_codes(source, out, manifest, calibration, products)
             written.append(out / graph.file_name)
     if mode == "compact":
-        decoder_bytes = (out / DECODER_STEP.file_name).stat().st_size
-        budget = round(size_budget_mb * 1e6) - decoder_bytes
-        if budget <= 0:
-            raise ValueError(
-                f"quantize_onnx: the int8 decoder step alone is {decoder_bytes / 1e6:.2f} MB, over the "
-                f"{size_budget_mb} MB size budget"
-            )
-        pixel_values = preprocess(list(calibration), manifest["preprocessing"])
-        compacted = compact_encoder(onnx.load(out / ENCODER.file_name), pixel_values, budget)
-        onnx.save(compacted.model, out / ENCODER.file_name)
-        graphs[ENCODER.key]["convolution_weights"] = {
-            "storage": "float16, and int8 (GPTQ, one scale per output channel) for the weights listed",
-            "int8": compacted.int8_weights,
-            "calibration": {"images": len(calibration), "memory_relative_error": round(compacted.calibration_error, 5)},
-            "size_budget_mb": size_budget_mb,
-        }
+        graphs[ENCODER.key]["convolution_weights"] = _compact(out, manifest, calibration, size_budget_mb)
     quantization = {
         **asdict(settings),
         "mode": mode,
@@ -225,6 +217,43 @@ def _write_quantized(
     manifest_path = out / MANIFEST_NAME
     manifest_path.write_text(json.dumps({**manifest, "quantization": quantization}, indent=1) + "\n", encoding="utf-8")
     return [*written, manifest_path]
+
+
+def _use_gptq_codes(
+    source: Path, out: Path, manifest: dict[str, Any], calibration: Sequence[Any], products: list[str]
+) -> dict[str, Any]:
+    """Fast mode: give the int8 products of the encoder's 1x1 convolutions `products` (weights of the float32
+    encoder in `source`) GPTQ's codes, calibrated on `calibration`; returns the manifest's record of them."""
+    pixel_values = preprocess(list(calibration), manifest["preprocessing"])
+    encoder = onnx.load(out / ENCODER.file_name)
+    use_gptq_codes(encoder, onnx.load(source / ENCODER.file_name), products, pixel_values)
+    onnx.save(encoder, out / ENCODER.file_name)
+    return {
+        "int8": products,
+        "rounding": "GPTQ, one scale per output channel",
+        "calibration": {"images": len(calibration)},
+    }
+
+
+def _compact(out: Path, manifest: dict[str, Any], calibration: Sequence[Any], size_budget_mb: float) -> dict[str, Any]:
+    """Compact mode: store the convolution weights of the int8 encoder in `out` smaller, so that both graphs fit
+    `size_budget_mb`; returns the manifest's record of the storage."""
+    decoder_bytes = (out / DECODER_STEP.file_name).stat().st_size
+    budget = round(size_budget_mb * 1e6) - decoder_bytes
+    if budget <= 0:
+        raise ValueError(
+            f"quantize_onnx: the int8 decoder step alone is {decoder_bytes / 1e6:.2f} MB, over the "
+            f"{size_budget_mb} MB size budget"
+        )
+    pixel_values = preprocess(list(calibration), manifest["preprocessing"])
+    compacted = compact_encoder(onnx.load(out / ENCODER.file_name), pixel_values, budget)
+    onnx.save(compacted.model, out / ENCODER.file_name)
+    return {
+        "storage": "float16, and int8 (GPTQ, one scale per output channel) for the weights listed",
+        "int8": compacted.int8_weights,
+        "calibration": {"images": len(calibration), "memory_relative_error": round(compacted.calibration_error, 5)},
+        "size_budget_mb": size_budget_mb,
+    }
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -307,8 +336,9 @@ def _without_preprocessing_hint() -> Iterator[None]:
         logging.getLogger().removeFilter(hint_filter)
 
 
-def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
-    """A copy of a graph ready to quantize, and the names of the matrix products to keep in float32.
+def _prepare(path: Path, scratch: Path, pointwise: bool = False) -> tuple[Path, list[str], list[str]]:
+    """A copy of a graph ready to quantize, the names of the matrix products to keep in float32, and the weights of
+    the 1x1 convolutions rewritten as matrix products (`pointwise`, fast mode: `pointwise.pointwise_as_matmul`).
 
     - The `value_info` shape hints are dropped: the torch.onnx exporter records them for the weights too, the
       quantizer rewrites some weights and its shape inference then fails on the stale hint ("Inferred shape and
@@ -321,13 +351,14 @@ def _prepare(path: Path, scratch: Path) -> tuple[Path, list[str]]:
     """
     model = _load_graph(path)
     del model.graph.value_info[:]
+    products = pointwise_as_matmul(model) if pointwise else []
     _fold_weight_transposes(model)
     ONNXModel(model).replace_gemm_with_matmul()
     concatenated = {output for node in model.graph.node if node.op_type == "Concat" for output in node.output}
     keep_float = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[0] in concatenated]
     prepared = scratch / path.name
     onnx.save(model, prepared)
-    return prepared, keep_float
+    return prepared, keep_float, products
 
 
 def _fold_weight_transposes(model: onnx.ModelProto) -> None:

@@ -21,11 +21,12 @@ DEFAULT_OPSET = 18
 EXPORT_BACKENDS = ("auto", "optimum", "torch")
 #: The CPUs `quantize_onnx` has int8 settings for (the names of Optimum's `AutoQuantizationConfig` methods).
 QUANTIZATION_TARGETS = ("arm64", "avx2", "avx512")
-#: How `quantize_onnx` quantizes: dynamic int8 (both graphs), static int8 for the encoder (calibrated), or dynamic
-#: with the encoder's float32 convolution weights stored in float16 / int8 to fit a size budget (calibrated).
-QUANTIZATION_MODES = ("dynamic", "static", "compact")
+#: How `quantize_onnx` quantizes: dynamic int8 (both graphs); static int8 for the encoder (calibrated); dynamic with
+#: the encoder's last-stage 1x1 convolutions as int8 products (GPTQ, calibrated: faster); or dynamic with the
+#: encoder's float32 convolution weights stored in float16 / int8 to fit a size budget (calibrated: smaller).
+QUANTIZATION_MODES = ("dynamic", "static", "fast", "compact")
 #: The modes that need calibration images.
-CALIBRATED_MODES = ("static", "compact")
+CALIBRATED_MODES = ("static", "fast", "compact")
 #: Compact mode's default size budget for both graphs together, in MB (10^6 bytes).
 DEFAULT_SIZE_BUDGET_MB = 10.0
 

@@ -1,0 +1,95 @@
+"""The encoder's large 1x1 convolutions as int8 matrix products (quantization mode "fast").
+
+Dynamic int8 leaves MobileNetV2's convolutions in float32 (onnxruntime's `ConvInteger` runs 5x slower than its
+float32 `Conv`), and they are 91% of the "both" encoder's time; its most expensive are the 1x1 convolutions of the
+last stage, which run on the super-resolved branch's 8x8 grid. A 1x1 convolution is a matrix product over the
+pixels, so here each one with at least `MIN_FAST_WEIGHTS` weights becomes `Transpose` (to channels last) ->
+`MatMul` -> `Add` (bias) -> `Transpose` before quantizing: the dynamic quantizer then makes it an int8 product
+(`DynamicQuantizeMatMul`, activations quantized at run time like the decoder's), which onnxruntime runs with its
+int8 GEMM kernels. Rounding these weights to the nearest int8 changes too many captions (86.7% of 300 dev photos
+identical to float32, "both", greedy); their codes are therefore replaced by GPTQ's (`gptq.py`), calibrated on
+training photos: 91.7% (`benchmarks/onnx_int8_dev.md` has the figures on all 1,000 dev photos).
+
+Measured on the shipped model (one thread, busy machine): "both" encoder 6.4 -> 4.9 ms; `lr` 1.12 -> 0.84 ms but
+only 86.7-89.7% of its captions identical (its 4x4 grid gives the run-time activation scales too few pixels), so
+the mode is for "both".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .gptq import float32_convolutions, gptq, input_second_moments
+
+#: The smallest 1x1 convolution (in weights) made an int8 product: MobileNetV2's last stage (layers 13-16, 1x1 head).
+MIN_FAST_WEIGHTS = 100_000
+#: What the float32 weight of a rewritten convolution is called in the rewritten graph (the quantizer adds its
+#: `_quantized`, `_scale` and `_zero_point` initializers to this name).
+MATMUL_WEIGHT = "{}.matmul"
+
+
+def pointwise_as_matmul(model: onnx.ModelProto) -> list[str]:
+    """Rewrite, in place, each 1x1 convolution (stride 1, no padding, one group) whose float32 weight has at least
+    `MIN_FAST_WEIGHTS` values as a channels-last matrix product; returns the weights rewritten. A weight that
+    several convolutions read (the two SOLI branches) becomes one (in, out) matrix that all their products read."""
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    rewritten, nodes = {}, []
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is None or not _is_large_pointwise(node, weight):
+            nodes.append(node)
+            continue
+        name, output = MATMUL_WEIGHT.format(weight.name), node.output[0]
+        if weight.name not in rewritten:
+            matrix = numpy_helper.to_array(weight).reshape(weight.dims[0], -1)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix.T), name))
+            rewritten[weight.name] = name
+        product = f"{output}.channels_last"
+        nodes.append(helper.make_node("Transpose", [node.input[0]], [f"{output}.pixels"], perm=[0, 2, 3, 1]))
+        nodes.append(helper.make_node("MatMul", [f"{output}.pixels", name], [product], name=f"{output}_MatMul"))
+        if len(node.input) > 2 and node.input[2]:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [f"{output}.biased"]))
+            product = f"{output}.biased"
+        nodes.append(helper.make_node("Transpose", [product], [output], perm=[0, 3, 1, 2]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
+        graph.initializer.remove(tensor)
+    return list(rewritten)
+
+
+def use_gptq_codes(
+    quantized: onnx.ModelProto, float32: onnx.ModelProto, weights: list[str], pixel_values: np.ndarray
+) -> None:
+    """Replace, in place, the int8 codes and scales that the dynamic quantizer gave the products of `weights` in
+    `quantized` by GPTQ's, calibrated on the convolutions' inputs in the `float32` encoder for `pixel_values`."""
+    initializers = {tensor.name: tensor for tensor in quantized.graph.initializer}
+    convolutions = [node for node in float32_convolutions(float32) if node.input[1] in weights]
+    moments = input_second_moments(float32, convolutions, pixel_values)
+    matrices = {
+        tensor.name: numpy_helper.to_array(tensor) for tensor in float32.graph.initializer if tensor.name in weights
+    }
+    for weight in weights:
+        codes_name, scale_name = MATMUL_WEIGHT.format(weight) + "_quantized", MATMUL_WEIGHT.format(weight) + "_scale"
+        if codes_name not in initializers or initializers[codes_name].data_type != onnx.TensorProto.INT8:
+            raise ValueError(f"fast quantization: the quantizer left {weight} without int8 codes ({codes_name})")
+        codes, scales = gptq(matrices[weight].reshape(len(matrices[weight]), -1), moments[weight])
+        for name, array in ((codes_name, np.ascontiguousarray(codes.T)), (scale_name, scales)):
+            quantized.graph.initializer.remove(initializers[name])
+            quantized.graph.initializer.append(numpy_helper.from_array(array, name))
+
+
+def _is_large_pointwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
+    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    return (
+        weight.data_type == onnx.TensorProto.FLOAT
+        and list(weight.dims[2:]) == [1, 1]
+        and int(np.prod(weight.dims)) >= MIN_FAST_WEIGHTS
+        and attributes.get("group", 1) == 1
+        and all(stride == 1 for stride in attributes.get("strides", [1, 1]))
+        and not any(attributes.get("pads", [0, 0, 0, 0]))
+    )
