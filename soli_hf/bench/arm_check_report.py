@@ -58,7 +58,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         captioned = max(row["images_captioned_on_arm64"], 1)
         cells.append(
             [
-                f"int8 ({quant['name']} target, {quant['weights_dtype']} weights, dynamic)" if quant else "fp32",
+                f"int8 ({quant['name']} target, {quant['weights_dtype']} weights, {quant.get('mode', 'dynamic')})"
+                if quant
+                else "fp32",
                 f"{_qemu_release(row['qemu'])} ({emulator})",
                 cpu,
                 f"{arm.get('machine', '?')}, onnxruntime {arm.get('onnxruntime', '?')} "

@@ -53,6 +53,8 @@ def input_second_moments(
     """`sum x x^T` (float64) of each 1x1 convolution's input over every pixel of every calibration image, keyed by
     the convolution's weight. A weight that several convolutions read (the two SOLI branches share the backbone)
     sums the inputs of all of them."""
+    if not convolutions:
+        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(encoder)
     names = list(dict.fromkeys(node.input[0] for node in convolutions))

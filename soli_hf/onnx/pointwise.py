@@ -8,11 +8,11 @@ pixels, so here each one with at least `MIN_FAST_WEIGHTS` weights becomes `Trans
 (`DynamicQuantizeMatMul`, activations quantized at run time like the decoder's), which onnxruntime runs with its
 int8 GEMM kernels. Rounding these weights to the nearest int8 changes too many captions (86.7% of 300 dev photos
 identical to float32, "both", greedy); their codes are therefore replaced by GPTQ's (`gptq.py`), calibrated on
-training photos: 91.7% (`benchmarks/onnx_int8_dev.md` has the figures on all 1,000 dev photos).
+training photos: 91.6% / 90.0% of all 1,000 dev captions identical (greedy / beam 3; `benchmarks/onnx_int8_dev.md`).
 
-Measured on the shipped model (one thread, busy machine): "both" encoder 6.4 -> 4.9 ms; `lr` 1.12 -> 0.84 ms but
-only 86.7-89.7% of its captions identical (its 4x4 grid gives the run-time activation scales too few pixels), so
-the mode is for "both".
+Measured on the shipped model, one thread (`benchmarks/latency_cpu.md`, `benchmarks/onnx_profile.md`): a "both"
+caption 11.3 -> 8.7 ms, its encoder 6.8 -> 5.3 ms. For `lr` it saves 0.3 ms but keeps only 86.7-89.7% of the
+captions of 300 dev photos (its 4x4 grid gives the run-time activation scales few pixels): the mode is for "both".
 """
 
 from __future__ import annotations
