@@ -81,6 +81,39 @@ def test_onnx_configuration_runs_without_torch_and_checks_its_export(saved_tiny_
             measure_in_subprocess(LatencySetup(SOLI, backend, 1, 3, photos[:1], str(tmp_path), mode))
 
 
+@pytest.mark.slow
+def test_calibrated_exports_are_timed_as_their_own_backends(saved_tiny_model, photos, tmp_path) -> None:
+    """With calibration photos the suite also exports static and fast int8 for each mode and compact int8 for "lr",
+    and each backend accepts only its own kind of graphs."""
+    from soli_hf.bench.exports import export_soli
+    from soli_hf.bench.latency import ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC, quantization_kind
+    from soli_hf.onnx.manifest import read_manifest
+
+    artifacts = export_soli(saved_tiny_model, ("both", "lr"), tmp_path, calibration=list(photos))
+    calibrated = {key for key in artifacts if key[0] in (ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT)}
+    assert calibrated == {
+        (ORT_INT8_STATIC, "both"),
+        (ORT_INT8_STATIC, "lr"),
+        (ORT_INT8_FAST, "both"),
+        (ORT_INT8_FAST, "lr"),
+        (ORT_INT8_COMPACT, "lr"),
+    }
+    kinds = {
+        ORT_FP32: "float32",
+        ORT_INT8: "int8",
+        ORT_INT8_STATIC: "static int8",
+        ORT_INT8_FAST: "fast int8",
+        ORT_INT8_COMPACT: "compact int8",
+    }
+    for (backend, _), folder in artifacts.items():
+        if backend != PYTORCH:
+            assert quantization_kind(read_manifest(folder).get("quantization")) == kinds[backend]
+    row = measure_in_subprocess(
+        LatencySetup(SOLI, ORT_INT8_COMPACT, 1, 3, photos[:1], str(artifacts[ORT_INT8_COMPACT, "lr"]), "lr")
+    ).to_dict()
+    assert row["backend"] == ORT_INT8_COMPACT and not row["torch_loaded"]
+
+
 def test_the_onnx_captioner_and_the_latency_code_import_no_torch() -> None:
     code = (
         "import sys; import soli_hf.bench.latency, soli_hf.onnx.runtime; from soli_hf.captioner import OnnxCaptioner; "

@@ -1,13 +1,13 @@
 """The SOLI artifacts the benchmarks time: for each inference mode of a saved model, the folder itself (PyTorch)
-and its fp32, int8 (dynamic) and, given calibration photos, static and fast int8 ONNX exports. Needs torch (the
-export)."""
+and its fp32, int8 (dynamic) and, given calibration photos, static and fast int8 ONNX exports and, for "lr", the
+compact one (10 MB). Needs torch (the export)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from .latency import ORT_FP32, ORT_INT8, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH
+from .latency import ORT_FP32, ORT_INT8, ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH
 
 
 def inference_modes(model_dir: Path) -> tuple[str, ...]:
@@ -21,8 +21,8 @@ def export_soli(
     model_dir: Path, modes: Sequence[str], folder: Path, calibration: Sequence[str] = ()
 ) -> dict[tuple[str, str], Path]:
     """The artifact of each (backend, inference mode): the model folder for PyTorch, fp32 and int8 ("arm64", the
-    deployed settings) ONNX exports written under `folder`, and static and fast int8 ones calibrated on the photos
-    `calibration` when there are any."""
+    deployed settings) ONNX exports written under `folder`, and static and fast int8 ones (and compact for "lr",
+    the mode made for it) calibrated on the photos `calibration` when there are any."""
     from ..modeling_soli import SoliForConditionalGeneration
     from ..onnx.export import export_onnx
     from ..onnx.quantize import quantize_onnx
@@ -34,6 +34,8 @@ def export_soli(
         export_onnx(model, folder / f"{ORT_FP32}-{mode}", processor=processor)
         quantize_onnx(folder / f"{ORT_FP32}-{mode}", folder / f"{ORT_INT8}-{mode}", target="arm64")
         calibrated = {ORT_INT8_STATIC: "static", ORT_INT8_FAST: "fast"} if calibration else {}
+        if calibration and mode == "lr":
+            calibrated[ORT_INT8_COMPACT] = "compact"
         for backend, quantization_mode in calibrated.items():
             quantize_onnx(
                 folder / f"{ORT_FP32}-{mode}",
@@ -42,9 +44,15 @@ def export_soli(
                 mode=quantization_mode,
                 calibration=calibration,
             )
-    backends = (PYTORCH, ORT_FP32, ORT_INT8, *((ORT_INT8_STATIC, ORT_INT8_FAST) if calibration else ()))
+    backends = (
+        PYTORCH,
+        ORT_FP32,
+        ORT_INT8,
+        *((ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT) if calibration else ()),
+    )
     return {
         (backend, mode): model_dir if backend == PYTORCH else folder / f"{backend}-{mode}"
         for backend in backends
         for mode in modes
+        if (folder / f"{backend}-{mode}").is_dir() or backend == PYTORCH
     }

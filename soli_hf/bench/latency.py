@@ -32,10 +32,16 @@ from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
 from .memory import peak_rss_mib
 
 PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
-ORT_INT8_STATIC, ORT_INT8_FAST = "ort-int8-static", "ort-int8-fast"
-BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST)
+ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT = "ort-int8-static", "ort-int8-fast", "ort-int8-compact"
+BACKENDS = (PYTORCH, ORT_FP32, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT)
 #: The graphs each onnxruntime backend must load (`quantization_kind`).
-_ONNX_WEIGHTS = {ORT_FP32: "float32", ORT_INT8: "int8", ORT_INT8_STATIC: "static int8", ORT_INT8_FAST: "fast int8"}
+_ONNX_WEIGHTS = {
+    ORT_FP32: "float32",
+    ORT_INT8: "int8",
+    ORT_INT8_STATIC: "static int8",
+    ORT_INT8_FAST: "fast int8",
+    ORT_INT8_COMPACT: "compact int8",
+}
 SOLI = "soli"
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .latency import ORT_FP32, ORT_INT8, ORT_INT8_FAST, PYTORCH
+from .latency import ORT_FP32, ORT_INT8, ORT_INT8_COMPACT, ORT_INT8_FAST, PYTORCH
 from .markdown import markdown_table
 from .plots import saved_figure
 
@@ -158,7 +158,7 @@ def latency_markdown(report: dict[str, Any]) -> str:
         # from the rows: older reports hold older targets
         *[
             target_sentence(target_check(report["results"], backend))
-            for backend in (ORT_INT8, ORT_INT8_FAST)
+            for backend in (ORT_INT8, ORT_INT8_FAST, ORT_INT8_COMPACT)
             if backend == ORT_INT8 or any(row["backend"] == backend for row in rows)
         ],
         soli_table(rows),

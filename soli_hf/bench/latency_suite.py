@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from .exports import export_soli, inference_modes
-from .latency import ORT_INT8, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH, SOLI, LatencySetup, measure_in_subprocess
+from .latency import (
+    ORT_INT8,
+    ORT_INT8_COMPACT,
+    ORT_INT8_FAST,
+    ORT_INT8_STATIC,
+    PYTORCH,
+    SOLI,
+    LatencySetup,
+    measure_in_subprocess,
+)
 from .latency_report import soli_over_peer, target_check
 from .machine import library_versions, machine
 
@@ -28,7 +37,7 @@ DECODING = (
 )
 SOLI_WARMUP, PEER_PHOTOS, PEER_WARMUP, PEER_REPEATS = 3, 3, 1, 1
 #: The batch of the throughput rows (one untimed batch first), and the backends timed there (with the peers).
-BATCH_SIZE, BATCH_BACKENDS = 32, (PYTORCH, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST)
+BATCH_SIZE, BATCH_BACKENDS = 32, (PYTORCH, ORT_INT8, ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT)
 
 
 def latency_setups(
@@ -121,6 +130,7 @@ def benchmark_latency(
         "repeats": repeats,
         "target": target_check(soli_rows),
         "fast_target": target_check(soli_rows, ORT_INT8_FAST),
+        "compact_target": target_check(soli_rows, ORT_INT8_COMPACT),
         "results": soli_rows,
         "peers": peer_rows,
         "throughput": [r for r in results if r["batch_size"] > 1],
