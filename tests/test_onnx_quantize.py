@@ -403,3 +403,45 @@ def test_fast_quantization_runs_pointwise_convolutions_as_int8_products(
         # every 1x1 convolution of a random tiny model in int8 (weights and activations): the static test's bound
         assert np.abs(actual - expected).mean() < 0.25 * np.abs(expected).mean() + 1e-3
     assert len(faster.caption(images)) == len(images)
+
+
+# --- greedy search as one graph (written by fast mode) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ngram", [0, 1, 2, 3])
+def test_the_greedy_graph_gives_the_numpy_search_token_ids(float32_dir, images, ngram) -> None:
+    """The Loop graph's sequences equal `runtime.greedy_search`'s for each no-repeat n-gram size, with rows ending at
+    different steps, a minimum length and a cap on new tokens."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from soli_hf.onnx.greedy import greedy_graph
+    from soli_hf.onnx.runtime import greedy_search
+
+    captioner = SoliOnnxCaptioner(float32_dir, num_threads=1)
+    encoded = captioner.encode(captioner.preprocess(images))
+    generation = {**captioner.manifest["generation"], "no_repeat_ngram_size": ngram, "suppress_tokens": [3]}
+    graph = greedy_graph(onnx.load(float32_dir / "decoder_step.onnx"), generation, len(captioner.vocabulary))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for min_new, max_new in ((0, 20), (0, 3), (4, 9), (12, 12)):
+        settings = captioner.settings(num_beams=1, max_new_tokens=max_new, min_new_tokens=min_new)
+        settings = dataclasses.replace(settings, no_repeat_ngram_size=ngram, suppress_tokens=(3,))
+        expected = greedy_search(captioner.decoder_session(encoded), len(images), settings)
+        lengths = [np.array(max_new, np.int64), np.array(min_new, np.int64)]
+        names = [node.name for node in session.get_inputs()]
+        (actual,) = session.run(None, dict(zip(names, [*encoded, *lengths], strict=True)))
+        assert actual.shape == expected.shape and np.array_equal(actual, expected), (min_new, max_new)
+
+
+def test_fast_mode_writes_the_greedy_graph_the_runtime_uses(float32_dir, tmp_path, images) -> None:
+    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime", mode="fast", calibration=images)
+    assert (tmp_path / "greedy.onnx").is_file()
+    captioner = SoliOnnxCaptioner(tmp_path, num_threads=1)
+    assert "greedy" in captioner.sessions
+    with_graph = captioner.caption(images, num_beams=1)
+    del captioner.sessions["greedy"]  # the numpy greedy search over the same int8 decoder step
+    assert captioner.caption(images, num_beams=1) == with_graph
+    dynamic = tmp_path.parent / f"{tmp_path.name}-dynamic"
+    quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
+    assert not (dynamic / "greedy.onnx").exists()  # the modes made for size do without its copy of the weights

@@ -40,7 +40,7 @@ from ..image_transforms_soli import (
 )
 from .cpus import available_cpus
 from .manifest import REEXPORT, read_manifest
-from .spec import MANIFEST_NAME
+from .spec import GREEDY_KEY, MANIFEST_NAME
 
 _NEG = np.float32(-1.0e9)  # the "impossible" score of transformers' beam search, in its float32 arithmetic
 #: What onnxruntime raises for a graph file it cannot load (not protobuf, truncated, empty, an invalid graph).
@@ -338,6 +338,10 @@ class SoliOnnxCaptioner:
         """`generate` from `encode()`'s outputs: greedy or beam search as the settings say, so that one encoding can
         serve several searches."""
         settings = self.settings(**overrides)
+        if settings.num_beams == 1 and GREEDY_KEY in self.sessions:  # one call for the whole search (`greedy.py`)
+            lengths = [np.array(settings.max_new_tokens, np.int64), np.array(settings.min_new_tokens, np.int64)]
+            inputs = dict(zip(self.input_names[GREEDY_KEY], [*encoded, *lengths], strict=True))
+            return self.sessions[GREEDY_KEY].run(None, inputs)[0]
         decoder = self.decoder_session(encoded, settings.num_beams)
         search = greedy_search if settings.num_beams == 1 else beam_search
         return search(decoder, encoded[0].shape[0], settings)

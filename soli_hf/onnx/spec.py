@@ -88,6 +88,10 @@ DECODER_STEP = GraphSpec(
     ),
 )
 GRAPHS = (ENCODER, DECODER_STEP)
+#: The greedy search graph (`greedy.py`): its file in an export folder and its key under the manifest's `graphs`.
+#: Made from the decoder step, not exported from the model; folders written before it lack it (the runtime then
+#: runs its numpy greedy search).
+GREEDY_FILE, GREEDY_KEY = "greedy.onnx", "greedy"
 
 
 def model_sizes(config: Any) -> dict[str, int]:
