@@ -442,6 +442,11 @@ def test_fast_mode_writes_the_greedy_graph_the_runtime_uses(float32_dir, tmp_pat
     with_graph = captioner.caption(images, num_beams=1)
     del captioner.sessions["greedy"]  # the numpy greedy search over the same int8 decoder step
     assert captioner.caption(images, num_beams=1) == with_graph
+    from soli_hf.bench.onnx_profile import profile_onnx
+
+    profile = profile_onnx(tmp_path, [Image.fromarray(image) for image in images[:1]], tokens=4, repeats=1)
+    assert list(profile["stages_ms"]) == ["preprocess", "encoder", "greedy graph (4 tokens, one call)", "caption"]
+    assert list(profile["operators_ms_per_run"]) == ["encoder", "decoder_step"]
     dynamic = tmp_path.parent / f"{tmp_path.name}-dynamic"
     quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
     assert not (dynamic / "greedy.onnx").exists()  # the modes made for size do without its copy of the weights
