@@ -11,7 +11,7 @@ identical to float32, "both", greedy); their codes are therefore replaced by GPT
 training photos: 91.6% / 90.0% of all 1,000 dev captions identical (greedy / beam 3; `benchmarks/onnx_int8_dev.md`).
 
 Measured on the shipped model, one thread (`benchmarks/latency_cpu.md`, `benchmarks/onnx_profile.md`): a "both"
-caption 10.1-11.3 -> 8.7-9.1 ms (two runs), its encoder 6.8 -> 5.3 ms. For `lr` it saves 0.3 ms but keeps only
+caption 10.1-11.3 -> 8.7-9.2 ms (three runs), its encoder 6.8 -> 5.3 ms. For `lr` it saves 0.3 ms but keeps only
 86.7-89.7% of the captions of 300 dev photos (its 4x4 grid gives the run-time activation scales few pixels): the
 mode is for "both".
 """
