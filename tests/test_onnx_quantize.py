@@ -450,3 +450,13 @@ def test_fast_mode_writes_the_greedy_graph_the_runtime_uses(float32_dir, tmp_pat
     dynamic = tmp_path.parent / f"{tmp_path.name}-dynamic"
     quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
     assert not (dynamic / "greedy.onnx").exists()  # the modes made for size do without its copy of the weights
+
+
+def test_the_greedy_graph_refuses_a_step_whose_names_it_would_reuse(float32_dir) -> None:
+    from soli_hf.onnx.greedy import greedy_graph
+
+    step = onnx.load(float32_dir / "decoder_step.onnx")
+    step.graph.node.append(onnx.helper.make_node("Identity", [step.graph.node[0].output[0]], ["scores"]))
+    manifest = json.loads((float32_dir / MANIFEST_NAME).read_text())
+    with pytest.raises(ValueError, match=r"the decoder step already uses the names \['scores'\]"):
+        greedy_graph(step, manifest["generation"], len(manifest["vocabulary"]))

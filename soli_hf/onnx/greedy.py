@@ -67,10 +67,11 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
         helper.make_node("Equal", ["next_token", "eos_id"], ["ended"]),
         helper.make_node("Not", ["ended"], ["not_ended"]),
         helper.make_node("And", ["unfinished", "not_ended"], ["next_unfinished"]),
-        helper.make_node("Cast", ["next_unfinished"], ["unfinished_count_in"], to=TensorProto.INT64),
-        helper.make_node("ReduceMax", ["unfinished_count_in"], ["any_unfinished"], keepdims=0),
+        helper.make_node("Cast", ["next_unfinished"], ["unfinished_as_int"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["unfinished_as_int"], ["any_unfinished"], keepdims=0),
         helper.make_node("Cast", ["any_unfinished"], ["keep_going"], to=TensorProto.BOOL),
     ]
+    _check_names_free(step, [*body_nodes[:2], *body_nodes[2 + len(step.node) :]], constants)
     body = helper.make_graph(
         body_nodes,
         "greedy_step",
@@ -229,6 +230,14 @@ def _no_repeat_ngram_nodes(size: int, scores: str, output: str) -> list[onnx.Nod
         helper.make_node("Add", [scores, f"{prefix}_bans"], [output]),
     ]
     return nodes
+
+
+def _check_names_free(step: onnx.GraphProto, added: list[onnx.NodeProto], constants: dict[str, Any]) -> None:
+    """`ValueError` when a value the search adds to the loop body has the name of one of the decoder step's."""
+    ours = {name for node in added for name in node.output} | set(constants)
+    taken = {name for node in step.node for name in node.output} | {tensor.name for tensor in step.initializer}
+    if ours & taken:
+        raise ValueError(f"greedy graph: the decoder step already uses the names {sorted(ours & taken)}")
 
 
 def _mask(vocab: int, tokens: list[int]) -> np.ndarray:
