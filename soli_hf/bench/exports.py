@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .latency import ORT_FP32, ORT_INT8, ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH
+from .latency import BACKENDS, ORT_FP32, ORT_INT8, ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC, PYTORCH
 
 
 def inference_modes(model_dir: Path) -> tuple[str, ...]:
@@ -29,30 +29,26 @@ def export_soli(
     from ..processing_soli import SoliProcessor
 
     processor = SoliProcessor.from_pretrained(model_dir)
+    artifacts: dict[tuple[str, str], Path] = {}
     for mode in modes:
+        artifacts[PYTORCH, mode] = model_dir
         model = SoliForConditionalGeneration.from_pretrained(model_dir, inference_branches=mode).eval()
-        export_onnx(model, folder / f"{ORT_FP32}-{mode}", processor=processor)
-        quantize_onnx(folder / f"{ORT_FP32}-{mode}", folder / f"{ORT_INT8}-{mode}", target="arm64")
+        artifacts[ORT_FP32, mode], artifacts[ORT_INT8, mode] = (
+            folder / f"{ORT_FP32}-{mode}",
+            folder / f"{ORT_INT8}-{mode}",
+        )
+        export_onnx(model, artifacts[ORT_FP32, mode], processor=processor)
+        quantize_onnx(artifacts[ORT_FP32, mode], artifacts[ORT_INT8, mode], target="arm64")
         calibrated = {ORT_INT8_STATIC: "static", ORT_INT8_FAST: "fast"} if calibration else {}
         if calibration and mode == "lr":
             calibrated[ORT_INT8_COMPACT] = "compact"
         for backend, quantization_mode in calibrated.items():
+            artifacts[backend, mode] = folder / f"{backend}-{mode}"
             quantize_onnx(
-                folder / f"{ORT_FP32}-{mode}",
-                folder / f"{backend}-{mode}",
+                artifacts[ORT_FP32, mode],
+                artifacts[backend, mode],
                 target="arm64",
                 mode=quantization_mode,
                 calibration=calibration,
             )
-    backends = (
-        PYTORCH,
-        ORT_FP32,
-        ORT_INT8,
-        *((ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT) if calibration else ()),
-    )
-    return {
-        (backend, mode): model_dir if backend == PYTORCH else folder / f"{backend}-{mode}"
-        for backend in backends
-        for mode in modes
-        if (folder / f"{backend}-{mode}").is_dir() or backend == PYTORCH
-    }
+    return dict(sorted(artifacts.items(), key=lambda item: BACKENDS.index(item[0][0])))  # backend by backend

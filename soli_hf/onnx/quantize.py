@@ -133,9 +133,10 @@ def quantize_onnx(
             (`quantize_dynamic`) or "auto" (Optimum where installed). Static mode's encoder always goes through
             onnxruntime's `quantize_static`.
         mode: "dynamic" (both graphs), "static" (the encoder static, calibrated on `calibration`; the decoder
-            step dynamic) or "compact" ("dynamic" with the encoder's convolution weights stored smaller, to fit
+            step dynamic), "fast" ("dynamic" with the encoder's large 1x1 convolutions as int8 products, and the
+            greedy graph) or "compact" ("dynamic" with the encoder's convolution weights stored smaller, to fit
             `size_budget_mb`), see the module docstring.
-        calibration: static and compact modes only, and required there: the calibration images (paths, PIL images
+        calibration: static, fast and compact modes only, and required there: the calibration images (paths, PIL images
             or arrays, as `SoliOnnxCaptioner.caption` takes them), preprocessed as the manifest says. Use training
             photos.
         size_budget_mb: compact mode: the most both graphs may weigh together, in MB (10^6 bytes).
