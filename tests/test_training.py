@@ -4,6 +4,7 @@ logged once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -307,3 +308,26 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path: Path, tin
     whole = json.loads((tmp_path / "whole" / "model" / "metrics.json").read_text())["history"]
     again = json.loads((tmp_path / "killed" / "model" / "metrics.json").read_text())["history"]
     assert [e["val_loss"] for e in again] == pytest.approx([e["val_loss"] for e in whole], abs=1e-6)
+
+
+def test_stop_after_epochs_is_a_budget_of_the_same_schedule(tmp_path: Path, tiny_model_config: Path) -> None:
+    """A run stopped after 1 of 2 epochs follows the 2-epoch schedule (not a 1-epoch one), says how far it got, and
+    resumed without the budget ends as the unbroken run does."""
+    data = write_caption_folder(tmp_path / "data", {"train": 8, "dev": 4})
+    train(tiny_recipe(data, tiny_model_config, tmp_path / "whole"))
+    budget = tiny_recipe(data, tiny_model_config, tmp_path / "budget", stop_after_epochs=1)
+    train(budget)
+    stopped = json.loads((tmp_path / "budget" / "model" / "metrics.json").read_text())
+    assert (stopped["epochs_trained"], stopped["num_epochs"], len(stopped["history"])) == (1, 2, 1)
+    expected = step_losses(tmp_path / "whole")
+    got = step_losses(tmp_path / "budget")
+    assert list(got) == [0, 1]  # 8 photos in batches of 4: the first epoch only
+    assert [got[s]["lr"] for s in got] == pytest.approx([expected[s]["lr"] for s in got])
+
+    train(dataclasses.replace(budget, stop_after_epochs=None, resume=True))
+    got = step_losses(tmp_path / "budget")
+    assert list(got) == list(expected) == [0, 1, 2, 3]
+    for step, record in expected.items():
+        assert got[step]["loss"] == pytest.approx(record["loss"], abs=1e-5), step
+    resumed = json.loads((tmp_path / "budget" / "model" / "metrics.json").read_text())
+    assert resumed["epochs_trained"] == 2

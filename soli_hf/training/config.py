@@ -48,6 +48,7 @@ CHANGEABLE_ON_RESUME = frozenset(
         "feature_cache_dir",
         "channels_last",  # memory layout and compilation: the same model, up to float rounding
         "torch_compile",
+        "stop_after_epochs",  # how far this launch goes; the schedule is num_epochs' either way
     }
 )
 
@@ -211,6 +212,13 @@ class TrainingConfig:
     # --- optimisation
     phase: str = field(default="xe", metadata={"help": "xe (cross-entropy) or scst (self-critical, CIDEr-D)"})
     num_epochs: int = 8
+    stop_after_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "end this launch after N epochs of the num_epochs schedule (a fixed-budget run: the learning "
+            "rate still follows num_epochs); --resume true with a larger N, or none, goes on. none: all"
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "images per step and process (N processes: N x this)"})
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
@@ -289,6 +297,7 @@ _POSITIVE = (
     "lr_branch_upsample",
     "vocab_min_frequency",
     "num_epochs",
+    "stop_after_epochs",
     "batch_size",
     "gradient_accumulation_steps",
     "learning_rate",

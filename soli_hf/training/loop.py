@@ -202,7 +202,8 @@ def train(config: TrainingConfig) -> Path:
     accelerator.init_trackers("soli", config={k: str(v) for k, v in recipe.items()})
 
     # ---- epochs
-    for epoch in range(state.epoch, config.num_epochs if not state.stopped_early else state.epoch):
+    last_epoch = min(config.num_epochs, config.stop_after_epochs or config.num_epochs)
+    for epoch in range(state.epoch, last_epoch if not state.stopped_early else state.epoch):
         if soli:
             set_backbone_trainable(unwrapped, epoch >= config.freeze_backbone_epochs)
         model.train()
@@ -321,6 +322,8 @@ def train(config: TrainingConfig) -> Path:
             "best": state.history[state.best_epoch - 1] if state.best_epoch else None,
             "best_weights": state.best_weights,
             "history": state.history,
+            "epochs_trained": state.epoch,  # of num_epochs: fewer after early stopping or stop_after_epochs
+            "num_epochs": config.num_epochs,
             "skipped_train_samples": skipped,
             "skipped_eval_samples": eval_report.counts,
         }
