@@ -66,6 +66,17 @@ def test_flickr8k_dev_split_and_validation_alias(flickr8k: Path) -> None:
     assert load_caption_dataset(flickr8k, split="validation")["image_id"] == F8K_DEV
 
 
+def test_a_slice_of_a_split_keeps_those_rows_in_order(flickr8k: Path) -> None:
+    assert load_caption_dataset(flickr8k, split="train[:2]")["image_id"] == F8K_TRAIN[:2]
+    held_out = load_caption_dataset(flickr8k, split="train[2:]")
+    assert held_out["image_id"] == F8K_TRAIN[2:] and held_out.split == "train"
+    assert load_caption_dataset(flickr8k, split="validation[-1:]")["image_id"] == F8K_DEV[-1:]
+    with pytest.raises(ValueError, match=r"split 'train\[:2': write a slice of rows as NAME\[START:STOP\]"):
+        load_caption_dataset(flickr8k, split="train[:2")
+    with pytest.raises(ValueError, match=r"split 'train\[99:\]' keeps no row of the 3 usable samples of 'train'"):
+        load_caption_dataset(flickr8k, split="train[99:]")
+
+
 def test_flickr8k_missing_split_lists_available(flickr8k: Path) -> None:
     with pytest.raises(ValueError, match=r"split 'test' not found.*\['dev', 'train'\]"):
         load_caption_dataset(flickr8k, split="test")

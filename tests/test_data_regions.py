@@ -117,6 +117,8 @@ def test_dev_split_alias_detection_and_the_caption_loader_entry(entities: Path, 
     (entities.parent / "flickr8k").rename(moved)
     with pytest.raises(FileNotFoundError, match=r"flickr8k.*pass images="):
         load_region_dataset(entities)
+    with pytest.raises(ValueError, match=r"split 'train\[:1\]': a slice of a split is for caption data"):
+        load_caption_dataset(entities, split="train[:1]", image_root=moved)
     dataset = load_caption_dataset(entities, split="dev", image_root=moved)  # format detected, images given
     assert dataset["image_id"] == ["200_c.jpg"] and dataset["image_path"][0].startswith(str(moved))
     with pytest.raises(ValueError, match=r"split 'test' not found"):

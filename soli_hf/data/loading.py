@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from .regions import load_region_dataset_with_report
 
 logger = logging.getLogger(__name__)
 
+_SPLIT_SLICE = re.compile(r"(\w+)\[(-?\d*):(-?\d*)\]")
+
 
 def load_caption_dataset(
     path: str | Path,
@@ -46,7 +49,9 @@ def load_caption_dataset(
         path: A Flickr8k root folder, a COCO captions JSON, a Karpathy ``dataset_*.json``,
             an image folder with ``metadata.jsonl``, or a Flickr30k Entities folder.
         split: The split to load ("train", "dev"/"val"/"validation", "test", ...). Ignored
-            for COCO, where one JSON file is one split.
+            for COCO, where one JSON file is one split. A slice as in ``datasets``, e.g.
+            ``"train[:5000]"`` or ``"train[5000:]"``, keeps those rows of the split's usable
+            samples, in the split's order (caption data only).
         data_format: "flickr8k", "coco", "karpathy", "imagefolder" or "flickr30k_entities"; detected from
             ``path`` when None (see :func:`~soli_hf.data.detect_format`).
         on_bad_sample: "skip" drops bad samples (an empty caption drops only that caption),
@@ -117,19 +122,37 @@ def load_caption_dataset_with_report(
         raise FileNotFoundError(f"caption data not found: {path}")
     data = read_json(path) if path.is_file() and path.suffix == ".json" else None
     data_format = data_format or (detect_json_format(data, path) if data is not None else detect_format(path))
+    split_name, rows = parse_split(split)
     if data_format in REGION_DATA_FORMATS:  # Flickr30k Entities, the one region format
+        if rows != slice(None):
+            raise ValueError(f"split {split!r}: a slice of a split is for caption data; for regions use max_*_images")
         return load_region_dataset_with_report(path, split, image_root, on_bad_sample, verify_images, num_workers)
     handle = BadSampleHandler(on_bad_sample)
     root = Path(image_root).absolute() if image_root is not None else None
-    records = _read_records(path, data, data_format, split, handle, root, karpathy_splits)
+    records = _read_records(path, data, data_format, split_name, handle, root, karpathy_splits)
     records = validate_records(records, handle, verify_images=verify_images, num_workers=num_workers)
+    if records and not records[rows]:
+        raise ValueError(f"split {split!r} keeps no row of the {len(records)} usable samples of {split_name!r}")
+    records = records[rows]
     report = handle.report
     if report:
         logger.warning("%s %s split %r: %s", data_format, path, split, report.summary())
     if not records:
         raise ValueError(f"no usable sample in {data_format} data {path} (split {split!r}): {report.summary()}")
     description = f"{data_format} captions from {path}, split {split!r}; bad samples skipped: {report.counts}"
-    return records_to_dataset(records, split, description), report
+    return records_to_dataset(records, split_name, description), report
+
+
+def parse_split(split: str) -> tuple[str, slice]:
+    """`"train[5000:]"` -> `("train", slice(5000, None))`; a plain name -> `(name, slice(None))`: the slice
+    syntax of `datasets.load_dataset(split=...)`, in rows (no percentages, no step)."""
+    match = _SPLIT_SLICE.fullmatch(split)
+    if match is None:
+        if "[" in split or "]" in split:
+            raise ValueError(f"split {split!r}: write a slice of rows as NAME[START:STOP], e.g. 'train[:5000]'")
+        return split, slice(None)
+    name, start, stop = match.groups()
+    return name, slice(int(start) if start else None, int(stop) if stop else None)
 
 
 def _read_records(
