@@ -20,6 +20,7 @@ from transformers import MobileNetV2Config, MobileNetV2ForSemanticSegmentation, 
 import soli_hf.training.regions as regions
 from soli_hf import AlignCapForConditionalGeneration
 from soli_hf.training import TrainingConfig, parse_training_config, train
+from soli_hf.training.reporting import summarize_run
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("square", "circle")
@@ -149,18 +150,21 @@ def test_settings_of_another_family_are_refused(values, message) -> None:
 def test_checked_in_aligncap_recipes_parse_and_switch_one_thing_each() -> None:
     folder = Path(__file__).resolve().parents[1] / "configs" / "aligncap"
     recipes = {path.stem: parse_training_config(["--config", str(path)]) for path in folder.glob("*.yaml")}
-    assert set(recipes) == {"lstm", "plain", "no_tag", "no_cond", "no_multi", "lstm_64px", "lm"}
+    assert set(recipes) == {"lstm", "plain", "no_tag", "no_cond", "no_multi", "lstm_64px", "lm", "lm_cpu"}
     full = recipes["lstm"].to_dict()
     assert full["model_type"] == "aligncap" and full["photo_size"] == 224 and full["decoder_type"] == "lstm"
     assert (full["tag_loss_weight"], full["cond_loss_weight"], full["multi_loss_weight"]) == (1.0, 1.0, 1.0)
     changed = {
-        name: {key for key, value in recipe.to_dict().items() if value != full[key]} - {"output_dir"}
+        name: {key for key, value in recipe.to_dict().items() if value != full[key]}
+        - {"output_dir", "stop_after_epochs"}
         for name, recipe in recipes.items()
-    }
+    }  # stop_after_epochs: how far this CPU trains a recipe, compared at that epoch of the full one
     assert changed["no_tag"] == {"tag_loss_weight"} and changed["no_cond"] == {"cond_loss_weight"}
     assert changed["no_multi"] == {"multi_loss_weight"} and changed["lstm_64px"] == {"photo_size"}
     assert recipes["plain"].use_refinement is recipes["plain"].use_alignment is False
     assert recipes["lm"].decoder_type == "language_model"
+    cpu_budget = {key for key, value in recipes["lm_cpu"].to_dict().items() if value != recipes["lm"].to_dict()[key]}
+    assert cpu_budget == {"output_dir", "stop_after_epochs", "max_train_images", "max_eval_images", "mixed_precision"}
 
 
 # --------------------------------------------------------------------------------------------- training runs
@@ -183,6 +187,8 @@ def test_all_four_losses_train_and_dev_descriptions_select_the_best_epoch(full_r
     metrics = json.loads((full_run / "model" / "metrics.json").read_text())
     history = metrics["history"]
     assert {"CIDEr", "Bleu_4", "val_loss", "distinct_captions", "ema/CIDEr"} <= set(history[0])
+    summary = summarize_run(full_run)
+    assert (summary["model_variant"], summary["phase"], summary["epochs_run"]) == ("aligncap", "lstm decoder", 2)
     best = max((entry[key], -entry["epoch"]) for entry in history for key in ("CIDEr", "ema/CIDEr"))
     assert metrics["best_epoch"] == -best[1]
 

@@ -325,6 +325,13 @@ def test_stop_after_epochs_is_a_budget_of_the_same_schedule(tmp_path: Path, tiny
     got = step_losses(tmp_path / "budget")
     assert list(got) == [0, 1]  # 8 photos in batches of 4: the first epoch only
     assert [got[s]["lr"] for s in got] == pytest.approx([expected[s]["lr"] for s in got])
+    runs = [tmp_path / "whole", tmp_path / "budget"]  # compared at the epoch both reached
+    compared = write_run_comparison(runs, tmp_path / "comparison", at_epoch=1)["runs"]
+    first_epochs = [json.loads((run / "model" / "metrics.json").read_text())["history"][0] for run in runs]
+    assert [run["dev_greedy"]["val_loss"] for run in compared] == [epoch["val_loss"] for epoch in first_epochs]
+    assert "| 1/2 |" in (tmp_path / "comparison" / "comparison.md").read_text()
+    with pytest.raises(ValueError, match=r"did not reach epoch 2: .*budget"):
+        write_run_comparison(runs, tmp_path / "comparison", at_epoch=2)
 
     train(dataclasses.replace(budget, stop_after_epochs=None, resume=True))
     got = step_losses(tmp_path / "budget")

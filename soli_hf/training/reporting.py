@@ -73,6 +73,8 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
     history = metrics["history"]
     if config.get("model_type", "soli") == "soli":
         summary = {"run": str(run_dir), "model_variant": config["model_variant"], "phase": config["phase"]}
+    elif config["model_type"] == "aligncap":  # the region captioner: its family and decoder
+        summary = {"run": str(run_dir), "model_variant": "aligncap", "phase": f"{config['decoder_type']} decoder"}
     else:  # the dual-encoder Q-Former: its family and training stage
         summary = {
             "run": str(run_dir),
@@ -85,19 +87,29 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+def write_run_comparison(run_dirs: list[Path], out_dir: Path, at_epoch: int | None = None) -> dict[str, Any]:
     """`comparison.json`, a Markdown table (`comparison.md`) and dev CIDEr-D per epoch (`comparison.png`) of
-    several runs."""
+    several runs: each run's best epoch, or with `at_epoch` every run's dev metrics after that epoch (trained
+    weights), the fair comparison of runs cut at the same epoch of one schedule (`stop_after_epochs`)."""
     runs = [summarize_run(run_dir) for run_dir in run_dirs]
+    if at_epoch is not None:
+        short = [run["run"] for run in runs if run["epochs_run"] < at_epoch]
+        if short:
+            raise ValueError(f"runs that did not reach epoch {at_epoch}: {', '.join(short)}")
+        for run in runs:
+            at = metrics_of(run["history"][at_epoch - 1], RAW)
+            run["dev_greedy"] = {key: at[key] for key in SUMMARY_METRICS if key in at}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2), encoding="utf-8")
-    header = ["run", "variant", "phase", "best epoch", *SUMMARY_METRICS, "train img/s", "peak MB"]
+    (out_dir / "comparison.json").write_text(json.dumps({"at_epoch": at_epoch, "runs": runs}, indent=2), "utf-8")
+    header = ["run", "variant", "phase", "best epoch" if at_epoch is None else "epoch", *SUMMARY_METRICS]
+    header += ["train img/s", "peak MB"]
     rows = [
         [
             run["run"],
             run["model_variant"],
             run["phase"],
-            f"{run['best_epoch']}/{run['epochs_run']}" + (" (EMA)" if run["best_weights"] == EMA else ""),
+            f"{run['best_epoch'] if at_epoch is None else at_epoch}/{run['epochs_run']}"
+            + (" (EMA)" if at_epoch is None and run["best_weights"] == EMA else ""),
             *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
             f"{run['train_images_per_second']:.1f}",
             f"{run['peak_memory_mb']:.0f}",
@@ -109,6 +121,8 @@ def write_run_comparison(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
         for run in runs:
             history = run["history"]
             axis.plot([e["epoch"] for e in history], [e["CIDEr"] for e in history], marker="o", label=run["run"])
-        axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="dev split, 64x64")
+        if at_epoch is not None:
+            axis.axvline(at_epoch, color="grey", linestyle=":", label=f"compared at epoch {at_epoch}")
+        axis.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="dev split")
         axis.legend()
-    return {"runs": runs}
+    return {"at_epoch": at_epoch, "runs": runs}
