@@ -263,3 +263,18 @@ def test_an_interrupted_evaluation_resumes_with_the_captions_it_saved(
     monkeypatch.setattr(runner, "caption_dataset", counted)
     run_evaluation([saved_tiny_model], data, "dev", out, resume=True, **{**settings, "max_new_tokens": 4})
     assert calls == ["bicubic@input", "bicubic@input", "bicubic@16px"]  # another setting: the saved run not reused
+
+
+def test_report_labels_name_a_training_runs_folder_and_stay_distinct() -> None:
+    from soli_hf.evaluation.runner import model_labels
+
+    dirs = ["runs/stage2/model", "runs/stage2_no_stage1/model", "models/soli-flickr8k-lr64"]
+    dirs += ["a/run/model", "b/run/model"]
+    assert model_labels(dirs, None) == [
+        "stage2/model",
+        "stage2_no_stage1/model",
+        "soli-flickr8k-lr64",
+        "a/run/model",
+        "b/run/model",
+    ]
+    assert model_labels(["models/soli-flickr8k-lr64"], "lr") == ["soli-flickr8k-lr64 [lr]"]

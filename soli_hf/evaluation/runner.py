@@ -25,6 +25,7 @@ from ..metrics import (
     leave_one_out_model_scores,
 )
 from ..metrics.meteor import meteor_unavailable_reason
+from ..training.checkpointing import EMA_MODEL_DIR, MODEL_DIR
 from ..training.regions import first_images, region_ids
 from .captioning import caption_dataset
 from .conditions import LowResCondition
@@ -43,12 +44,12 @@ RECORDED_DECODING = ("num_beams", "max_new_tokens")
 
 
 def model_labels(model_dirs: Sequence[str | Path], inference_branches: str | None) -> list[str]:
-    """Short, distinct names for the report: the shortest tail of each path (`model`, `run/model`, ...) that no
-    other model shares."""
+    """Short, distinct names for the report: the shortest tail of each path that no other model shares, the run
+    folder included for a training run's `OUTPUT/model` (`stage2/model`, not `model`)."""
     paths = [Path(d).resolve().parts for d in model_dirs]
     labels = []
     for parts in paths:
-        depth = 1
+        depth = 2 if parts[-1] in (MODEL_DIR, EMA_MODEL_DIR) and len(parts) > 1 else 1
         while depth < len(parts) and sum(other[-depth:] == parts[-depth:] for other in paths) > 1:
             depth += 1
         labels.append("/".join(parts[-depth:]))
