@@ -49,13 +49,14 @@ SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "distinct_captions", 
 
 def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """From a run's `metrics.json`: best epoch and the dev metrics of its selected weights (the trained ones, or the
-    EMA's: `best_weights`), epochs run, median training throughput (images/s, data pipeline included) and peak
+    EMA's: `best_weights`), epochs run and the schedule's, median training throughput (images/s, data pipeline included) and peak
     memory."""
     history = metrics["history"]
     best = metrics_of(metrics["best"], metrics.get("best_weights") or RAW)
     speeds = sorted(entry["train_images_per_second"] for entry in history)
     return {
         "epochs_run": len(history),
+        "num_epochs": metrics.get("num_epochs", len(history)),  # the schedule's (more when stopped early or cut)
         "best_epoch": metrics["best_epoch"],
         "best_weights": metrics.get("best_weights") or RAW,
         "dev_greedy": {key: best[key] for key in SUMMARY_METRICS if key in best},
@@ -108,7 +109,7 @@ def write_run_comparison(run_dirs: list[Path], out_dir: Path, at_epoch: int | No
             run["run"],
             run["model_variant"],
             run["phase"],
-            f"{run['best_epoch'] if at_epoch is None else at_epoch}/{run['epochs_run']}"
+            f"{run['best_epoch'] if at_epoch is None else at_epoch}/{run['num_epochs']}"
             + (" (EMA)" if at_epoch is None and run["best_weights"] == EMA else ""),
             *(f"{run['dev_greedy'][key]:.4f}" if key in run["dev_greedy"] else "" for key in SUMMARY_METRICS),
             f"{run['train_images_per_second']:.1f}",
