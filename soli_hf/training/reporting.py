@@ -49,8 +49,8 @@ SUMMARY_METRICS = ("CIDEr", "Bleu_4", "Bleu_1", "ROUGE_L", "distinct_captions", 
 
 def training_figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """From a run's `metrics.json`: best epoch and the dev metrics of its selected weights (the trained ones, or the
-    EMA's: `best_weights`), epochs run and the schedule's, median training throughput (images/s, data pipeline included) and peak
-    memory."""
+    EMA's: `best_weights`), epochs run and the schedule's, median training throughput (images/s, data pipeline
+    included) and peak memory."""
     history = metrics["history"]
     best = metrics_of(metrics["best"], metrics.get("best_weights") or RAW)
     speeds = sorted(entry["train_images_per_second"] for entry in history)
