@@ -254,7 +254,9 @@ def test_an_interrupted_evaluation_resumes_with_the_captions_it_saved(
     assert calls == ["bicubic@input", "bicubic@16px"]  # the first condition came from the saved run
     assert [(r.predictions, r.metrics) for r in resumed] == [(r.predictions, r.metrics) for r in unbroken]
     assert resumed[0].lr_images.keys() == unbroken[0].lr_images.keys()  # the samples page keeps its inputs
-    assert not (out / ".partial").exists()
+    calls.clear()  # finished: a second --resume (e.g. to add a model or time latency) captions nothing again
+    again = run_evaluation([saved_tiny_model], data, "dev", out, resume=True, **settings)
+    assert calls == [] and [r.predictions for r in again] == [r.predictions for r in unbroken]
 
     calls.clear()
     monkeypatch.setattr(runner, "caption_dataset", killed_at_second)

@@ -1,12 +1,13 @@
 """The captions of an evaluation saved as each (model, condition) finishes, so that `soli evaluate --resume` goes on
-where a killed evaluation stopped instead of captioning everything again.
+where a killed evaluation stopped instead of captioning everything again, and re-runs only what is new after a
+finished one (a model added to the list, or `--latency-photos` timed later on an idle machine).
 
 Each finished (model, condition) is one folder `<out>/.partial/<slot>/` (written atomically): `run.json` (the key,
 the predictions, the tag-only baseline's, the number of unreadable images) and the LR inputs kept for the samples
 page as PNG files. The slot is a digest of the key: the model (its source, backend and the size and time of its
 weight files), the condition, the decoding settings, the batch size (int8 captions depend on it), the data, split and
-image ids. A changed model, setting or split therefore never reuses a saved run. The folder `.partial` is removed
-once the report is written.
+image ids. A changed model, setting or split therefore never reuses a saved run. The folder `.partial` stays
+beside the report; an evaluation without `--resume` starts by removing it.
 """
 
 from __future__ import annotations

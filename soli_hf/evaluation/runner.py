@@ -223,7 +223,6 @@ def run_evaluation(
         "models": records,
     }
     write_report(Path(out), results, references, human, settings, bad_samples)
-    shutil.rmtree(Path(out) / PARTIAL_DIR, ignore_errors=True)
     return results
 
 
