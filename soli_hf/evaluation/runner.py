@@ -189,7 +189,7 @@ def run_evaluation(
             }
             run = load_run(out, key) if resume else None
             if run is not None:
-                logger.info("%s %s: captions of the interrupted evaluation reused", label, condition.name)
+                logger.info("%s %s: saved captions reused (--resume)", label, condition.name)
             else:
                 if regions:
                     run = caption_region_dataset(captioner, rows, condition, **settings, **decoding)
