@@ -282,7 +282,7 @@ def test_region_evaluation_reports_each_model_beside_its_tag_only_baseline(full_
     out = tmp_path / "report"
     model_dir = full_run / "model"
     results = run_evaluation([model_dir], data, "dev", out, data_format="flickr30k_entities", meteor=False)
-    assert [result.model for result in results] == ["model", "model tag-only baseline"]
+    assert [result.model for result in results] == ["run/model", "run/model tag-only baseline"]  # the run folder
     rows = load_caption_dataset(data, "dev", "flickr30k_entities")
     names = [f"{row['image_id']}#{row['chain_id']}" for row in rows]
     described, baseline = results[0].predictions, results[1].predictions
@@ -299,9 +299,9 @@ def test_region_evaluation_reports_each_model_beside_its_tag_only_baseline(full_
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["regions"] == len(rows) == 4 and summary["settings"]["images"] == 2
     assert summary["settings"]["inference_branches"] == "n/a"  # AlignCap has no LR/SR branches to choose
-    assert summary["human_leave_one_out"] == {} and summary["results"][1]["model"] == "model tag-only baseline"
+    assert summary["human_leave_one_out"] == {} and summary["results"][1]["model"] == "run/model tag-only baseline"
     report = (out / "report.md").read_text()
-    assert "model tag-only baseline" in report and "Leave-one-out" not in report
+    assert "run/model tag-only baseline" in report and "Leave-one-out" not in report
     assert "baseline describes each box" in report and (out / "samples.html").is_file()
 
 
