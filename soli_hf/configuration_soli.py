@@ -89,6 +89,11 @@ class SoliConfig(PretrainedConfig):
             The LR branch encodes the LR input bicubic-upsampled by this factor (1: the LR image itself). Values
             above 1 are an ablation of the baseline (`use_sr_branch=False`): one branch on a finer grid, with no SR
             module and no contrastive loss.
+        lr_only_probability (`float`, *optional*, defaults to 0.0):
+            During training, the probability that an image's attention memory is its LR grid alone (what
+            `inference_branches="lr"` decodes from) instead of the average of both grids, so that the decoder also
+            learns the half-cost mode; the contrastive and SR losses still see both branches. 0 turns it off; it has
+            no effect at inference or without the SR branch.
         inference_branches (`str`, *optional*, defaults to `"both"`, or `"lr"` without the SR branch):
             `"both"` encodes the LR and SR branches and averages them (the paper); `"lr"` encodes the LR branch
             only, halving the encoder cost. Training always uses every branch the model has.
@@ -128,6 +133,7 @@ class SoliConfig(PretrainedConfig):
         use_sr_branch: bool = True,
         branch_b_input: str = "super_resolved",
         lr_branch_upsample: int = 1,
+        lr_only_probability: float = 0.0,
         inference_branches: str | None = None,
         freeze_backbone_batch_norm: bool = True,
         vocab_size: int = 10000,
@@ -164,6 +170,8 @@ class SoliConfig(PretrainedConfig):
                 f"lr_branch_upsample={lr_branch_upsample} needs use_sr_branch=False: it is the single-branch ablation "
                 "(the LR branch on a finer grid); with both branches the LR branch must see the LR image itself"
             )
+        if not 0.0 <= lr_only_probability <= 1.0:
+            raise ValueError(f"lr_only_probability must be in [0, 1] (0: off), got {lr_only_probability!r}")
         if sr_scale < 1:
             raise ValueError(f"sr_scale must be a positive integer, got {sr_scale!r}")
         if num_tags < 0:
@@ -194,6 +202,7 @@ class SoliConfig(PretrainedConfig):
         self.use_sr_branch = use_sr_branch
         self.branch_b_input = branch_b_input
         self.lr_branch_upsample = lr_branch_upsample
+        self.lr_only_probability = lr_only_probability
         self.inference_branches = inference_branches
         self.freeze_backbone_batch_norm = freeze_backbone_batch_norm
         self.vocab_size = vocab_size

@@ -273,3 +273,51 @@ def test_build_model_refuses_branch_inputs_that_differ_from_init_from(soli, proc
     ):
         with pytest.raises(ValueError, match=f"init_from .* has {field}=.*the recipe asks for {field}="):
             build_model(TrainingConfig(init_from=str(tmp_path / folder), **recipe), processor)
+
+
+# ------------------------------------------------------- (v) training the "lr" mode too: lr_only_probability
+
+
+def lr_only_rows(model: SoliForConditionalGeneration, pixel_values: torch.Tensor) -> list[bool]:
+    """For each image, whether its attention memory is its LR grid alone (else it is the average of both grids:
+    asserted), told apart by the memory's mean over grid cells."""
+    with torch.no_grad():
+        output = model.encoder(pixel_values)
+    pooled = output.last_hidden_state.mean(dim=1)
+    average = 0.5 * (output.lr_image_embeds + output.sr_image_embeds)
+    is_lr = [torch.allclose(p, lr, **TOLERANCE) for p, lr in zip(pooled, output.lr_image_embeds, strict=True)]
+    is_average = [torch.allclose(p, av, **TOLERANCE) for p, av in zip(pooled, average, strict=True)]
+    assert not any(a and b for a, b in zip(is_lr, is_average, strict=True)), "the two memories differ here"
+    assert all(a or b for a, b in zip(is_lr, is_average, strict=True))
+    return is_lr
+
+
+def test_lr_only_probability_decodes_some_training_images_from_the_lr_grid_alone(soli, batch) -> None:
+    pixel_values = batch["pixel_values"]
+    assert lr_only_rows(variant_of(soli)[0].train(), pixel_values) == [False] * 4  # off by default
+    always, _ = variant_of(soli, lr_only_probability=1.0)
+    assert lr_only_rows(always.train(), pixel_values) == [True] * 4  # branch B still runs (contrastive loss)
+    assert lr_only_rows(always.eval(), pixel_values) == [False] * 4  # inference follows inference_branches
+    half, _ = variant_of(soli, lr_only_probability=0.5)
+    half.train()
+    torch.manual_seed(0)
+    chosen = [row for _ in range(20) for row in lr_only_rows(half, pixel_values)]  # drawn anew for each image
+    assert 0.3 < sum(chosen) / len(chosen) < 0.7  # 80 draws of p = 0.5
+
+
+def test_lr_only_probability_survives_save_load_and_is_checked(soli, tmp_path) -> None:
+    model, _ = variant_of(soli, lr_only_probability=0.25)
+    model.save_pretrained(tmp_path)
+    assert SoliForConditionalGeneration.from_pretrained(tmp_path).config.lr_only_probability == 0.25
+    with pytest.raises(ValueError, match="lr_only_probability must be in"):
+        SoliConfig(lr_only_probability=1.5)
+    with pytest.raises(ValueError, match="lr_only_probability must be in"):
+        TrainingConfig(lr_only_probability=-0.1)
+    with pytest.raises(ValueError, match="lr_only_probability=0.2 .*model_variant soli"):
+        TrainingConfig(lr_only_probability=0.2, model_variant="baseline")
+
+
+def test_build_model_passes_lr_only_probability(processor, tiny_model_config: Path) -> None:
+    model = build_model(TrainingConfig(model_config=str(tiny_model_config), lr_only_probability=0.25), processor)
+    assert model.config.lr_only_probability == 0.25
+    assert build_model(TrainingConfig(model_config=str(tiny_model_config)), processor).config.lr_only_probability == 0

@@ -80,6 +80,7 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
         "soli_tags": {"num_tags": 300},
         "soli_label_smoothing": {"label_smoothing": 0.1},
         "soli_augment": {"flip_probability": 0.5, "min_crop_area": 0.7},
+        "soli_lr_only": {"lr_only_probability": 0.25},  # the "lr" inference mode trained too
         "soli_frozen_backbone": {"freeze_backbone_epochs": 12},
         "soli_xe5000": {"train_split": "train[:5000]"},  # 1,000 training photos held out for SCST
     }

@@ -287,6 +287,10 @@ class SoliSiameseEncoder(nn.Module):
             sr_backbone_grid = self.backbone_grid(branch_b)
             sr_grid = self.projection(sr_backbone_grid)
         memory = lr_grid if sr_grid is None else 0.5 * (lr_grid + sr_grid)
+        if sr_grid is not None and self.training and self.config.lr_only_probability > 0:
+            # train the half-cost mode too: some images decode from their LR grid alone, as with "lr" at inference
+            lr_only = torch.rand(memory.shape[0], 1, 1, device=memory.device) < self.config.lr_only_probability
+            memory = torch.where(lr_only, lr_grid, memory)
         tag_logits = None
         if self.tags is not None and (output_tag_logits or self.config.tags_in_memory):
             tag_logits = self.tags(memory)

@@ -143,6 +143,13 @@ class TrainingConfig:
     contrastive_weight: float | None = None
     sr_loss_weight: float | None = None
     label_smoothing: float | None = None
+    lr_only_probability: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of training images decoded from the LR grid alone (the 'lr' inference mode) instead of "
+            "the average of both grids; 0: off"
+        },
+    )
     # --- optional losses (GitHub issue 15); `None` keeps the model's own value, which is off for a new model
     distillation_weight: float | None = field(
         default=None, metadata={"help": "weight of the high-resolution teacher distillation loss; 0: off"}
@@ -404,6 +411,8 @@ def _check_ranges(config: TrainingConfig) -> None:
         raise ValueError(f"ema_decay must be in (0, 1), got {config.ema_decay!r}")
     if config.label_smoothing is not None and not 0 <= config.label_smoothing <= 1:
         raise ValueError(f"label_smoothing must be in [0, 1], got {config.label_smoothing!r}")
+    if config.lr_only_probability is not None and not 0 <= config.lr_only_probability <= 1:
+        raise ValueError(f"lr_only_probability must be in [0, 1], got {config.lr_only_probability!r}")
     if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
         raise ValueError(f"min_scale_factor must be in (0, 1], got {config.min_scale_factor!r}")
     if not 0 <= config.flip_probability <= 1:
@@ -438,6 +447,7 @@ SOLI_FIELDS = (
     "contrastive_weight",
     "sr_loss_weight",
     "label_smoothing",
+    "lr_only_probability",
     "distillation_weight",
     "teacher",
     "num_tags",
@@ -507,6 +517,11 @@ def _check_combinations(config: TrainingConfig) -> None:
         raise ValueError(
             f"branch_b_input={config.branch_b_input!r} changes branch B, which model_variant "
             f"{config.model_variant!r} does not have: use model_variant soli"
+        )
+    if new_model and config.lr_only_probability and config.model_variant != "soli":
+        raise ValueError(
+            f"lr_only_probability={config.lr_only_probability} chooses between the LR grid and both branches' "
+            f"average: it needs model_variant soli, got {config.model_variant!r}"
         )
     if new_model and config.lr_branch_upsample > 1 and config.model_variant != "baseline":
         raise ValueError(

@@ -126,7 +126,14 @@ def build_processor(config: TrainingConfig, training_captions: Iterable[str]) ->
 
 
 def _loss_overrides(config: TrainingConfig) -> dict[str, Any]:
-    names = ("contrastive_weight", "sr_loss_weight", "label_smoothing", "distillation_weight", "tag_loss_weight")
+    names = (
+        "contrastive_weight",
+        "sr_loss_weight",
+        "label_smoothing",
+        "lr_only_probability",
+        "distillation_weight",
+        "tag_loss_weight",
+    )
     return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
