@@ -39,7 +39,7 @@ configs/ablation/ (best epoch, dev CIDEr-D greedy of the trained weights and of 
 ``soli evaluate --num_beams 3`` output folder, beam 3, BLEU-4, distinct captions, wall time) and their dev CIDEr-D
 per epoch. Writes the JSON (default benchmarks/quality_ablation.json) and the table (.md) and plot (.png) next to it.
 Run: ``python scripts/benchmark.py ablation runs/ablation/baseline runs/ablation/soli ...
-[--beam-evaluations runs/ablation/soli=runs/eval/soli_beam3 ...]``.
+[--beam-evaluations runs/ablation/soli=runs/eval/soli_beam3 ...] [--lr-evaluations RUN=EVAL_DIR ...]``.
 
 Photos (``soli_hf.bench.outside_photos``): each model captions every photo outside Flickr8k of
 benchmarks/photos_outside_flickr (its SOURCES.md lists them), with its own generation config. Writes the JSON
@@ -120,6 +120,14 @@ def parse_arguments() -> argparse.Namespace:
         metavar="RUN=EVAL_DIR",
         help="a run's beam-3 `soli evaluate` output folder",
     )
+    ablation.add_argument(
+        "--lr-evaluations",
+        type=run_and_evaluation,
+        nargs="+",
+        default=[],
+        metavar="RUN=EVAL_DIR",
+        help="a run's beam-3 `soli evaluate --inference-branches lr` output folder",
+    )
     ablation.add_argument("--out", type=Path, default=Path("benchmarks/quality_ablation.json"), help="JSON path")
     photos = benchmarks.add_parser("photos", help="captions of photos outside Flickr8k, model beside model")
     photos.add_argument(
@@ -179,7 +187,11 @@ def main() -> None:
     if args.benchmark == "ablation":
         from soli_hf.bench.quality_ablation import quality_ablation_markdown, write_quality_ablation
 
-        print(quality_ablation_markdown(write_quality_ablation(args.runs, dict(args.beam_evaluations), args.out)))
+        print(
+            quality_ablation_markdown(
+                write_quality_ablation(args.runs, dict(args.beam_evaluations), args.out, dict(args.lr_evaluations))
+            )
+        )
         print(f"wrote {args.out} and its .md and .png")
         return
     if args.benchmark == "photos":

@@ -165,10 +165,11 @@ def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
     assert rows["soli"]["wall_minutes"] == pytest.approx(2 * 140 / 60)
     assert json.loads(out.read_text(encoding="utf-8")) == results
     table = out.with_suffix(".md").read_text(encoding="utf-8")
-    baseline_cells = "| 2/3 | 0.3000 | - | - | 0.0750 / - | 80.0% / - | 3.5 |"
+    baseline_cells = "| 2/3 | 0.3000 | - | - | - | 0.0750 / - | 80.0% / - | 3.5 |"
     assert f"| baseline | configs/ablation/baseline.yaml {baseline_cells}" in table
     assert (
-        "| soli | configs/ablation/soli.yaml | 2/2 (EMA) | 0.4000 | 0.4200 | 0.4500 | 0.1050 / 0.2000 | 92.0% / 80.0% |"
+        "| soli | configs/ablation/soli.yaml | 2/2 (EMA) | 0.4000 | 0.4200 | 0.4500 | - "
+        "| 0.1050 / 0.2000 | 92.0% / 80.0% |"
         in table
     )
     assert out.with_suffix(".png").stat().st_size > 0
@@ -186,6 +187,29 @@ def test_a_fine_tuning_run_counts_its_epochs_after_its_starting_models(tmp_path:
     assert rows["soli"]["first_epoch"] == 1 and rows["soli"]["cider_per_epoch"][0] == [1, 0.3]
     assert rows["soli_scst_probe"]["first_epoch"] == 3
     assert rows["soli_scst_probe"]["cider_per_epoch"] == [[3, 0.38], [4, 0.41]]
+
+
+def test_quality_ablation_finds_each_runs_model_in_an_evaluation_of_several(tmp_path: Path) -> None:
+    """One `soli evaluate --inference-branches lr` of two runs' models gives each run its own row's "lr" figure."""
+    soli = write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4])
+    distill = write_fake_run(tmp_path / "runs", "soli_distill", [0.3, 0.39])
+    folder = tmp_path / "eval" / "lr"
+    folder.mkdir(parents=True)
+    models = [{"model": f"{run.name}/model [lr]", "source": str(run / "model")} for run in (soli, distill)]
+    results = [
+        {"model": model["model"], "metrics": {"CIDEr": cider, "Bleu_4": 0.15}}
+        for model, cider in zip(models, (0.34, 0.37), strict=True)
+    ]
+    (folder / "metrics.json").write_text(json.dumps({"settings": {"models": models}, "results": results}), "utf-8")
+
+    rows = write_quality_ablation([soli, distill], {}, tmp_path / "out.json", {soli: folder, distill: folder})["runs"]
+
+    assert [row["cider_beam3_lr"] for row in rows] == [0.34, 0.37]
+    assert [row["cider_beam3"] for row in rows] == [None, None]
+    assert "| 0.3700 |" in (tmp_path / "out.md").read_text(encoding="utf-8")
+    other = write_fake_run(tmp_path / "runs", "soli_tags", [0.3])
+    with pytest.raises(ValueError, match="not .*soli_tags/model"):
+        write_quality_ablation([other], {}, tmp_path / "out.json", {other: folder})
 
 
 def test_quality_ablation_refuses_a_beam_evaluation_of_an_unknown_run(tmp_path: Path) -> None:

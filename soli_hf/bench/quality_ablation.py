@@ -1,6 +1,7 @@
 """The caption-quality ablation of issue 15: one row per finished run of configs/ablation/ (which lever it pulls,
 best epoch, dev CIDEr-D greedy of the trained weights and of their EMA, and, when the run was evaluated with
-`soli evaluate --num_beams 3`, beam 3, BLEU-4, the share of distinct captions, wall time) and dev CIDEr-D per epoch
+`soli evaluate --num_beams 3`, beam 3, BLEU-4, the share of distinct captions, the same with
+`--inference-branches lr`, wall time) and dev CIDEr-D per epoch
 of every run, as benchmarks/quality_ablation.{json,md,png}.
 
 The runs are read with `training.reporting.summarize_run`, the figures behind `write_run_comparison`.
@@ -51,10 +52,19 @@ def run_recipe(run_dir: Path, recipe_folder: Path = Path(RECIPE_FOLDER)) -> str:
     return " ".join([path, *flags])
 
 
-def beam_metrics(evaluation_dir: Path) -> dict[str, float]:
-    """The metrics of a `soli evaluate` output folder (its `metrics.json`'s first result)."""
+def beam_metrics(evaluation_dir: Path, run_dir: Path) -> dict[str, float]:
+    """The metrics of a run's saved model (`run_dir/model`) in a `soli evaluate` output folder: its first result
+    (the main condition), found by the model's source where the evaluation compared several models."""
     summary = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
-    return summary["results"][0]["metrics"]
+    models = summary.get("settings", {}).get("models", [])
+    if len(models) <= 1:
+        return summary["results"][0]["metrics"]
+    wanted = (run_dir / "model").resolve()
+    labels = [model["model"] for model in models if Path(model["source"]).resolve() == wanted]
+    if not labels:
+        sources = ", ".join(model["source"] for model in models)
+        raise ValueError(f"{evaluation_dir} evaluated {sources}, not {run_dir / 'model'}")
+    return next(result["metrics"] for result in summary["results"] if result["model"] == labels[0])
 
 
 def _best(history: Sequence[Mapping[str, Any]], key: str) -> float | None:
@@ -62,17 +72,19 @@ def _best(history: Sequence[Mapping[str, Any]], key: str) -> float | None:
     return max(values) if values else None
 
 
-def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
+def ablation_row(run_dir: Path, beam_evaluation: Path | None, lr_evaluation: Path | None = None) -> dict[str, Any]:
     """One run's row: its name and recipe, best epoch and which weights earned it (trained or EMA), the best dev
     CIDEr-D (greedy) of the trained weights and of their EMA (None without one), beam-3 CIDEr-D, BLEU-4 and
-    distinct captions of the saved model when `beam_evaluation` is given (else None), BLEU-4 and distinct captions
+    distinct captions of the saved model when `beam_evaluation` is given (else None), its beam-3 CIDEr-D with
+    `inference_branches="lr"` when `lr_evaluation` is given (else None), BLEU-4 and distinct captions
     of the selected epoch (greedy), training + evaluation minutes (None when the run did not time its epochs) and
     its dev CIDEr-D per epoch (trained weights; EMA's, when kept). A fine-tuning run (SCST) counts its epochs after
     those of the model it started from (`first_epoch`), so that the plot draws it where that run ended."""
     summary = summarize_run(run_dir)
     history = summary["history"]
     offset = epochs_before(run_dir)
-    beam = None if beam_evaluation is None else beam_metrics(beam_evaluation)
+    beam = None if beam_evaluation is None else beam_metrics(beam_evaluation, run_dir)
+    lr_mode = None if lr_evaluation is None else beam_metrics(lr_evaluation, run_dir)
     return {
         "name": run_dir.name,
         "recipe": run_recipe(run_dir),
@@ -84,6 +96,7 @@ def ablation_row(run_dir: Path, beam_evaluation: Path | None) -> dict[str, Any]:
         "cider_greedy": _best(history, "CIDEr"),
         "cider_greedy_ema": _best(history, EMA_PREFIX + "CIDEr"),
         "cider_beam3": None if beam is None else beam["CIDEr"],
+        "cider_beam3_lr": None if lr_mode is None else lr_mode["CIDEr"],
         "bleu4": summary["dev_greedy"].get("Bleu_4"),
         "bleu4_beam3": None if beam is None else beam.get("Bleu_4"),
         "distinct_greedy": summary["dev_greedy"].get("distinct_captions"),
@@ -117,6 +130,7 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
         "dev CIDEr-D (greedy)",
         "EMA (greedy)",
         "dev CIDEr-D (beam 3)",
+        "lr mode (beam 3)",
         "BLEU-4 (greedy / beam 3)",
         "distinct (greedy / beam 3)",
         "wall min",
@@ -126,7 +140,7 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
             row["name"],
             row["recipe"],
             f"{row['best_epoch']}/{row['epochs_run']}" + (" (EMA)" if row["best_weights"] == EMA else ""),
-            *(_cell(row[key], 4) for key in ("cider_greedy", "cider_greedy_ema", "cider_beam3")),
+            *(_cell(row[key], 4) for key in ("cider_greedy", "cider_greedy_ema", "cider_beam3", "cider_beam3_lr")),
             f"{_cell(row['bleu4'], 4)} / {_cell(row['bleu4_beam3'], 4)}",
             f"{_percent(row['distinct_greedy'])} / {_percent(row['distinct_beam3'])}",
             _cell(row["wall_minutes"], 1),
@@ -145,14 +159,19 @@ def _percent(share: float | None) -> str:
 
 
 def write_quality_ablation(
-    run_dirs: Sequence[Path], beam_evaluations: Mapping[Path, Path], out: Path
+    run_dirs: Sequence[Path],
+    beam_evaluations: Mapping[Path, Path],
+    out: Path,
+    lr_evaluations: Mapping[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """Write `out` (JSON) and, next to it, the table (.md) and dev CIDEr-D per epoch of every run (.png).
-    `beam_evaluations` maps a run folder (one of `run_dirs`) to its beam-3 `soli evaluate` output folder."""
-    unknown = sorted(str(run) for run in beam_evaluations if run not in run_dirs)
+    `beam_evaluations` maps a run folder (one of `run_dirs`) to a beam-3 `soli evaluate` output folder of its saved
+    model, `lr_evaluations` to one made with `--inference-branches lr` (a folder may hold several runs' models)."""
+    lr_evaluations = lr_evaluations or {}
+    unknown = sorted(str(run) for run in [*beam_evaluations, *lr_evaluations] if run not in run_dirs)
     if unknown:
         raise ValueError(f"beam evaluations of runs not among the runs: {unknown}")
-    results = {"runs": [ablation_row(run, beam_evaluations.get(run)) for run in run_dirs]}
+    results = {"runs": [ablation_row(run, beam_evaluations.get(run), lr_evaluations.get(run)) for run in run_dirs]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(quality_ablation_markdown(results) + "\n", encoding="utf-8")
