@@ -169,8 +169,7 @@ def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
     assert f"| baseline | configs/ablation/baseline.yaml {baseline_cells}" in table
     assert (
         "| soli | configs/ablation/soli.yaml | 2/2 (EMA) | 0.4000 | 0.4200 | 0.4500 | - "
-        "| 0.1050 / 0.2000 | 92.0% / 80.0% |"
-        in table
+        "| 0.1050 / 0.2000 | 92.0% / 80.0% |" in table
     )
     assert out.with_suffix(".png").stat().st_size > 0
 
