@@ -9,14 +9,24 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from ..configuration_soli import SoliConfig
 from ..evaluation.report import REPORT_METRICS
 from ..modeling_soli import SoliForConditionalGeneration
 from ..training.reporting import training_figures
 from .flops import model_summary
 from .latency_report import latency_markdown
 from .markdown import markdown_table, metric_cells
+from .quality_ablation import quality_ablation_markdown
 
 MAIN_CONDITION = "bicubic@input"
+#: The training options beyond the paper's losses that the card names with this model's values (0 / False: off).
+OPTIONAL_TRAINING_SETTINGS = (
+    "distillation_weight",
+    "num_tags",
+    "tags_in_memory",
+    "label_smoothing",
+    "lr_only_probability",
+)
 
 
 def load_evaluations(evaluation_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -101,6 +111,20 @@ def latency_section(benchmark: Path | None) -> str:
     return f"{intro}\n\n{latency_markdown(report)}"
 
 
+def ablation_section(config: SoliConfig, ablation: Path | None) -> str:
+    """This model's values of the optional training settings, and the ablation table of what each lever bought
+    (`scripts/benchmark.py ablation` JSON) when given."""
+    settings = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in OPTIONAL_TRAINING_SETTINGS)
+    text = f"This model: {settings}."
+    if ablation is None:
+        return text
+    table = quality_ablation_markdown(json.loads(ablation.read_text(encoding="utf-8")))
+    return (
+        f"{text}\n\nWhat each lever bought, one change per row from one recipe (`python scripts/benchmark.py "
+        f"ablation`, {ablation.as_posix()}; dev split, 64x64; greedy columns are the best epoch's):\n\n{table}"
+    )
+
+
 def _count(value: float) -> str:
     return f"{value / 1e9:.2f} G" if value >= 1e9 else f"{value / 1e6:.1f} M"
 
@@ -116,8 +140,10 @@ def render_model_card(
     evaluation_command: str | None = None,
     hardware: str = "on a CPU",
     latency_benchmark: Path | None = None,
+    ablation: Path | None = None,
 ) -> str:
-    """The filled card (Markdown with YAML front matter)."""
+    """The filled card (Markdown with YAML front matter); `ablation` is the JSON of `scripts/benchmark.py
+    ablation`."""
     model = SoliForConditionalGeneration.from_pretrained(model_dir)
     summary = model_summary(model)
     results, settings, human = load_evaluations(evaluation_dirs)
@@ -146,6 +172,7 @@ def render_model_card(
         "protocol": protocol_table(results),
         "human": human_text,
         "latency": latency_section(latency_benchmark),
+        "ablation": ablation_section(model.config, ablation),
         "hardware": hardware,
     }
     return Template(template).substitute(values)
