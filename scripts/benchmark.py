@@ -52,12 +52,29 @@ Scale (``soli_hf.bench.scale``): photos/s of captioning in one process against R
 Writes the JSON (default benchmarks/scale_cpu.json) and a Markdown table next to it. Needs the ``scale`` extra.
 Run on an idle machine: ``python scripts/benchmark.py scale [--onnx DIR | --model DIR] [--photos PATH ...]
 [--limit 500] [--workers 1 2] [--batch-size 16] [--threads 1]``.
+
+int8 (``soli_hf.bench.int8_parity``): int8 against float32 ONNX (issue 16). For each inference mode (``--modes``,
+default both and lr) the float32 export and its int8 variants (dynamic and static; fast for "both", compact for
+"lr"; static, fast and compact calibrated on ``--calibration-images`` training photos of ``--calibration-data``) are
+written under ``--work-dir`` (an export whose stamp there says it was made from the same model files and settings is
+reused), then each mode's folders caption ``--split`` of ``--data`` (the first ``--max-images``) greedy and with beam
+3, float32 first, in one ``soli evaluate``-like run each (batch 25, one thread, no METEOR; an interrupted run
+resumes). Writes the JSON (default benchmarks/onnx_int8_dev.json: per mode, beam width and int8 folder the captions
+identical to float32's, BLEU-4 / ROUGE-L / CIDEr-D of both, the CIDEr-D drop, the graphs' bytes, the manifest's
+quantization) and a Markdown report next to it with a summary table per mode and which folders meet issue 16's
+bar (at least 90% identical and a CIDEr-D drop of at most 0.005, greedy and beam 3; "lr" graphs at most 10 MB);
+``--render-only`` rewrites the report from the JSON.
+Run: ``python scripts/benchmark.py int8 --model models/soli-flickr8k-lr64 --data ../shared/data/flickr8k
+--calibration-data ../shared/data/flickr8k [--split dev] [--max-images N] [--work-dir runs/int8_parity]
+[--modes both lr]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from soli_hf.bench.sample_photos import OUTSIDE_FLICKR_PHOTOS
@@ -156,6 +173,23 @@ def parse_arguments() -> argparse.Namespace:
     scale.add_argument("--batch-size", type=int, default=16, help="photos per generate call")
     scale.add_argument("--threads", type=int, default=1, help="threads of the single process and of each worker")
     scale.add_argument("--out", type=Path, default=Path("benchmarks/scale_cpu.json"), help="JSON path (.md beside)")
+    int8 = benchmarks.add_parser(
+        "int8", help="int8 vs float32 ONNX folders: identical captions, scores, sizes and issue 16's bar"
+    )
+    int8.add_argument("--model", type=Path, default=CHECKOUT_MODEL_DIR, help="a saved SOLI folder")
+    int8.add_argument("--data", type=Path, default=FLICKR8K, help="the caption dataset to evaluate on")
+    int8.add_argument("--split", default="dev", help="its split to caption")
+    int8.add_argument("--max-images", type=int, default=None, help="only the first N images of the split")
+    int8.add_argument(
+        "--calibration-data", type=Path, default=FLICKR8K, help="caption dataset whose training photos calibrate int8"
+    )
+    int8.add_argument("--calibration-images", type=int, default=300, help="training photos to calibrate on")
+    int8.add_argument("--modes", nargs="+", choices=("both", "lr"), default=["both", "lr"], help="inference modes")
+    int8.add_argument(
+        "--work-dir", type=Path, default=Path("runs/int8_parity"), help="exports and evaluation reports (kept)"
+    )
+    int8.add_argument("--out", type=Path, default=Path("benchmarks/onnx_int8_dev.json"), help="JSON path (.md beside)")
+    int8.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
     return parser.parse_args()
 
 
@@ -242,6 +276,29 @@ def main() -> None:
 
         report_text = training_speed.training_speed_markdown
         write_report = training_speed.write_training_speed_report
+    elif args.benchmark == "int8":
+        from soli_hf.bench import int8_parity
+
+        def measure() -> dict:
+            from soli_hf.cli.export import calibration_photos
+
+            try:
+                calibration = calibration_photos(args.calibration_data, "train", args.calibration_images)
+                return int8_parity.benchmark_int8_parity(
+                    args.model,
+                    args.data,
+                    calibration,
+                    calibration_data=args.calibration_data,
+                    split=args.split,
+                    max_images=args.max_images,
+                    work_dir=args.work_dir,
+                    modes=args.modes,
+                    command=shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
+                )
+            except ValueError as error:  # a model without the mode, a bad dataset or split, each named
+                raise SystemExit(f"benchmark.py int8: {error}") from error
+
+        report_text, write_report = int8_parity.int8_parity_markdown, int8_parity.write_int8_parity_report
     else:  # with --onnx this imports onnxruntime and not torch: it runs on a device
         from soli_hf.bench import onnx_profile
 

@@ -9,10 +9,11 @@ into float32 constants by onnxruntime when it loads the graph (it folds a `Cast`
   saved, until the graphs fit the size budget. The error is measured on the calibration photos (training photos,
   never the evaluation split): the relative change of the encoder's first output (the memory grid).
 
-Why not simply int8 everywhere: the captions are sensitive to these weights. Measured on the shipped model, `lr`,
-all 1,000 Flickr8k dev photos against float32 (`benchmarks/onnx_int8_dev.md`): float16 keeps 92.3% / 91.7% of the
-captions identical (greedy / beam 3; 11.14 MB), int8 rounded to nearest for the 13 largest 1x1 convolutions 82.7% /
-78.8%, the same with GPTQ 91.8% / 89.8%; this module's selection for a 10 MB budget 91.7% / 90.9% (9.97 MB).
+Why not simply int8 everywhere: the captions are sensitive to these weights. Measured on the model shipped until
+2026-11-30, `lr`, all 1,000 Flickr8k dev photos against float32 (`benchmarks/onnx_int8_dev_2026-11-29.md`): float16
+keeps 92.3% / 91.7% of the captions identical (greedy / beam 3; 11.14 MB), int8 rounded to nearest for the 13
+largest 1x1 convolutions 82.7% / 78.8%, the same with GPTQ 91.8% / 89.8%; this module's selection for a 10 MB budget
+91.7% / 90.9% (9.97 MB).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the inputs an encoder graph actually gives that map (its calibration photos: training photos, never the evaluation
 split). Used for the encoder's 1x1 convolutions by the compact and fast quantization modes (`compact.py`,
 `pointwise.py`); on the shipped model it keeps 91.8% of the `lr` dev captions identical to float32 where rounding
-each weight to nearest keeps 82.7% (the 13 largest 1x1 convolutions in int8, `benchmarks/onnx_int8_dev.md`).
+each weight to nearest keeps 82.7% (the 13 largest 1x1 convolutions in int8, `benchmarks/onnx_int8_dev_2026-11-29.md`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ pixels, so here each one with at least `MIN_FAST_WEIGHTS` weights becomes `Trans
 (`DynamicQuantizeMatMul`, activations quantized at run time like the decoder's), which onnxruntime runs with its
 int8 GEMM kernels. Rounding these weights to the nearest int8 changes too many captions (86.7% of 300 dev photos
 identical to float32, "both", greedy); their codes are therefore replaced by GPTQ's (`gptq.py`), calibrated on
-training photos: 91.6% / 90.0% of all 1,000 dev captions identical (greedy / beam 3; `benchmarks/onnx_int8_dev.md`).
+training photos: 91.6% / 90.0% of all 1,000 dev captions identical (greedy / beam 3, the model shipped until
+2026-11-30; `benchmarks/onnx_int8_dev_2026-11-29.md`).
 
 Measured on the shipped model, one thread (`benchmarks/latency_cpu.md`, `benchmarks/onnx_profile.md`): a "both"
 caption 10.1-11.3 -> 8.7-9.2 ms (three runs), its encoder 6.8 -> 5.3 ms. For `lr` it saves 0.3 ms but keeps only

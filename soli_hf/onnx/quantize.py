@@ -23,7 +23,7 @@ Four modes:
   branches keep sharing one set of int8 weights; a folder exported before that (with `BatchNormalization` nodes)
   is refused. The decoder step keeps dynamic int8: its activations (the LSTM state, the attention context) change
   every step, and calibrating them would need whole searches for no gain in kernels. On the shipped model it keeps
-  only 50-61% of the dev captions identical to float32 (dynamic: 93-95%; `benchmarks/onnx_int8_dev.md`, where
+  only 50-61% of the dev captions identical to float32 (dynamic: 93-95%; `benchmarks/onnx_int8_dev_2026-11-29.md`, where
   percentile and entropy calibration and float32 exceptions did no better), hence opt-in.
 
 The targets are Optimum's `AutoQuantizationConfig.arm64 / avx2 / avx512` dynamic configurations: activations
