@@ -570,8 +570,8 @@ def int8_parity_markdown(results: Mapping[str, Any]) -> str:
         "caption agreement). Graphs: every .onnx file of the folder (fast folders also hold greedy.onnx); "
         "MB = 10^6 bytes, MiB = 2^20.",
         "",
-        f"Issue 16's bar: at least {bar['min_identical_share']:.0%} of the captions identical to float32's and a "
-        f"CIDEr-D drop (float32 - int8) of at most {bar['max_cider_d_drop']}, "
+        f"Issue 16's bar: at least {bar['min_identical_share']:.0%} of the captions identical to float32's and "
+        f"CIDEr-D within {bar['max_cider_d_drop']} of float32's (the drop is float32 - int8), "
         f"{' and '.join(beam_name(b) for b in settings['beams'])}; {sizes} of graphs.",
     ]
     for mode in results["modes"]:
