@@ -121,7 +121,8 @@ def ablation_section(config: SoliConfig, ablation: Path | None) -> str:
     table = quality_ablation_markdown(json.loads(ablation.read_text(encoding="utf-8")))
     return (
         f"{text}\n\nWhat each lever bought, one change per row from one recipe (`python scripts/benchmark.py "
-        f"ablation`, {ablation.as_posix()}; dev split, 64x64; greedy columns are the best epoch's):\n\n{table}"
+        f"ablation`, {ablation.as_posix()}; dev split, 64x64; greedy columns are the best epoch's, beam-3 columns each "
+        f"run's saved model with its own decoding, which allows repeated trigrams):\n\n{table}"
     )
 
 
