@@ -80,6 +80,7 @@ from pathlib import Path
 from soli_hf.bench.sample_photos import OUTSIDE_FLICKR_PHOTOS
 from soli_hf.bench.training_speed import SETTINGS
 from soli_hf.captioner import CHECKOUT_MODEL_DIR
+from soli_hf.onnx.spec import DEFAULT_CALIBRATION_IMAGES
 
 DEFAULT_TOKENS = 12  # = soli_hf.bench.latency_suite.DEFAULT_TOKENS, which imports what `profile --onnx` must not
 FLICKR8K = Path("../shared/data/flickr8k")
@@ -107,7 +108,9 @@ def parse_arguments() -> argparse.Namespace:
     latency.add_argument(
         "--calibration-data", type=Path, default=FLICKR8K, help="caption dataset whose training photos calibrate int8"
     )
-    latency.add_argument("--calibration-images", type=int, default=300, help="training photos to calibrate on")
+    latency.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, help="training photos to calibrate on"
+    )
     latency.add_argument("--render-only", action="store_true", help=RENDER_ONLY)
     profile = benchmarks.add_parser(
         "profile", help="where an onnxruntime caption's time goes: stages and per-operator kernel times"
@@ -183,7 +186,9 @@ def parse_arguments() -> argparse.Namespace:
     int8.add_argument(
         "--calibration-data", type=Path, default=FLICKR8K, help="caption dataset whose training photos calibrate int8"
     )
-    int8.add_argument("--calibration-images", type=int, default=300, help="training photos to calibrate on")
+    int8.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, help="training photos to calibrate on"
+    )
     int8.add_argument("--modes", nargs="+", choices=("both", "lr"), default=["both", "lr"], help="inference modes")
     int8.add_argument(
         "--work-dir", type=Path, default=Path("runs/int8_parity"), help="exports and evaluation reports (kept)"

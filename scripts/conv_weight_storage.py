@@ -28,7 +28,7 @@ from soli_hf.onnx.compact import stored_weights
 from soli_hf.onnx.gptq import channel_scales, float32_convolutions, gptq, input_second_moments
 from soli_hf.onnx.manifest import read_manifest
 from soli_hf.onnx.runtime import preprocess
-from soli_hf.onnx.spec import DECODER_STEP, ENCODER, MANIFEST_NAME
+from soli_hf.onnx.spec import DECODER_STEP, DEFAULT_CALIBRATION_IMAGES, ENCODER, MANIFEST_NAME
 
 
 def round_to_nearest(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("int8_dir", type=Path, help="an int8 folder of `soli export --quantize` (dynamic mode)")
     parser.add_argument("out_root", type=Path, help="where the folders are written (one per storage)")
     parser.add_argument("--data", default="../shared/data/flickr8k", help="the calibration photos' dataset")
-    parser.add_argument("--calibration-images", type=int, default=300, help="training photos for GPTQ")
+    parser.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, help="training photos for GPTQ"
+    )
     parser.add_argument("--min-weights", type=int, default=50_000, help="the smallest 1x1 convolution made int8")
     args = parser.parse_args()
 

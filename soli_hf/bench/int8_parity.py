@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.partial import weights_stamp
+from ..onnx.spec import DEFAULT_CALIBRATION_IMAGES
 from .markdown import markdown_table
 
 FLOAT32 = "float32"
@@ -380,7 +381,7 @@ def equivalent_commands(settings: Mapping[str, Any], folders: Mapping[str, Mappi
     """The `soli export` and `soli evaluate` commands that write the same folders and reports."""
     calibration = settings["calibration"]
     calibrated = ["--calibration-data", str(calibration["data"])]
-    if calibration["images"] != 300:
+    if calibration["images"] != DEFAULT_CALIBRATION_IMAGES:
         calibrated += ["--calibration-images", str(calibration["images"])]
     commands = []
     for mode, variants in folders.items():

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..captioner import PytorchCaptioner
+from ..onnx.spec import DEFAULT_CALIBRATION_IMAGES
 from .arguments import add_inference_branches_argument, positive_int
 
 
@@ -54,7 +55,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibration_photos(data: str | Path, split: str = "train", count: int = 300) -> list[str]:
+def calibration_photos(data: str | Path, split: str = "train", count: int = DEFAULT_CALIBRATION_IMAGES) -> list[str]:
     """`count` photos of a caption dataset's `split` (as `soli train` reads it: a Flickr8k folder, a COCO or
     Karpathy JSON, an image folder), spread evenly over the split in its order: what static int8 is calibrated on.
     Use a training split, never the photos the model is evaluated on."""
@@ -70,6 +71,7 @@ def calibration_photos(data: str | Path, split: str = "train", count: int = 300)
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `soli export` (also those of scripts/export_onnx.py)."""
     from ..onnx.spec import (
+        DEFAULT_CALIBRATION_IMAGES,
         DEFAULT_OPSET,
         DEFAULT_SIZE_BUDGET_MB,
         EXPORT_BACKENDS,
@@ -108,7 +110,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--calibration-split", default="train", help="its split to take the photos from (not dev)")
     parser.add_argument(
-        "--calibration-images", type=positive_int, default=300, help="photos to calibrate on, spread over the split"
+        "--calibration-images",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="photos to calibrate on, spread over the split",
     )
     parser.add_argument(
         "--size-budget-mb",

@@ -27,6 +27,8 @@ QUANTIZATION_TARGETS = ("arm64", "avx2", "avx512")
 QUANTIZATION_MODES = ("dynamic", "static", "fast", "compact")
 #: The modes that need calibration images.
 CALIBRATED_MODES = ("static", "fast", "compact")
+#: How many training photos calibrate the calibrated modes by default (spread over the split).
+DEFAULT_CALIBRATION_IMAGES = 300
 #: Compact mode's default size budget for both graphs together, in MB (10^6 bytes).
 DEFAULT_SIZE_BUDGET_MB = 10.0
 
