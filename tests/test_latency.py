@@ -86,8 +86,8 @@ def test_calibrated_exports_are_timed_as_their_own_backends(saved_tiny_model, ph
     """With calibration photos the suite also exports static and fast int8 for each mode and compact int8 for "lr",
     and each backend accepts only its own kind of graphs."""
     from soli_hf.bench.exports import export_soli
-    from soli_hf.bench.latency import ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC, quantization_kind
-    from soli_hf.onnx.manifest import read_manifest
+    from soli_hf.bench.latency import ORT_INT8_COMPACT, ORT_INT8_FAST, ORT_INT8_STATIC
+    from soli_hf.onnx.manifest import quantization_kind, read_manifest
 
     artifacts = export_soli(saved_tiny_model, ("both", "lr"), tmp_path, calibration=list(photos))
     calibrated = {key for key in artifacts if key[0] in (ORT_INT8_STATIC, ORT_INT8_FAST, ORT_INT8_COMPACT)}
@@ -255,7 +255,7 @@ def test_batch_mode_runs_and_reports_images_per_second(saved_tiny_model, photos)
 
 
 def test_each_onnx_backend_names_the_weights_it_needs() -> None:
-    from soli_hf.bench.latency import quantization_kind
+    from soli_hf.onnx.manifest import quantization_kind
 
     assert quantization_kind(None) == "float32"
     assert quantization_kind({"mode": "dynamic"}) == "int8"

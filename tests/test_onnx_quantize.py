@@ -244,12 +244,25 @@ def test_soli_export_static_calibrates_on_a_datasets_training_photos(saved_model
     assert storage["convolution_weights"]["size_budget_mb"] == 50 and storage["convolution_weights"]["int8"] == []
 
 
-def test_the_profile_names_static_quantization() -> None:
-    from soli_hf.bench.onnx_profile import quantization_label
+def test_one_description_names_each_quantization_mode() -> None:
+    """The reports (evaluation, profile, int8 parity) all describe a folder's weights with `describe_quantization`."""
+    from soli_hf.onnx.manifest import describe_quantization
 
-    assert quantization_label(None) == "none (float32)"
-    assert quantization_label({"name": "arm64", "mode": "dynamic"}) == "arm64"
-    assert quantization_label({"name": "avx512", "mode": "static"}) == "avx512, static encoder"
+    dynamic = {"name": "arm64", "mode": "dynamic", "operators": ["MatMul", "Gather"]}
+    assert describe_quantization(None) == "float32"
+    assert describe_quantization(dynamic) == "dynamic (arm64): MatMul, Gather int8, convolutions float32"
+    static = {**dynamic, "name": "avx512", "mode": "static"}
+    static["graphs"] = {"encoder": {"format": "QDQ", "calibration": {"method": "MinMax", "images": 300}}}
+    assert describe_quantization(static) == (
+        "static (avx512): encoder QDQ int8 (MinMax on 300 photos), decoder step dynamic"
+    )
+    fast = {**dynamic, "mode": "fast", "graphs": {"encoder": {"pointwise_products": {"int8": ["a", "b"]}}}}
+    assert describe_quantization(fast) == "fast (arm64): dynamic, and 2 1x1 convolutions as int8 products (GPTQ)"
+    storage = {"int8": ["a"], "size_budget_mb": 10.0}
+    compact = {**dynamic, "mode": "compact", "graphs": {"encoder": {"convolution_weights": storage}}}
+    assert describe_quantization(compact) == (
+        "compact (arm64): dynamic, and convolution weights float16, 1 of them int8 (GPTQ), 10 MB budget"
+    )
 
 
 def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp_path) -> None:

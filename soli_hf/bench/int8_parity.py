@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.partial import weights_stamp
+from ..onnx.manifest import describe_quantization
 from ..onnx.spec import DEFAULT_CALIBRATION_IMAGES
 from .markdown import markdown_table
 
@@ -259,32 +260,6 @@ def graph_bytes(folder: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in sorted(folder.glob("*.onnx"))}
 
 
-def weights_description(quantization: Mapping[str, Any] | None) -> str:
-    """How a folder's weights are stored and run, from its manifest's `quantization` entry (None: float32)."""
-    if quantization is None:
-        return FLOAT32
-    encoder, mode = quantization["graphs"]["encoder"], quantization["mode"]
-    text = f"{mode} ({quantization['name']}): "
-    if mode == "static":
-        calibration = encoder["calibration"]
-        return text + (
-            f"encoder {encoder['format']} int8 ({calibration['method']} on {calibration['images']} photos), "
-            f"decoder step dynamic"
-        )
-    if mode == "dynamic":
-        return text + f"{', '.join(quantization['operators'])} int8, convolutions float32"
-    text += "dynamic"
-    if "pointwise_products" in encoder:
-        text += f", and {len(encoder['pointwise_products']['int8'])} 1x1 convolutions as int8 products (GPTQ)"
-    if "convolution_weights" in encoder:
-        storage = encoder["convolution_weights"]
-        text += (
-            f", and convolution weights float16, {len(storage['int8'])} of them int8 (GPTQ), "
-            f"{storage['size_budget_mb']:g} MB budget"
-        )
-    return text
-
-
 def bar_failures(mode: str, evaluations: Sequence[Mapping[str, Any]], total_bytes: int) -> list[str]:
     """Why an int8 folder misses issue 16's bar ([] when it meets it): under `MIN_IDENTICAL_SHARE` of its captions
     identical to float32's, or CIDEr-D further than `MAX_CIDER_DROP` from float32's, for any beam width of `BEAMS`
@@ -327,7 +302,7 @@ def folder_record(folder: Path, variant: str, label: str) -> dict[str, Any]:
         "variant": variant,
         "folder": str(folder),
         "label": label,
-        "weights": weights_description(quantization),
+        "weights": describe_quantization(quantization),
         "quantization": quantization,
         "graph_bytes": sizes,
         "total_bytes": sum(sizes.values()),

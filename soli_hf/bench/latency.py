@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
+from ..onnx.manifest import quantization_kind
 from .memory import peak_rss_mib
 
 PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
@@ -205,15 +206,6 @@ def build_captioner(setup: LatencySetup) -> Captioner:
     if found != wanted:
         raise ValueError(f"{setup.artifact}: {found} graphs, expected {wanted} ones for {setup.backend}")
     return captioner
-
-
-def quantization_kind(quantization: dict[str, Any] | None) -> str:
-    """The kind of weights a manifest's quantization record names: "float32", "int8" (dynamic), or the calibrated
-    modes' "static int8", "fast int8" and "compact int8"."""
-    if quantization is None:
-        return "float32"
-    mode = quantization.get("mode", "dynamic")
-    return "int8" if mode == "dynamic" else f"{mode} int8"
 
 
 def measure(setup: LatencySetup) -> LatencyResult:

@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from ..onnx.manifest import describe_quantization
 from ..onnx.runtime import SoliOnnxCaptioner, greedy_search, session_options
 from ..onnx.spec import GREEDY_KEY
 from .markdown import markdown_table
@@ -127,7 +128,7 @@ def profile_onnx(
     return {
         "onnx_dir": str(onnx_dir),
         "inference_branches": manifest.get("inference_branches"),
-        "quantization": quantization_label(manifest.get("quantization")),
+        "quantization": describe_quantization(manifest.get("quantization")),
         "threads": threads,
         "tokens": tokens,
         "images": [list(image.size) for image in images],
@@ -138,21 +139,12 @@ def profile_onnx(
     }
 
 
-def quantization_label(quantization: dict[str, Any] | None) -> str:
-    """How a manifest's graphs are quantized, in words: the target, and the encoder's mode where it is not dynamic
-    ("static encoder", "fast encoder", "compact encoder")."""
-    if quantization is None:
-        return "none (float32)"
-    mode = quantization.get("mode", "dynamic")
-    return quantization["name"] if mode == "dynamic" else f"{quantization['name']}, {mode} encoder"
-
-
 def profile_markdown(result: dict[str, Any], top: int = 8) -> str:
     """The stage table and, per graph, its `top` operator types."""
     stages = result["stages_ms"]
     lines = [
         (
-            f"`{result['onnx_dir']}` (inference_branches={result['inference_branches']}, int8: "
+            f"`{result['onnx_dir']}` (inference_branches={result['inference_branches']}, weights: "
             f"{result['quantization']}), {result['threads']} thread(s), batch 1, greedy, {result['tokens']} new "
             f"tokens, median over {len(result['images'])} photos of each photo's median of {result['repeats']} runs; "
             f"onnxruntime {result['onnxruntime']}."

@@ -22,6 +22,7 @@ from ..bench.html_gallery import GalleryCard, write_gallery
 from ..bench.markdown import markdown_table, metric_cells
 from ..bench.plots import saved_figure
 from ..data import BadSampleReport
+from ..onnx.manifest import describe_quantization
 from .conditions import LowResCondition
 
 REPORT_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -177,7 +178,7 @@ def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
             record["inference_branches"],
             record["num_beams"],
             record["max_new_tokens"],
-            _weights(record["quantization"]),
+            describe_quantization(record["quantization"]),
             f"{record['size_mib']:.1f}" if "size_mib" in record else "-",
             f"{_millions(parameters['trained'])} / {_millions(parameters['frozen'])}" if parameters else "-",
         ]
@@ -192,16 +193,6 @@ def _model_lines(records: Sequence[dict[str, Any]]) -> list[str]:
 def _millions(count: int) -> str:
     """A parameter count in millions, e.g. `14.0 M`."""
     return f"{count / 1e6:.1f} M"
-
-
-def _weights(quantization: dict[str, Any] | None) -> str:
-    """float32, or how the weights were quantized to int8."""
-    if quantization is None:
-        return "float32"
-    operators = ", ".join(quantization["operators"])
-    detail = {"fast": "; last-stage 1x1 convolutions int8 (GPTQ)", "compact": "; convolution weights float16/int8"}
-    mode = "dynamic" if quantization["mode"] in detail else quantization["mode"]
-    return f"int8 ({quantization['name']}: {mode} quantization of {operators}{detail.get(quantization['mode'], '')})"
 
 
 def _agreement_lines(agreement: Sequence[dict[str, Any]]) -> list[str]:

@@ -222,3 +222,40 @@ def _check_type(value: Any, types: type | tuple[type, ...], path: Path, key: str
     expected = " or ".join(_JSON_NAMES[kind] for kind in types)
     got = _JSON_NAMES.get(type(value), type(value).__name__)
     raise ValueError(f"{path}: key {key!r} must be {expected}, got {got} ({value!r:.40}); {REEXPORT}")
+
+
+def quantization_kind(quantization: dict[str, Any] | None) -> str:
+    """The kind of weights a manifest's `quantization` entry (None: none) names, for table cells: "float32", "int8"
+    (dynamic), or the calibrated modes' "static int8", "fast int8" and "compact int8"."""
+    if quantization is None:
+        return "float32"
+    mode = quantization.get("mode", "dynamic")
+    return "int8" if mode == "dynamic" else f"{mode} int8"
+
+
+def describe_quantization(quantization: dict[str, Any] | None) -> str:
+    """How a folder's weights are stored and run, in words, from its manifest's `quantization` entry (None:
+    float32): the mode and target, and what each calibrated mode does beyond dynamic int8."""
+    if quantization is None:
+        return "float32"
+    mode = quantization.get("mode", "dynamic")
+    encoder = quantization.get("graphs", {}).get("encoder", {})
+    text = f"{mode} ({quantization['name']}): "
+    if mode == "static":
+        calibration = encoder.get("calibration", {})
+        return text + (
+            f"encoder {encoder.get('format', 'QDQ')} int8 ({calibration.get('method', 'MinMax')} on "
+            f"{calibration.get('images', '?')} photos), decoder step dynamic"
+        )
+    if mode == "dynamic":
+        return text + f"{', '.join(quantization['operators'])} int8, convolutions float32"
+    text += "dynamic"
+    if "pointwise_products" in encoder:
+        text += f", and {len(encoder['pointwise_products']['int8'])} 1x1 convolutions as int8 products (GPTQ)"
+    if "convolution_weights" in encoder:
+        storage = encoder["convolution_weights"]
+        text += (
+            f", and convolution weights float16, {len(storage['int8'])} of them int8 (GPTQ), "
+            f"{storage['size_budget_mb']:g} MB budget"
+        )
+    return text
