@@ -263,6 +263,8 @@ def test_one_description_names_each_quantization_mode() -> None:
     assert describe_quantization(compact) == (
         "compact (arm64): dynamic, and convolution weights float16, 1 of them int8 (GPTQ), 10 MB budget"
     )
+    compact["graphs"]["decoder_step"] = {"products": {"block_size": 128, "format": "MatMulNBits"}}
+    assert describe_quantization(compact).endswith("budget; decoder products int8 in blocks of 128 (MatMulNBits)")
 
 
 def test_a_shared_transposed_weight_is_folded_so_both_products_are_quantized(tmp_path) -> None:
@@ -315,29 +317,42 @@ def test_gptq_keeps_a_product_closer_than_rounding_each_weight() -> None:
 
 
 def test_compact_quantization_fits_the_budget_with_folded_weights(float32_dir, tmp_path, images, monkeypatch) -> None:
-    """Compact mode stores the encoder's convolution weights in float16, then int8 for as many 1x1 convolutions as
-    the budget needs; onnxruntime folds their decoding at load (the kernels are the float32 convolutions of dynamic
-    mode), and the encoder's outputs stay close to dynamic int8's."""
+    """Compact mode stores only as many convolution weights smaller as the budget needs: none under a roomy budget,
+    float16 first, then int8 for 1x1 convolutions; onnxruntime folds their decoding at load (the kernels are the
+    float32 convolutions of dynamic mode), and the encoder's outputs stay close to dynamic int8's."""
     from soli_hf.bench.onnx_profile import operator_times
     from soli_hf.onnx import compact
+    from soli_hf.onnx.gptq import float32_convolutions
 
     monkeypatch.setattr(compact, "MIN_INT8_WEIGHTS", 1)  # the tiny model's convolutions are all small
     dynamic = tmp_path / "dynamic"
     quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
-    roomy, tight = tmp_path / "roomy", tmp_path / "tight"
+    roomy, half, tight = tmp_path / "roomy", tmp_path / "half", tmp_path / "tight"
     quantize_onnx(float32_dir, roomy, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=100)
     graphs_bytes = sum((roomy / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx"))
-    budget = (graphs_bytes - 1) / 1e6  # one byte under float16 storage: some weights must go int8
-    quantize_onnx(float32_dir, tight, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=budget)
-    for folder, int8_expected in ((roomy, False), (tight, True)):
+    encoder = onnx.load(roomy / "encoder.onnx")
+    convolutions = list(dict.fromkeys(node.input[1] for node in float32_convolutions(encoder)))
+    sizes = {init.name: int(np.prod(init.dims)) for init in encoder.graph.initializer}
+    float16_saves = 2 * sum(sizes[name] for name in convolutions)
+    budgets = {half: (graphs_bytes - 1) / 1e6, tight: (graphs_bytes - float16_saves - 1) / 1e6}
+    for folder, budget in budgets.items():
+        quantize_onnx(
+            float32_dir, folder, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=budget
+        )
+        assert sum((folder / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx")) <= budget * 1e6
+    expected_storage = {
+        roomy: set(),
+        half: {onnx.TensorProto.FLOAT16},
+        tight: {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8},
+    }
+    for folder, expected in expected_storage.items():
         quantization = json.loads((folder / MANIFEST_NAME).read_text())["quantization"]
         assert quantization["mode"] == "compact"
         storage = quantization["graphs"]["encoder"]["convolution_weights"]
-        assert bool(storage["int8"]) == int8_expected and storage["calibration"]["images"] == len(images)
-        encoder = onnx.load(folder / "encoder.onnx")
-        stored = {init.data_type for init in encoder.graph.initializer if init.name.endswith((".float16", ".int8"))}
-        assert stored == ({onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8} if int8_expected else {10})
-    assert sum((tight / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx")) <= budget * 1e6
+        assert bool(storage["int8"]) == (folder == tight) and storage["calibration"]["images"] == len(images)
+        assert (set(storage["float32"]) == set(convolutions)) == (folder == roomy)
+        stored = onnx.load(folder / "encoder.onnx").graph.initializer
+        assert {init.data_type for init in stored if init.name.endswith((".float16", ".int8"))} == expected
     reference, smaller = SoliOnnxCaptioner(dynamic, num_threads=1), SoliOnnxCaptioner(tight, num_threads=1)
     pixel_values = reference.preprocess(images)
     kernels = {
@@ -357,9 +372,9 @@ def test_compact_quantization_refuses_what_it_cannot_do(float32_dir, tmp_path, i
         quantize_onnx(float32_dir, tmp_path / "b", mode="compact", calibration=images, size_budget_mb=0)
     with pytest.raises(ValueError, match=r"the int8 decoder step alone is 0\.\d\d MB, over the 1e-06 MB size budget"):
         quantize_onnx(float32_dir, tmp_path / "c", mode="compact", calibration=images, size_budget_mb=1e-6)
-    decoder = quantize_onnx(float32_dir, tmp_path / "dynamic", backend="onnxruntime")[1]
-    assert decoder.name == "decoder_step.onnx"
-    tiny_budget = (decoder.stat().st_size + 1000) / 1e6  # 1 kB left for the encoder
+    roomy = tmp_path / "roomy"
+    quantize_onnx(float32_dir, roomy, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=100)
+    tiny_budget = ((roomy / "decoder_step.onnx").stat().st_size + 1000) / 1e6  # 1 kB left for the encoder
     with pytest.raises(ValueError, match=r"encoder graph is 0\.\d\d MB .* over its share of the size budget, 0\.00 MB"):
         quantize_onnx(float32_dir, tmp_path / "d", mode="compact", calibration=images, size_budget_mb=tiny_budget)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # nothing half-written
@@ -416,6 +431,67 @@ def test_fast_quantization_runs_pointwise_convolutions_as_int8_products(
         # every 1x1 convolution of a random tiny model in int8 (weights and activations): the static test's bound
         assert np.abs(actual - expected).mean() < 0.25 * np.abs(expected).mean() + 1e-3
     assert len(faster.caption(images)) == len(images)
+
+
+def test_smoothing_the_products_inputs_leaves_the_float32_encoder_unchanged(float32_dir, images, tmp_path) -> None:
+    """SmoothQuant's rescaling (1/s on each product's input, s on its weight's rows) is exact in float32: the
+    smoothed graph's outputs equal the unsmoothed one's; the factors follow the channels' ranges."""
+    import onnxruntime as ort
+
+    from soli_hf.onnx import pointwise
+    from soli_hf.onnx.gptq import float32_convolutions, input_statistics
+    from soli_hf.onnx.quantize import _prepare
+
+    reference = SoliOnnxCaptioner(float32_dir, num_threads=1)
+    pixel_values = reference.preprocess(images)
+    float32 = onnx.load(float32_dir / "encoder.onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pointwise, "MIN_FAST_WEIGHTS", 1)
+        prepared, _, products = _prepare(float32_dir / "encoder.onnx", tmp_path, pointwise=True)
+    convolutions = [node for node in float32_convolutions(float32) if node.input[1] in products]
+    moments, maxima = input_statistics(float32, convolutions, pixel_values)
+    assert set(moments) == set(maxima) == set(products)
+    model = onnx.load(prepared)
+    factors = pointwise.smooth_products(model, maxima)
+    assert set(factors) == set(products)
+    assert sum(node.op_type == "Mul" and node.input[1].endswith(".smoothing") for node in model.graph.node) >= len(
+        products
+    )
+    for weight, factor in factors.items():
+        assert np.isclose(np.exp(np.mean(np.log(factor))), 1.0)  # geometric mean 1
+        wide, narrow = np.argmax(maxima[weight]), np.argmin(maxima[weight])
+        if maxima[weight][wide] > 4 * maxima[weight][narrow] > 0:
+            assert factor[wide] > factor[narrow]  # the wide channel is divided more
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    smoothed = session.run(None, {session.get_inputs()[0].name: pixel_values})
+    for expected, actual in zip(reference.encode(pixel_values), smoothed, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["fast", "compact"])
+def test_the_calibrated_modes_store_the_decoder_products_as_int8_blocks(float32_dir, tmp_path, images, mode) -> None:
+    """Fast and compact mode: every weight product of the decoder step is a `MatMulNBits` (int8 blocks, int8
+    compute), the embedding table dynamic int8; the step's log-probabilities stay close to float32's."""
+    from soli_hf.onnx import blockwise
+
+    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime", mode=mode, calibration=images, size_budget_mb=100)
+    decoder = onnx.load(tmp_path / "decoder_step.onnx")
+    nbits = [node for node in decoder.graph.node if node.op_type == "MatMulNBits"]
+    attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in nbits[0].attribute}
+    assert attributes["bits"] == 8 and attributes["block_size"] == blockwise.BLOCK_SIZE
+    assert attributes["accuracy_level"] == blockwise.ACCURACY_LEVEL
+    assert len(nbits) >= 5 and not any(node.op_type == "MatMulInteger" for node in decoder.graph.node)
+    stored = {init.name: init.data_type for init in decoder.graph.initializer}
+    assert stored["decoder.embed_tokens.weight_quantized"] in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    record = json.loads((tmp_path / MANIFEST_NAME).read_text())["quantization"]["graphs"]["decoder_step"]
+    assert record["mode"] == "blockwise" and record["products"] == blockwise.blockwise_record()
+    reference, quantized = SoliOnnxCaptioner(float32_dir, num_threads=1), SoliOnnxCaptioner(tmp_path, num_threads=1)
+    encoded = reference.encode(reference.preprocess(images))
+    start = np.full(len(images), reference.generation.decoder_start_token_id, dtype=np.int64)
+    expected = reference.decoder_session(encoded).step(start)
+    actual = quantized.decoder_session(encoded).step(start)
+    assert np.abs(np.exp(actual) - np.exp(expected)).max() < 0.02  # probabilities
+    assert len(quantized.caption(images, num_beams=3)) == len(images)
 
 
 # --- greedy search as one graph (written by fast mode) -------------------------------------------------------------

@@ -42,8 +42,11 @@ MODE_VARIANTS = {"both": ("dynamic", "static", "fast"), "lr": ("dynamic", "stati
 BEAMS = (1, 3)
 #: The int8 settings (`soli export --quantize arm64`: the deployed CPU).
 TARGET = "arm64"
-#: `run_evaluation`'s settings (int8 captions depend on the batch size: one activation scale per batch).
-EVALUATION = {"batch_size": 25, "meteor": False, "num_threads": 1}
+#: `run_evaluation`'s settings. Batch 1: issue 16's setting (one photo per call, one thread), and the only one in
+#: which a photo's int8 caption does not depend on the other photos of its batch (the encoder's int8 products and the
+#: dynamic decoder quantize their input with one scale per tensor, the whole batch's). The shipped model's fast
+#: "both" folder kept 87.6% of the beam-3 captions at batch 25 and 89.6% at batch 1 (2026-11-30).
+EVALUATION = {"batch_size": 1, "meteor": False, "num_threads": 1}
 #: The scores of the report: coco-caption's names.
 SCORES = ("CIDEr", "Bleu_4", "ROUGE_L")
 SCORE_NAMES = {"CIDEr": "CIDEr-D", "Bleu_4": "BLEU-4", "ROUGE_L": "ROUGE-L"}

@@ -26,23 +26,26 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .gptq import encoder_output, float32_convolutions, gptq, input_second_moments
 
-#: The smallest 1x1 convolution (in weights) that is considered for int8; smaller ones stay float16.
+#: The smallest 1x1 convolution (in weights) that is considered for int8.
 MIN_INT8_WEIGHTS = 20_000
+#: Bytes per weight of each storage.
+_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
 class CompactEncoder:
-    """The compacted encoder graph, the convolution weights stored as int8, and the relative error of its memory
-    output against the float32 weights on the calibration photos."""
+    """The compacted encoder graph, the convolution weights stored as int8 and those kept float32 (the others are
+    float16), and the relative error of its memory output against the float32 weights on the calibration photos."""
 
     model: onnx.ModelProto
     int8_weights: list[str]
+    float32_weights: list[str]
     calibration_error: float
 
 
 def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_bytes: int) -> CompactEncoder:
-    """Store `encoder`'s float32 convolution weights in float16, then int8 (GPTQ) for the pointwise convolutions that
-    add the least error per byte, until the serialized graph is at most `budget_bytes`.
+    """Store `encoder`'s float32 convolution weights smaller, float16 or (pointwise convolutions) int8 (GPTQ), the
+    changes that add the least error per byte saved first, until the serialized graph is at most `budget_bytes`.
 
     Args:
         encoder: an encoder graph whose convolutions read float32 initializers (an exported or int8 SOLI encoder).
@@ -50,14 +53,13 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
         budget_bytes: the most the compacted graph may weigh.
 
     Raises:
-        ValueError: when even every candidate as int8 does not fit the budget, or the graph has no float32
-            convolution weight.
+        ValueError: when even every weight at its smallest (int8 for the candidates, float16 for the others) does
+            not fit the budget, or the graph has no float32 convolution weight.
     """
     shapes = {tensor.name: tuple(tensor.dims) for tensor in encoder.graph.initializer}
     convolutions = float32_convolutions(encoder)
     if not convolutions:
         raise ValueError("compact: the encoder graph has no float32 convolution weight to store smaller")
-    storage = {node.input[1]: "float16" for node in convolutions}
     candidates = [
         node
         for node in convolutions
@@ -72,14 +74,20 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
         output = encoder_output(stored_weights(encoder, choice, codes), pixel_values)
         return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
 
-    base = error(storage) ** 2
-    added = {name: (error(storage | {name: "int8"}) ** 2 - base) / weights[name].size for name in codes}
+    # Each change alone, from float32: its squared error per byte saved.
+    names = list(dict.fromkeys(node.input[1] for node in convolutions))  # both branches read one weight
+    changes = [(name, "float16") for name in names] + [(name, "int8") for name in codes]
+    cost = {
+        (name, kind): error({name: kind}) ** 2 / (weights[name].size * (4 - _BYTES[kind])) for name, kind in changes
+    }
+    storage: dict[str, str] = {}
     model = stored_weights(encoder, storage, codes)
-    for name in sorted(added, key=added.get):
+    for name, kind in sorted(changes, key=cost.get):
         if model.ByteSize() <= budget_bytes:
             break
-        storage[name] = "int8"
-        model = stored_weights(encoder, storage, codes)
+        if _BYTES[kind] < _BYTES[storage.get(name, "float32")]:
+            storage[name] = kind
+            model = stored_weights(encoder, storage, codes)
     if model.ByteSize() > budget_bytes:
         raise ValueError(
             f"compact: the encoder graph is {model.ByteSize() / 1e6:.2f} MB with every 1x1 convolution of at least "
@@ -87,7 +95,8 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
             f"{budget_bytes / 1e6:.2f} MB"
         )
     int8 = [name for name, kind in storage.items() if kind == "int8"]
-    return CompactEncoder(model, int8, error(storage))
+    float32 = [name for name in names if name not in storage]
+    return CompactEncoder(model, int8, float32, error(storage))
 
 
 def stored_weights(

@@ -53,8 +53,16 @@ def input_second_moments(
     """`sum x x^T` (float64) of each 1x1 convolution's input over every pixel of every calibration image, keyed by
     the convolution's weight. A weight that several convolutions read (the two SOLI branches share the backbone)
     sums the inputs of all of them."""
+    return input_statistics(encoder, convolutions, pixel_values)[0]
+
+
+def input_statistics(
+    encoder: onnx.ModelProto, convolutions: list[onnx.NodeProto], pixel_values: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`input_second_moments`, and the largest absolute value of each input channel (over the inputs of every
+    convolution reading the weight), keyed by the convolution's weight, from one pass over the calibration images."""
     if not convolutions:
-        return {}
+        return {}, {}
     probe = onnx.ModelProto()
     probe.CopyFrom(encoder)
     names = list(dict.fromkeys(node.input[0] for node in convolutions))
@@ -65,13 +73,16 @@ def input_second_moments(
     for node in convolutions:
         weight_of.setdefault(node.input[0], []).append(node.input[1])
     moments: dict[str, np.ndarray] = {}
+    maxima: dict[str, np.ndarray] = {}
     for start in range(0, len(pixel_values), BATCH):
         batch = {session.get_inputs()[0].name: pixel_values[start : start + BATCH]}
         for name, activations in zip(names, session.run(names, batch), strict=True):
             columns = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).astype(np.float64)
+            largest = np.abs(columns).max(axis=1)
             for weight in weight_of[name]:
                 moments[weight] = moments.get(weight, 0) + columns @ columns.T
-    return moments
+                maxima[weight] = np.maximum(maxima[weight], largest) if weight in maxima else largest
+    return moments, maxima
 
 
 def float32_convolutions(encoder: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -240,6 +240,7 @@ def describe_quantization(quantization: dict[str, Any] | None) -> str:
         return "float32"
     mode = quantization.get("mode", "dynamic")
     encoder = quantization.get("graphs", {}).get("encoder", {})
+    decoder = quantization.get("graphs", {}).get("decoder_step", {})
     text = f"{mode} ({quantization['name']}): "
     if mode == "static":
         calibration = encoder.get("calibration", {})
@@ -254,8 +255,12 @@ def describe_quantization(quantization: dict[str, Any] | None) -> str:
         text += f", and {len(encoder['pointwise_products']['int8'])} 1x1 convolutions as int8 products (GPTQ)"
     if "convolution_weights" in encoder:
         storage = encoder["convolution_weights"]
+        kept = f", {len(storage['float32'])} float32" if "float32" in storage else ""
         text += (
-            f", and convolution weights float16, {len(storage['int8'])} of them int8 (GPTQ), "
+            f", and convolution weights float16, {len(storage['int8'])} of them int8 (GPTQ){kept}, "
             f"{storage['size_budget_mb']:g} MB budget"
         )
+    if "products" in decoder:
+        products = decoder["products"]
+        text += f"; decoder products int8 in blocks of {products['block_size']} ({products['format']})"
     return text

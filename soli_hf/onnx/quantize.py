@@ -69,11 +69,14 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.onnx_model import ONNXModel
 
+from .blockwise import OPERATORS as BLOCKWISE_OPERATORS
+from .blockwise import blockwise_products, blockwise_record
 from .compact import compact_encoder
 from .folder import write_export_folder
+from .gptq import float32_convolutions, input_statistics
 from .greedy import add_greedy_graph
 from .manifest import REEXPORT, read_manifest
-from .pointwise import pointwise_as_matmul, use_gptq_codes
+from .pointwise import SMOOTHING_ALPHA, pointwise_as_matmul, smooth_products, use_gptq_codes
 from .runtime import preprocess
 from .spec import (
     CALIBRATED_MODES,
@@ -86,6 +89,8 @@ from .spec import (
 )
 
 QUANTIZED_OPERATORS = ("MatMul", "Gather")
+#: The modes whose decoder step's matrix products are weight-only int8 blocks (`blockwise.py`), not dynamic int8.
+BLOCKWISE_DECODER_MODES = ("fast", "compact")
 #: What static mode quantizes in the encoder graph (QDQ): its convolutions and what joins them, so that int8
 #: tensors flow from one convolution to the next (`Clip`, ReLU6, is folded into the convolution before it).
 STATIC_OPERATORS = ("Conv", "Clip", "Add", "AveragePool", "MatMul", "Gemm")
@@ -191,9 +196,10 @@ def _write_quantized(
         for graph in GRAPHS:
             fast = mode == "fast" and graph.key == ENCODER.key
             prepared, excluded[graph.key], products = _prepare(source / graph.file_name, Path(scratch), fast)
+            destination = out / graph.file_name
             if mode == "static" and graph.key == ENCODER.key:
                 inputs = ImageCalibrationReader(calibration, manifest["preprocessing"], ENCODER.inputs[0].name)
-                _quantize_static(prepared, out / graph.file_name, settings, inputs)
+                _quantize_static(prepared, destination, settings, inputs)
                 graphs[graph.key] = {
                     "mode": "static",
                     "format": "QDQ",
@@ -201,12 +207,22 @@ def _write_quantized(
                     "calibration": {"images": len(calibration), "method": CalibrationMethod.MinMax.name},
                     "backend": "onnxruntime",
                 }
+            elif mode in BLOCKWISE_DECODER_MODES and graph.key == DECODER_STEP.key:
+                onnx.save(blockwise_products(onnx.load(prepared), excluded[graph.key]), prepared)
+                quantize(prepared, destination, settings, excluded[graph.key], ("Gather",))
+                graphs[graph.key] = {
+                    "mode": "blockwise",
+                    "operators": [*BLOCKWISE_OPERATORS, "Gather"],
+                    "products": blockwise_record(),
+                    "backend": backend,
+                }
             else:
-                quantize(prepared, out / graph.file_name, settings, excluded[graph.key])
+                statistics = _smooth_pointwise(source, prepared, manifest, calibration, products) if fast else None
+                quantize(prepared, destination, settings, excluded[graph.key])
                 graphs[graph.key] = {"mode": "dynamic", "operators": list(QUANTIZED_OPERATORS), "backend": backend}
-            if fast:
-                graphs[graph.key]["pointwise_products"] = _use_gptq_codes(source, out, manifest, calibration, products)
-            written.append(out / graph.file_name)
+                if statistics is not None:
+                    graphs[graph.key]["pointwise_products"] = _use_gptq_codes(source, out, statistics, len(calibration))
+            written.append(destination)
     if mode == "compact":
         graphs[ENCODER.key]["convolution_weights"] = _compact(out, manifest, calibration, size_budget_mb)
     quantization = {
@@ -226,19 +242,36 @@ def _write_quantized(
     return [*written, manifest_path]
 
 
-def _use_gptq_codes(
-    source: Path, out: Path, manifest: dict[str, Any], calibration: Sequence[Any], products: list[str]
-) -> dict[str, Any]:
-    """Fast mode: give the int8 products of the encoder's 1x1 convolutions `products` (weights of the float32
-    encoder in `source`) GPTQ's codes, calibrated on `calibration`; returns the manifest's record of them."""
+def _smooth_pointwise(
+    source: Path, prepared: Path, manifest: dict[str, Any], calibration: Sequence[Any], products: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fast mode, before quantizing: the statistics of the inputs of the encoder's 1x1 convolutions `products`
+    (weights of the float32 encoder in `source`) on `calibration`, and the `prepared` graph's products smoothed with
+    them (`pointwise.smooth_products`). Returns the inputs' second moments and the smoothing factors."""
     pixel_values = preprocess(list(calibration), manifest["preprocessing"])
+    float32 = onnx.load(source / ENCODER.file_name)
+    convolutions = [node for node in float32_convolutions(float32) if node.input[1] in products]
+    moments, maxima = input_statistics(float32, convolutions, pixel_values)
+    model = onnx.load(prepared)
+    factors = smooth_products(model, maxima)
+    onnx.save(model, prepared)
+    return moments, factors
+
+
+def _use_gptq_codes(
+    source: Path, out: Path, statistics: tuple[dict[str, np.ndarray], dict[str, np.ndarray]], images: int
+) -> dict[str, Any]:
+    """Fast mode, after quantizing: give the encoder's int8 products GPTQ's codes for their smoothed inputs
+    (`_smooth_pointwise`'s `statistics`, from `images` calibration photos); returns the manifest's record of them."""
+    moments, factors = statistics
     encoder = onnx.load(out / ENCODER.file_name)
-    use_gptq_codes(encoder, onnx.load(source / ENCODER.file_name), products, pixel_values)
+    use_gptq_codes(encoder, onnx.load(source / ENCODER.file_name), moments, factors)
     onnx.save(encoder, out / ENCODER.file_name)
     return {
-        "int8": products,
+        "int8": list(moments),
         "rounding": "GPTQ, one scale per output channel",
-        "calibration": {"images": len(calibration)},
+        "smoothing": {"method": "SmoothQuant", "alpha": SMOOTHING_ALPHA},
+        "calibration": {"images": images},
     }
 
 
@@ -256,8 +289,9 @@ def _compact(out: Path, manifest: dict[str, Any], calibration: Sequence[Any], si
     compacted = compact_encoder(onnx.load(out / ENCODER.file_name), pixel_values, budget)
     onnx.save(compacted.model, out / ENCODER.file_name)
     return {
-        "storage": "float16, and int8 (GPTQ, one scale per output channel) for the weights listed",
+        "storage": "float16, but int8 (GPTQ, one scale per output channel) and float32 for the weights listed",
         "int8": compacted.int8_weights,
+        "float32": compacted.float32_weights,
         "calibration": {"images": len(calibration), "memory_relative_error": round(compacted.calibration_error, 5)},
         "size_budget_mb": size_budget_mb,
     }
@@ -402,13 +436,17 @@ def _load_graph(path: Path) -> onnx.ModelProto:
 
 
 def _quantize_with_onnxruntime(
-    source: Path, destination: Path, settings: QuantizationTarget, nodes_to_exclude: list[str]
+    source: Path,
+    destination: Path,
+    settings: QuantizationTarget,
+    nodes_to_exclude: list[str],
+    operators: Sequence[str] = QUANTIZED_OPERATORS,
 ) -> None:
-    """`onnxruntime.quantization.quantize_dynamic` with the target's settings."""
+    """`onnxruntime.quantization.quantize_dynamic` of `operators` with the target's settings."""
     quantize_dynamic(
         source,
         destination,
-        op_types_to_quantize=list(QUANTIZED_OPERATORS),
+        op_types_to_quantize=list(operators),
         nodes_to_exclude=nodes_to_exclude,
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
@@ -418,9 +456,13 @@ def _quantize_with_onnxruntime(
 
 
 def _quantize_with_optimum(
-    source: Path, destination: Path, settings: QuantizationTarget, nodes_to_exclude: list[str]
+    source: Path,
+    destination: Path,
+    settings: QuantizationTarget,
+    nodes_to_exclude: list[str],
+    operators: Sequence[str] = QUANTIZED_OPERATORS,
 ) -> None:
-    """Optimum's `ORTQuantizer` with `AutoQuantizationConfig.<target>(is_static=False, ...)`."""
+    """Optimum's `ORTQuantizer` with `AutoQuantizationConfig.<target>(is_static=False, ...)` for `operators`."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -428,7 +470,7 @@ def _quantize_with_optimum(
         "is_static": False,
         "per_channel": settings.per_channel,
         "use_symmetric_weights": settings.symmetric_weights,
-        "operators_to_quantize": list(QUANTIZED_OPERATORS),
+        "operators_to_quantize": list(operators),
         "nodes_to_exclude": nodes_to_exclude,
     }
     if settings.name != "arm64":  # arm64 has no reduce_range option (always full range)
