@@ -549,3 +549,26 @@ def test_the_greedy_graph_refuses_a_step_whose_names_it_would_reuse(float32_dir)
     manifest = json.loads((float32_dir / MANIFEST_NAME).read_text())
     with pytest.raises(ValueError, match=r"the decoder step already uses the names \['scores'\]"):
         greedy_graph(step, manifest["generation"], len(manifest["vocabulary"]))
+
+
+def test_the_graph_swap_pairs_every_encoder_with_every_decoder_step(float32_dir, tmp_path, images) -> None:
+    """`bench.graph_swap`: a folder paired with itself captions as the folder does on its own; every other pairing
+    gets a share of captions identical to float32's, and the report renders."""
+    from soli_hf.bench.graph_swap import captions_by_pairing, graph_swap_report, write_graph_swap_report
+
+    int8 = tmp_path / "int8"
+    quantize_onnx(float32_dir, int8, backend="onnxruntime")
+    pairs = captions_by_pairing([float32_dir, int8], images[:3], beams=(1, 3))
+    assert set(pairs) == {(a, b) for a in (float32_dir, int8) for b in (float32_dir, int8)}
+    for folder in (float32_dir, int8):
+        captioner = SoliOnnxCaptioner(folder, num_threads=1)
+        for index, image in enumerate(images[:3]):
+            for num_beams in (1, 3):
+                expected = captioner.generate(captioner.preprocess([image]), num_beams=num_beams)[0]
+                assert pairs[folder, folder][num_beams][index] == tuple(expected)
+    report = graph_swap_report(float32_dir, [int8], images[:3], split="tiny")
+    assert report["split"] == "tiny" and report["images"] == 3 and len(report["pairings"]) == 3
+    for row in report["pairings"]:
+        assert set(row["identical"]) == {"1", "3"} and all(0 <= share <= 1 for share in row["identical"].values())
+    write_graph_swap_report(report, tmp_path / "swap" / "both.json")
+    assert "| encoder from | decoder step from |" in (tmp_path / "swap" / "both.md").read_text()

@@ -7,14 +7,16 @@ the export, it writes that folder whole or not at all (`folder.py`).
 Four modes:
 - "dynamic" (the default): both graphs, as below.
 - "fast" (`mode="fast", calibration=images`): "dynamic", and the encoder's large 1x1 convolutions (MobileNetV2's last
-  stage) as int8 matrix products with GPTQ weights calibrated on the images (`pointwise.py`): the "both" encoder runs
-  about 1.5 ms faster (6.8 -> 5.3 ms on one thread), 90.0-91.6% of the dev captions identical to float32. The
+  stage) as int8 matrix products with GPTQ weights calibrated on the images, their inputs smoothed first
+  (SmoothQuant, `pointwise.py`): the "both" encoder runs about 1.5 ms faster (6.8 -> 5.3 ms on one thread). The
   folder also holds `greedy.onnx`, greedy search as one graph (`greedy.py`: the same token ids, ~0.3 ms less per
-  12-token caption, 4.9 MB more on disk).
-- "compact" (`mode="compact", calibration=images`): "dynamic", and the encoder's float32 convolution weights stored in
-  float16 and, for the 1x1 convolutions that change the encoder least, int8 (GPTQ, calibrated on the images), until
-  both graphs fit `size_budget_mb` (`compact.py`). The convolutions still run in float32: the same speed, a smaller
-  file (`lr`: 15.5 -> 9.97 MB for a 10 MB budget, 90.9-91.7% of the dev captions identical to float32).
+  12-token caption, 5.2 MB more on disk).
+- "compact" (`mode="compact", calibration=images`): "dynamic", and the encoder's float32 convolution weights stored
+  smaller, float16 or (1x1 convolutions) int8 with GPTQ, least added error per byte saved first, until both graphs
+  fit `size_budget_mb` (`compact.py`). The convolutions still run in float32: the same speed, a smaller file (`lr`:
+  15.5 -> 9.97 MB for a 10 MB budget).
+- In both, the decoder step's matrix products are weight-only int8 blocks with int8 compute (`blockwise.py`,
+  onnxruntime's `MatMulNBits`) instead of dynamic int8: fewer changed captions and a faster step.
 - "static" (`mode="static", calibration=images`): the encoder graph, convolutions included, is quantized
   statically in the QDQ format (`onnxruntime.quantization.quantize_static`): each activation gets a fixed uint8
   scale found by running the float32 encoder over the calibration images (a few hundred training photos; never
