@@ -32,9 +32,10 @@ MIN_FAST_WEIGHTS = 100_000
 #: What the float32 weight of a rewritten convolution is called in the rewritten graph (the quantizer adds its
 #: `_quantized`, `_scale` and `_zero_point` initializers to this name).
 MATMUL_WEIGHT = "{}.matmul"
-#: SmoothQuant's migration strength for the products' inputs (`smooth_products`). Measured on the shipped model (fast
-#: "both" encoder, float32 decoder, 1,000 dev photos, batch 1), captions identical to float32, greedy / beam 3: 0.3
-#: 94.4% / 92.6%, none 93.7% / 91.7%, 0.5 91.7% / 90.8%, 0.8 89.3% / 88.3%.
+#: SmoothQuant's migration strength for the products' inputs (`smooth_products`). Measured on the shipped model with
+#: one-off exports of the fast "both" encoder paired with the float32 decoder (as `scripts/int8_graph_swap.py` pairs
+#: them; 1,000 dev photos, batch 1), captions identical to float32, greedy / beam 3: 0.3 94.4% / 92.6%, none 93.7% /
+#: 91.7%, 0.5 91.7% / 90.8%, 0.8 89.3% / 88.3%.
 SMOOTHING_ALPHA = 0.3
 #: The name of a smoothed product's 1/s factors (per input channel, float32), from its convolution's weight name.
 SMOOTHING = "{}.smoothing"
