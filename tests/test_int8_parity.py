@@ -102,7 +102,7 @@ def check_mode(mode: dict, markdown: str, work: Path) -> None:
     for record in [reference, *mode["variants"]]:
         folder = Path(record["folder"])
         assert folder == work / record["label"]
-        sizes = {path.name: path.stat().st_size for path in folder.glob("*.onnx")}
+        sizes = {path.name: path.stat().st_size for path in folder.iterdir() if path.suffix in (".onnx", ".bin")}
         assert record["graph_bytes"] == sizes and set(sizes) >= {"encoder.onnx", "decoder_step.onnx"}
         total = sum(sizes.values())
         assert record["total_bytes"] == total

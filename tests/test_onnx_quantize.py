@@ -19,6 +19,7 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 
 from soli_hf import cli  # noqa: E402
 from soli_hf.onnx import SoliOnnxCaptioner  # noqa: E402
+from soli_hf.onnx.manifest import graph_files  # noqa: E402
 from soli_hf.onnx.quantize import QUANTIZED_OPERATORS, TARGETS, quantize_onnx  # noqa: E402
 from soli_hf.onnx.spec import MANIFEST_NAME, QUANTIZATION_TARGETS  # noqa: E402
 
@@ -55,6 +56,11 @@ def image_files(images, tmp_path_factory) -> list[Path]:
     for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
     return paths
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of an export folder's graphs and their weights file."""
+    return sum((folder / name).stat().st_size for name in graph_files(json.loads((folder / MANIFEST_NAME).read_text())))
 
 
 def op_types(path: Path) -> set[str]:
@@ -329,7 +335,7 @@ def test_compact_quantization_fits_the_budget_with_folded_weights(float32_dir, t
     quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
     roomy, half, tight = tmp_path / "roomy", tmp_path / "half", tmp_path / "tight"
     quantize_onnx(float32_dir, roomy, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=100)
-    graphs_bytes = sum((roomy / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx"))
+    graphs_bytes = folder_bytes(roomy)
     encoder = onnx.load(roomy / "encoder.onnx")
     convolutions = list(dict.fromkeys(node.input[1] for node in float32_convolutions(encoder)))
     sizes = {init.name: int(np.prod(init.dims)) for init in encoder.graph.initializer}
@@ -339,7 +345,7 @@ def test_compact_quantization_fits_the_budget_with_folded_weights(float32_dir, t
         quantize_onnx(
             float32_dir, folder, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=budget
         )
-        assert sum((folder / name).stat().st_size for name in ("encoder.onnx", "decoder_step.onnx")) <= budget * 1e6
+        assert folder_bytes(folder) <= budget * 1e6
     expected_storage = {
         roomy: set(),
         half: {onnx.TensorProto.FLOAT16},
@@ -370,11 +376,11 @@ def test_compact_quantization_refuses_what_it_cannot_do(float32_dir, tmp_path, i
         quantize_onnx(float32_dir, tmp_path / "a", mode="compact")
     with pytest.raises(ValueError, match="size_budget_mb must be positive"):
         quantize_onnx(float32_dir, tmp_path / "b", mode="compact", calibration=images, size_budget_mb=0)
-    with pytest.raises(ValueError, match=r"the int8 decoder step alone is 0\.\d\d MB, over the 1e-06 MB size budget"):
+    with pytest.raises(ValueError, match=r"the int8 decoder alone is 0\.\d\d MB, over the 1e-06 MB size budget"):
         quantize_onnx(float32_dir, tmp_path / "c", mode="compact", calibration=images, size_budget_mb=1e-6)
     roomy = tmp_path / "roomy"
     quantize_onnx(float32_dir, roomy, backend="onnxruntime", mode="compact", calibration=images, size_budget_mb=100)
-    tiny_budget = ((roomy / "decoder_step.onnx").stat().st_size + 1000) / 1e6  # 1 kB left for the encoder
+    tiny_budget = (folder_bytes(roomy) - (roomy / "encoder.onnx").stat().st_size + 1000) / 1e6  # 1 kB for the encoder
     with pytest.raises(ValueError, match=r"encoder graph is 0\.\d\d MB .* over its share of the size budget, 0\.00 MB"):
         quantize_onnx(float32_dir, tmp_path / "d", mode="compact", calibration=images, size_budget_mb=tiny_budget)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # nothing half-written
@@ -494,7 +500,7 @@ def test_the_calibrated_modes_store_the_decoder_products_as_int8_blocks(float32_
     assert len(quantized.caption(images, num_beams=3)) == len(images)
 
 
-# --- greedy search as one graph (written by fast mode) -------------------------------------------------------------
+# --- greedy search as one graph (written by fast and compact mode) ----------------------------------------------------
 
 
 @pytest.mark.parametrize("ngram", [0, 1, 2, 3])
@@ -523,9 +529,22 @@ def test_the_greedy_graph_gives_the_numpy_search_token_ids(float32_dir, images, 
         assert actual.shape == expected.shape and np.array_equal(actual, expected), (min_new, max_new)
 
 
-def test_fast_mode_writes_the_greedy_graph_the_runtime_uses(float32_dir, tmp_path, images) -> None:
-    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime", mode="fast", calibration=images)
-    assert (tmp_path / "greedy.onnx").is_file()
+@pytest.mark.parametrize("mode", ["fast", "compact"])
+def test_the_calibrated_modes_write_the_greedy_graph_on_the_steps_weights(float32_dir, tmp_path, images, mode) -> None:
+    """Fast and compact folders hold `greedy.onnx`, which the runtime uses for greedy search (the same captions as
+    the numpy search over the same int8 step); it and the step read one copy of the decoder's weights."""
+    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime", mode=mode, calibration=images, size_budget_mb=100)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    graphs = manifest["graphs"]
+    assert graphs["greedy"]["weights"] == graphs["decoder_step"]["weights"] == "decoder_weights.bin"
+    assert graph_files(manifest) == ["encoder.onnx", "decoder_step.onnx", "decoder_weights.bin", "greedy.onnx"]
+    for name in ("decoder_step.onnx", "greedy.onnx"):  # every weight of over 1 kB is a byte range of the one file
+        graph = onnx.load(tmp_path / name, load_external_data=False).graph
+        shared = [init for init in graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
+        locations = {entry.value for init in shared for entry in init.external_data if entry.key == "location"}
+        assert shared and locations == {"decoder_weights.bin"}
+        inline = [init for init in graph.initializer if init.data_location != onnx.TensorProto.EXTERNAL]
+        assert all(onnx.numpy_helper.to_array(init).nbytes < 1024 for init in inline)
     captioner = SoliOnnxCaptioner(tmp_path, num_threads=1)
     assert "greedy" in captioner.sessions
     with_graph = captioner.caption(images, num_beams=1)
@@ -536,9 +555,18 @@ def test_fast_mode_writes_the_greedy_graph_the_runtime_uses(float32_dir, tmp_pat
     profile = profile_onnx(tmp_path, [Image.fromarray(image) for image in images[:1]], tokens=4, repeats=1)
     assert list(profile["stages_ms"]) == ["preprocess", "encoder", "greedy graph (4 tokens, one call)", "caption"]
     assert list(profile["operators_ms_per_run"]) == ["encoder", "decoder_step"]
-    dynamic = tmp_path.parent / f"{tmp_path.name}-dynamic"
-    quantize_onnx(float32_dir, dynamic, backend="onnxruntime")
-    assert not (dynamic / "greedy.onnx").exists()  # the modes made for size do without its copy of the weights
+
+
+def test_a_folder_missing_its_shared_decoder_weights_is_refused(float32_dir, tmp_path, images) -> None:
+    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime", mode="fast", calibration=images)
+    (tmp_path / "decoder_weights.bin").unlink()
+    with pytest.raises(ValueError, match=r"missing decoder_weights\.bin named in soli_onnx\.json"):
+        SoliOnnxCaptioner(tmp_path)
+
+
+def test_dynamic_mode_keeps_the_numpy_greedy_search(float32_dir, tmp_path) -> None:
+    quantize_onnx(float32_dir, tmp_path, backend="onnxruntime")
+    assert not (tmp_path / "greedy.onnx").exists() and not (tmp_path / "decoder_weights.bin").exists()
 
 
 def test_the_greedy_graph_refuses_a_step_whose_names_it_would_reuse(float32_dir) -> None:

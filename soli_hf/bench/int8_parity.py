@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.partial import weights_stamp
-from ..onnx.manifest import describe_quantization
+from ..onnx.manifest import describe_quantization, graph_files, read_manifest
 from ..onnx.spec import DEFAULT_CALIBRATION_IMAGES
 from .markdown import markdown_table
 
@@ -259,8 +259,9 @@ def read_evaluation(evaluation_dir: Path, folders: Mapping[str, Path]) -> dict[s
 
 
 def graph_bytes(folder: Path) -> dict[str, int]:
-    """The size in bytes of every .onnx file of an export folder (fast folders also hold `greedy.onnx`)."""
-    return {path.name: path.stat().st_size for path in sorted(folder.glob("*.onnx"))}
+    """The size in bytes of every graph file of an export folder and of the weights file its decoder graphs share
+    (fast and compact folders: `greedy.onnx` and `decoder_weights.bin` beside the two graphs)."""
+    return {name: (folder / name).stat().st_size for name in graph_files(read_manifest(folder))}
 
 
 def bar_failures(mode: str, evaluations: Sequence[Mapping[str, Any]], total_bytes: int) -> list[str]:
@@ -297,8 +298,6 @@ def beam_name(num_beams: int) -> str:
 def folder_record(folder: Path, variant: str, label: str) -> dict[str, Any]:
     """What the report says of one export folder: where, its name in the evaluations, its weights (the manifest's
     `quantization` entry and a description of it) and the bytes of its graphs."""
-    from ..onnx.manifest import read_manifest
-
     quantization = read_manifest(folder).get("quantization")
     sizes = graph_bytes(folder)
     return {

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..captioner import WEIGHTS_NAME, Captioner, OnnxCaptioner, load_captioner
-from ..onnx.manifest import quantization_kind
+from ..onnx.manifest import graph_files, quantization_kind
 from .memory import peak_rss_mib
 
 PYTORCH, ORT_FP32, ORT_INT8 = "pytorch-eager", "ort-fp32", "ort-int8"
@@ -168,7 +168,7 @@ def footprint(captioner: Captioner, artifact: str | os.PathLike = "") -> Footpri
     """What a loaded captioner weighs: its graph files (ONNX), its weights file (a saved folder `artifact`), or for a
     model without one (the random-weight peers, a Hub id) its fp32 parameters at 4 bytes each."""
     if isinstance(captioner, OnnxCaptioner):
-        files = [graph["file"] for graph in captioner.runtime.manifest["graphs"].values()]
+        files = graph_files(captioner.runtime.manifest)
         size = sum((Path(artifact) / name).stat().st_size for name in files)
         return Footprint(size / 2**20, None, " + ".join(files))
     model = captioner.model

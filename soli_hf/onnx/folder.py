@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..storage import disk_full_as_oserror, write_folder_atomically
-from .spec import GRAPHS, GREEDY_FILE, MANIFEST_NAME
+from .spec import DECODER_WEIGHTS_FILE, GRAPHS, GREEDY_FILE, MANIFEST_NAME
 
 #: The files of an export folder (float32 or quantized): the only ones an existing `out_dir` may hold.
-EXPORT_FILES = frozenset({*(graph.file_name for graph in GRAPHS), GREEDY_FILE, MANIFEST_NAME})
+EXPORT_FILES = frozenset({*(graph.file_name for graph in GRAPHS), GREEDY_FILE, DECODER_WEIGHTS_FILE, MANIFEST_NAME})
 _NAMES_SHOWN = 5
 
 

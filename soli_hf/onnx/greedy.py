@@ -2,9 +2,11 @@
 onnxruntime call instead of one call per token.
 
 `greedy_graph(decoder_step, generation, vocab_size)` builds it from a folder's `decoder_step.onnx` and the
-manifest's generation settings; the fast quantization mode writes it as `greedy.onnx` (it holds a second copy of the
-decoder's weights, so the other modes, made for size, do without it) and `SoliOnnxCaptioner` uses it for
-`num_beams == 1` wherever a folder has it (the numpy beam search keeps the step graph). Each iteration does what
+manifest's generation settings; the fast and compact quantization modes write it as `greedy.onnx`
+(`add_greedy_graph`) and `SoliOnnxCaptioner` uses it for `num_beams == 1` wherever a folder has it (the numpy beam
+search keeps the step graph). The two graphs read the decoder's weights from ONE file, `decoder_weights.bin` (ONNX
+external data: each weight is a byte range of it, named by both graphs), so the greedy graph adds a few kB to the
+folder, not a second copy of the weights: compact mode's 10 MB budget holds it. Each iteration does what
 `runtime.greedy_search` does, in the same order, so the token ids are the same:
 - the step's log-probabilities, with `-inf` for the suppressed tokens, for `<eos>` while fewer than
   `min_new_tokens` tokens are generated, and for each token a no-repeat n-gram would repeat (every window of the
@@ -24,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .spec import DECODER_STEP, GREEDY_FILE, GREEDY_KEY
+from .spec import DECODER_STEP, DECODER_WEIGHTS_FILE, GREEDY_FILE, GREEDY_KEY
 
 #: Its inputs beyond memory and attention keys, and its output (the state's names are the step's inside the loop).
 INITIAL_HIDDEN, INITIAL_CELL = "initial_hidden", "initial_cell"
@@ -42,10 +44,10 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
     eos, pad = int(generation["eos_token_id"]), int(generation["pad_token_id"])
     ids, memory, keys, hidden, cell = (tensor.name for tensor in DECODER_STEP.inputs)
     log_probs, next_hidden, next_cell = (tensor.name for tensor in DECODER_STEP.outputs)
+    mask_nodes, mask_constants = _mask_nodes(
+        vocab, {"suppress_mask": generation.get("suppress_tokens") or [], "eos_mask": [eos], "zero_mask": []}
+    )
     constants = {
-        "suppress_mask": _mask(vocab, generation.get("suppress_tokens") or []),
-        "eos_mask": _mask(vocab, [eos]),
-        "zero_mask": np.zeros(vocab, dtype=np.float32),
         "eos_id": np.array(eos, dtype=np.int64),
         "pad_id": np.array(pad, dtype=np.int64),
         "last": np.array([-1], dtype=np.int64),
@@ -71,7 +73,8 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
         helper.make_node("ReduceMax", ["unfinished_as_int"], ["any_unfinished"], keepdims=0),
         helper.make_node("Cast", ["any_unfinished"], ["keep_going"], to=TensorProto.BOOL),
     ]
-    _check_names_free(step, [*body_nodes[:2], *body_nodes[2 + len(step.node) :]], constants)
+    added = [*mask_nodes, *body_nodes[:2], *body_nodes[2 + len(step.node) :]]
+    _check_names_free(step, added, constants | mask_constants)
     body = helper.make_graph(
         body_nodes,
         "greedy_step",
@@ -93,6 +96,7 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
     )
     start = np.array([[int(generation["decoder_start_token_id"])]], dtype=np.int64)
     outer_nodes = [
+        *mask_nodes,
         helper.make_node("Shape", [INITIAL_HIDDEN], ["state_shape"]),
         helper.make_node("Gather", ["state_shape", "zero_index"], ["batch_size"], axis=0),
         helper.make_node("Concat", ["batch_size", "one_column"], ["start_shape"], axis=0),
@@ -110,6 +114,7 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
         "zero_index": np.array([0], dtype=np.int64),
         "one_column": np.array([1], dtype=np.int64),
         "true": np.array(True),
+        **mask_constants,
     }
     graph = helper.make_graph(
         outer_nodes,
@@ -133,19 +138,36 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
     return model
 
 
-def add_greedy_graph(folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write `greedy.onnx` into an export folder from its `decoder_step.onnx` and `manifest["generation"]`, and name
-    it under `manifest["graphs"]` (the caller writes the manifest); returns its path."""
-    path = folder / GREEDY_FILE
-    step = onnx.load(folder / DECODER_STEP.file_name)
-    onnx.save(greedy_graph(step, manifest["generation"], len(manifest["vocabulary"])), path)
+def add_greedy_graph(folder: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Write `greedy.onnx` into an export folder from its `decoder_step.onnx` and `manifest["generation"]`, both
+    graphs reading the decoder's weights from one `decoder_weights.bin` (the step graph is rewritten to read its
+    weights from there), and name them under `manifest["graphs"]` (the caller writes the manifest); returns the
+    files it added (the step graph is rewritten in place)."""
+    step_path, greedy_path, weights_path = (
+        folder / DECODER_STEP.file_name,
+        folder / GREEDY_FILE,
+        folder / DECODER_WEIGHTS_FILE,
+    )
+    onnx.save_model(
+        onnx.load(step_path),
+        step_path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DECODER_WEIGHTS_FILE,
+        size_threshold=1024,
+    )
+    # Read back without the data: the initializers are byte ranges of the weights file, and stay so in the new graph.
+    step = onnx.load(step_path, load_external_data=False)
+    onnx.save_model(greedy_graph(step, manifest["generation"], len(manifest["vocabulary"])), greedy_path)
     names = ["memory", "attention_keys", INITIAL_HIDDEN, INITIAL_CELL, MAX_NEW_TOKENS, MIN_NEW_TOKENS]
+    manifest["graphs"][DECODER_STEP.key] = {**manifest["graphs"][DECODER_STEP.key], "weights": DECODER_WEIGHTS_FILE}
     manifest["graphs"][GREEDY_KEY] = {
         "file": GREEDY_FILE,
+        "weights": DECODER_WEIGHTS_FILE,
         "inputs": [{"name": name} for name in names],
         "outputs": [{"name": SEQUENCES, "dtype": "int64", "shape": ["batch", "sequence"]}],
     }
-    return path
+    return [greedy_path, weights_path]
 
 
 def _no_repeat_ngram_nodes(size: int, scores: str, output: str) -> list[onnx.NodeProto]:
@@ -240,7 +262,23 @@ def _check_names_free(step: onnx.GraphProto, added: list[onnx.NodeProto], consta
         raise ValueError(f"greedy graph: the decoder step already uses the names {sorted(ours & taken)}")
 
 
-def _mask(vocab: int, tokens: list[int]) -> np.ndarray:
-    mask = np.zeros(vocab, dtype=np.float32)
-    mask[list(tokens)] = -np.inf
-    return mask
+def _mask_nodes(vocab: int, masks: dict[str, list[int]]) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Nodes that make each named (vocab,) float mask, `-inf` at its tokens and 0 elsewhere, once per call of the
+    graph, and the constants they read (the tokens' ids, not vocabulary-sized vectors)."""
+    nodes = [
+        helper.make_node(
+            "ConstantOfShape",
+            ["vocab_shape"],
+            ["mask_zeros"],
+            value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]),
+        )
+    ]
+    constants: dict[str, np.ndarray] = {"vocab_shape": np.array([vocab], dtype=np.int64)}
+    for name, tokens in masks.items():
+        if not tokens:
+            nodes.append(helper.make_node("Identity", ["mask_zeros"], [name]))
+            continue
+        constants[f"{name}_ids"] = np.array(sorted(set(tokens)), dtype=np.int64)
+        constants[f"{name}_bans"] = np.full(len(set(tokens)), -np.inf, dtype=np.float32)
+        nodes.append(helper.make_node("ScatterElements", ["mask_zeros", f"{name}_ids", f"{name}_bans"], [name], axis=0))
+    return nodes, constants

@@ -190,10 +190,17 @@ def read_manifest(onnx_dir: str | os.PathLike) -> dict[str, Any]:
     if version != MANIFEST_VERSION:
         raise ValueError(f"{path}: format_version {version!r}, expected {MANIFEST_VERSION}; {REEXPORT}")
     check_schema(manifest, MANIFEST_SCHEMA, path)
-    for graph in manifest["graphs"].values():
-        if not (folder / graph["file"]).is_file():
-            raise ValueError(f"onnx_dir {folder}: missing {graph['file']} named in {MANIFEST_NAME}; {REEXPORT}")
+    for name in graph_files(manifest):
+        if not (folder / name).is_file():
+            raise ValueError(f"onnx_dir {folder}: missing {name} named in {MANIFEST_NAME}; {REEXPORT}")
     return manifest
+
+
+def graph_files(manifest: dict[str, Any]) -> list[str]:
+    """The files of an export folder's graphs: each graph's file and the weights file it reads (graphs that share
+    their weights name the same one), each once, manifest order; the manifest itself not included."""
+    files = [name for graph in manifest["graphs"].values() for name in (graph["file"], graph.get("weights")) if name]
+    return list(dict.fromkeys(files))
 
 
 def check_schema(value: Any, schema: Any, path: Path, key: str = "") -> None:

@@ -8,15 +8,15 @@ Four modes:
 - "dynamic" (the default): both graphs, as below.
 - "fast" (`mode="fast", calibration=images`): "dynamic", and the encoder's large 1x1 convolutions (MobileNetV2's last
   stage) as int8 matrix products with GPTQ weights calibrated on the images, their inputs smoothed first
-  (SmoothQuant, `pointwise.py`): the "both" encoder runs about 1.5 ms faster (6.8 -> 5.3 ms on one thread). The
-  folder also holds `greedy.onnx`, greedy search as one graph (`greedy.py`: the same token ids, ~0.3 ms less per
-  12-token caption, 5.2 MB more on disk).
+  (SmoothQuant, `pointwise.py`): the "both" encoder runs about 1.5 ms faster (6.8 -> 5.3 ms on one thread).
 - "compact" (`mode="compact", calibration=images`): "dynamic", and the encoder's float32 convolution weights stored
   smaller, float16 or (1x1 convolutions) int8 with GPTQ, least added error per byte saved first, until both graphs
   fit `size_budget_mb` (`compact.py`). The convolutions still run in float32: the same speed, a smaller file (`lr`:
   15.5 -> 9.97 MB for a 10 MB budget).
 - In both, the decoder step's matrix products are weight-only int8 blocks with int8 compute (`blockwise.py`,
-  onnxruntime's `MatMulNBits`) instead of dynamic int8: fewer changed captions and a faster step.
+  onnxruntime's `MatMulNBits`) instead of dynamic int8: fewer changed captions and a faster step; and the folder
+  holds `greedy.onnx`, greedy search as one graph (`greedy.py`: the same token ids, one call instead of one per
+  token), which reads the decoder step's weights from the same `decoder_weights.bin` (a few kB more on disk).
 - "static" (`mode="static", calibration=images`): the encoder graph, convolutions included, is quantized
   statically in the QDQ format (`onnxruntime.quantization.quantize_static`): each activation gets a fixed uint8
   scale found by running the float32 encoder over the calibration images (a few hundred training photos; never
@@ -77,7 +77,7 @@ from .compact import compact_encoder
 from .folder import write_export_folder
 from .gptq import float32_convolutions, input_statistics
 from .greedy import add_greedy_graph
-from .manifest import REEXPORT, read_manifest
+from .manifest import REEXPORT, graph_files, read_manifest
 from .pointwise import SMOOTHING_ALPHA, pointwise_as_matmul, smooth_products, use_gptq_codes
 from .runtime import preprocess
 from .spec import (
@@ -225,6 +225,9 @@ def _write_quantized(
                 if statistics is not None:
                     graphs[graph.key]["pointwise_products"] = _use_gptq_codes(source, out, statistics, len(calibration))
             written.append(destination)
+    manifest = {**manifest, "graphs": dict(manifest["graphs"])}
+    if mode in BLOCKWISE_DECODER_MODES:  # before compacting: the size budget counts the greedy graph too
+        written.extend(add_greedy_graph(out, manifest))
     if mode == "compact":
         graphs[ENCODER.key]["convolution_weights"] = _compact(out, manifest, calibration, size_budget_mb)
     quantization = {
@@ -236,9 +239,7 @@ def _write_quantized(
         "backend": backend,
         "graphs": graphs,
     }
-    manifest = {**manifest, "graphs": dict(manifest["graphs"]), "quantization": quantization}
-    if mode == "fast":  # greedy search as one graph around the int8 decoder step (`greedy.py`)
-        written.append(add_greedy_graph(out, manifest))
+    manifest["quantization"] = quantization
     manifest_path = out / MANIFEST_NAME
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return [*written, manifest_path]
@@ -278,13 +279,13 @@ def _use_gptq_codes(
 
 
 def _compact(out: Path, manifest: dict[str, Any], calibration: Sequence[Any], size_budget_mb: float) -> dict[str, Any]:
-    """Compact mode: store the convolution weights of the int8 encoder in `out` smaller, so that both graphs fit
+    """Compact mode: store the convolution weights of the int8 encoder in `out` smaller, so that all graphs fit
     `size_budget_mb`; returns the manifest's record of the storage."""
-    decoder_bytes = (out / DECODER_STEP.file_name).stat().st_size
+    decoder_bytes = sum((out / name).stat().st_size for name in graph_files(manifest) if name != ENCODER.file_name)
     budget = round(size_budget_mb * 1e6) - decoder_bytes
     if budget <= 0:
         raise ValueError(
-            f"quantize_onnx: the int8 decoder step alone is {decoder_bytes / 1e6:.2f} MB, over the "
+            f"quantize_onnx: the int8 decoder alone is {decoder_bytes / 1e6:.2f} MB, over the "
             f"{size_budget_mb} MB size budget"
         )
     pixel_values = preprocess(list(calibration), manifest["preprocessing"])

@@ -94,6 +94,9 @@ GRAPHS = (ENCODER, DECODER_STEP)
 #: Made from the decoder step, not exported from the model; folders written before it lack it (the runtime then
 #: runs its numpy greedy search).
 GREEDY_FILE, GREEDY_KEY = "greedy.onnx", "greedy"
+#: The decoder's weights when the step and greedy graphs share them (ONNX external data; a graph's manifest entry
+#: names it under "weights").
+DECODER_WEIGHTS_FILE = "decoder_weights.bin"
 
 
 def model_sizes(config: Any) -> dict[str, int]:
