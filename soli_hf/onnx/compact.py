@@ -74,7 +74,8 @@ def compact_encoder(encoder: onnx.ModelProto, pixel_values: np.ndarray, budget_b
 
     def error(choice: dict[str, str]) -> float:
         output = encoder_output(stored_weights(encoder, choice, codes), pixel_values)
-        return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
+        # relative to the float32 output (a tiny random model's can be all zeros: then the error itself)
+        return float(np.linalg.norm(output - reference) / max(np.linalg.norm(reference), 1e-12))
 
     # Each change alone, from float32: its squared error per byte saved.
     names = list(dict.fromkeys(node.input[1] for node in convolutions))  # both branches read one weight
