@@ -168,6 +168,12 @@ def test_the_export_folds_the_batch_norms_and_the_branches_share_the_weights(flo
     assert len(set(weights)) < len(weights)
 
 
+def test_the_exported_graphs_carry_no_exporter_debug_metadata(float32_dir) -> None:
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        graph = onnx.load(float32_dir / name).graph
+        assert graph.node and not any(node.metadata_props for node in graph.node)
+
+
 def test_static_quantization_writes_qdq_convolutions_that_run_as_qlinearconv(float32_dir, tmp_path, images) -> None:
     from soli_hf.bench.onnx_profile import operator_times
     from soli_hf.onnx.quantize import STATIC_OPERATORS

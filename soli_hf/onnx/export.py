@@ -28,6 +28,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -160,4 +161,15 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: Grap
             )
     finally:
         registry_logger.setLevel(registry_level)
+    drop_exporter_metadata(path)
     return path
+
+
+def drop_exporter_metadata(path: Path) -> None:
+    """Remove what the exporter records on each node of the graph file `path` for debugging (its Python stack trace,
+    module names and FX node: about 2 kB a node, with the exporting machine's paths): inference reads none of it,
+    and it made up most of the decoder graphs' bytes that are not weights."""
+    model = onnx.load(path)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, path)

@@ -29,6 +29,7 @@ from optimum.utils import DEFAULT_DUMMY_SHAPES, DummyInputGenerator, NormalizedC
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
+from .export import drop_exporter_metadata
 from .folder import write_export_folder
 from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, load_for_export
 from .manifest import generation_defaults, write_manifest
@@ -171,4 +172,7 @@ def _main_export_graphs(
             custom_onnx_configs=soli_onnx_configs(model),
             fn_get_submodels=soli_submodels,
         )
-        return [Path(shutil.move(Path(scratch) / graph.file_name, out / graph.file_name)) for graph in GRAPHS]
+        written = [Path(shutil.move(Path(scratch) / graph.file_name, out / graph.file_name)) for graph in GRAPHS]
+    for path in written:
+        drop_exporter_metadata(path)
+    return written
