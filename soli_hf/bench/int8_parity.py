@@ -545,7 +545,8 @@ def int8_parity_markdown(results: Mapping[str, Any]) -> str:
         f"of `{calibration['split']}` of {calibration['data']}, never the evaluated ones. Captions: batch "
         f"{settings['evaluation']['batch_size']}, {settings['evaluation']['num_threads']} onnxruntime thread, no "
         "METEOR; each folder's captions compared with the float32 folder's in the same evaluation (its report's "
-        "caption agreement). Graphs: every .onnx file of the folder (fast folders also hold greedy.onnx); "
+        "caption agreement). Graphs: the graph files the manifest names and their weights file (fast and compact "
+        "folders: encoder, decoder step, greedy search and the decoder_weights.bin the last two share); "
         "MB = 10^6 bytes, MiB = 2^20.",
         "",
         f"Issue 16's bar: at least {bar['min_identical_share']:.0%} of the captions identical to float32's and "
