@@ -219,11 +219,13 @@ def build_model(
     return model
 
 
-def suppress_unknown_token(model: SoliForConditionalGeneration, tokenizer: Any) -> None:
+def suppress_unknown_token(model: PreTrainedModel, tokenizer: Any) -> None:
     """Make `generate()` never pick `<unk>` (`generation_config.suppress_tokens`): a generated `<unk>` is dropped
-    when decoding and leaves a broken sentence. The one place that decides it: `build_model` (every new SOLI) and
-    `scripts/ship_model.py` (a shipped folder) call it."""
-    model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
+    when decoding and leaves a broken sentence. The one place that decides it: `build_model` (every new SOLI), the
+    AlignCap LSTM's set-up and `scripts/ship_model.py` (a shipped folder) call it. A tokenizer without `<unk>` (a
+    byte-level language model's) leaves the setting as it is."""
+    if tokenizer.unk_token_id is not None:
+        model.generation_config.suppress_tokens = [tokenizer.unk_token_id]
 
 
 def _new_model(model_config: str, values: dict[str, Any]) -> SoliForConditionalGeneration:
