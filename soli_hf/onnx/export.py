@@ -28,14 +28,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
 from ..processing_soli import SoliProcessor
 from .folder import write_export_folder
-from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, load_for_export
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, drop_exporter_metadata, load_for_export
 from .manifest import generation_defaults, write_manifest
 from .spec import DECODER_STEP, DEFAULT_OPSET, ENCODER, EXPORT_BACKENDS, GraphSpec, model_sizes
 
@@ -163,13 +162,3 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], graph: Grap
         registry_logger.setLevel(registry_level)
     drop_exporter_metadata(path)
     return path
-
-
-def drop_exporter_metadata(path: Path) -> None:
-    """Remove what the exporter records on each node of the graph file `path` for debugging (its Python stack trace,
-    module names and FX node: about 2 kB a node, with the exporting machine's paths): inference reads none of it,
-    and it made up most of the decoder graphs' bytes that are not weights."""
-    model = onnx.load(path)
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    onnx.save(model, path)

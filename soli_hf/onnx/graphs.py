@@ -1,5 +1,6 @@
-"""The two modules both export routes turn into ONNX graphs, the export-friendly layers they swap in, and
-`load_for_export` (the model and processor an export starts from).
+"""The two modules both export routes turn into ONNX graphs, the export-friendly layers they swap in,
+`load_for_export` (the model and processor an export starts from) and `drop_exporter_metadata` (what both routes
+do to the graph files they write).
 
 `SoliEncoderGraph` runs the model's own encoder with two of its weightless layers replaced by ones that compute the
 same numbers in operators ONNX runtimes handle well:
@@ -34,6 +35,7 @@ import math
 import os
 from pathlib import Path
 
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -258,3 +260,13 @@ def load_for_export(
             "than the ONNX interface describes); train with tags_in_memory=False to export"
         )
     return model, processor
+
+
+def drop_exporter_metadata(path: Path) -> None:
+    """Remove what the exporter records on each node of the graph file `path` for debugging (its Python stack trace,
+    module names and FX node: about 2 kB a node, with the exporting machine's paths): inference reads none of it,
+    and it made up most of the decoder graphs' bytes that are not weights."""
+    model = onnx.load(path)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, path)

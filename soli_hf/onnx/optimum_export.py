@@ -29,9 +29,8 @@ from optimum.utils import DEFAULT_DUMMY_SHAPES, DummyInputGenerator, NormalizedC
 from torch import nn
 
 from ..modeling_soli import SoliForConditionalGeneration
-from .export import drop_exporter_metadata
 from .folder import write_export_folder
-from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, load_for_export
+from .graphs import SoliDecoderStepGraph, SoliEncoderGraph, drop_exporter_metadata, load_for_export
 from .manifest import generation_defaults, write_manifest
 from .spec import BATCH, DECODER_STEP, DEFAULT_OPSET, ENCODER, GRAPHS, GraphSpec, TensorSpec, model_sizes
 
