@@ -140,9 +140,9 @@ def greedy_graph(decoder_step: onnx.ModelProto, generation: dict[str, Any], voca
 
 def add_greedy_graph(folder: Path, manifest: dict[str, Any]) -> list[Path]:
     """Write `greedy.onnx` into an export folder from its `decoder_step.onnx` and `manifest["generation"]`, both
-    graphs reading the decoder's weights from one `decoder_weights.bin` (the step graph is rewritten to read its
-    weights from there), and name them under `manifest["graphs"]` (the caller writes the manifest); returns the
-    files it added (the step graph is rewritten in place)."""
+    graphs reading the decoder's weights from one `decoder_weights.bin` (the step graph is rewritten in place to read
+    them from there), and name them under `manifest["graphs"]` (the caller writes the manifest); returns the two
+    files it added."""
     step_path, greedy_path, weights_path = (
         folder / DECODER_STEP.file_name,
         folder / GREEDY_FILE,
