@@ -47,7 +47,7 @@ test: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # No test may depend on one CPU's float path: the same fast tests pass with torch's portable, AVX2 and AVX-512
 # kernels (ATEN_CPU_CAPABILITY) and with one or two threads.
