@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig, MobileNetV2Config
 
+import soli_hf
 from soli_hf import (
     AlignCapConfig,
     AlignCapForConditionalGeneration,
@@ -75,6 +76,18 @@ def tiny_config(vocab_size: int, **overrides: object) -> SoliConfig:
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
 SHAPES = ("square", "stripe")
+
+
+def assert_runs_the_current_code(model_dir: Path, pattern: str) -> list[Path]:
+    """Every code file of a shipped model folder matching `pattern` equals soli_hf's own (a folder's copies drift
+    when the package changes and the model is not re-shipped); returns the files compared."""
+    package = Path(soli_hf.__file__).parent
+    code_files = sorted(model_dir.glob(pattern))
+    for code_file in code_files:
+        assert code_file.read_text() == (package / code_file.name).read_text(), (
+            f"{code_file.name} differs from soli_hf's: re-ship the model (scripts/ship_model.py)"
+        )
+    return code_files
 
 
 def unreduced_pixels(image: Image.Image, image_processor: Any, degradation: str = "bicubic") -> np.ndarray:

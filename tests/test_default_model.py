@@ -8,26 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_runs_the_current_code
 from transformers import AutoModel, pipeline
 
-import soli_hf
 from soli_hf import SoliForConditionalGeneration, SoliProcessor
 from soli_hf.captioner import CHECKOUT_MODEL_DIR as DEFAULT_MODEL_DIR
 from soli_hf.cli import main
 from soli_hf.hub import files_to_publish
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = Path(soli_hf.__file__).parent
 
 
 def test_shipped_folder_is_complete_small_and_runs_the_current_code() -> None:
     assert DEFAULT_MODEL_DIR == ROOT / "models" / "soli-flickr8k-lr64"
     files = files_to_publish(DEFAULT_MODEL_DIR)  # raises if anything the Hub copy needs is missing
     assert sum((DEFAULT_MODEL_DIR / name).stat().st_size for name in files) < 40 * 2**20
-    for code_file in DEFAULT_MODEL_DIR.glob("*_soli.py"):
-        assert code_file.read_text() == (PACKAGE / code_file.name).read_text(), (
-            f"{code_file.name} differs from soli_hf's: re-ship the model (scripts/ship_model.py)"
-        )
+    assert_runs_the_current_code(DEFAULT_MODEL_DIR, "*_soli.py")
 
 
 def test_shipped_model_captions_a_photo_with_its_defaults() -> None:

@@ -6,21 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import assert_runs_the_current_code
 
-import soli_hf
 from soli_hf.captioner import RegionCaptioner, load_captioner
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "aligncap-flickr30k-lstm"
-PACKAGE = Path(soli_hf.__file__).parent
 
 
 def test_the_region_folder_runs_the_current_code() -> None:
-    code_files = sorted(MODEL_DIR.glob("*.py"))
+    code_files = assert_runs_the_current_code(MODEL_DIR, "*.py")
     assert any(path.name == "modeling_aligncap.py" for path in code_files)
-    for code_file in code_files:
-        assert code_file.read_text() == (PACKAGE / code_file.name).read_text(), (
-            f"{code_file.name} differs from soli_hf's: re-ship the model (scripts/ship_model.py)"
-        )
 
 
 def test_the_region_model_describes_given_and_proposed_boxes() -> None:
