@@ -4,6 +4,7 @@ ablation table is written from finished run folders."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,26 @@ def test_quality_ablation_table_and_plot(tmp_path: Path) -> None:
         "| 0.1050 / 0.2000 | 92.0% / 80.0% |" in table
     )
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_quality_ablation_keeps_the_rows_of_runs_recorded_elsewhere(tmp_path: Path) -> None:
+    """Run folders from another machine are gone: their recorded rows stay, a run given again replaces its own row in
+    place, and a new run comes last; the per-epoch table compares rows that stopped early at a common epoch."""
+    out = tmp_path / "quality_ablation.json"
+    baseline = write_fake_run(tmp_path / "elsewhere", "baseline", [0.2, 0.3, 0.25])
+    soli = write_fake_run(tmp_path / "elsewhere", "soli", [0.3, 0.4, 0.45])
+    write_quality_ablation([baseline, soli], {}, out)
+    shutil.rmtree(tmp_path / "elsewhere")
+
+    soli_again = write_fake_run(tmp_path / "here", "soli", [0.31, 0.41, 0.46])
+    early = write_fake_run(tmp_path / "here", "soli_no_contrastive", [0.29])
+    rows = write_quality_ablation([early, soli_again], {}, out)["runs"]
+
+    assert [row["name"] for row in rows] == ["baseline", "soli", "soli_no_contrastive"]
+    assert rows[0]["cider_greedy"] == pytest.approx(0.3) and rows[1]["cider_greedy"] == pytest.approx(0.46)
+    table = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| run | 1 | 2 | 3 |" in table
+    assert "| soli_no_contrastive | 0.290 | - | - |" in table and "| baseline | 0.200 | 0.300 | 0.250 |" in table
 
 
 def test_a_fine_tuning_run_counts_its_epochs_after_its_starting_models(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ best epoch, dev CIDEr-D greedy of the trained weights and of their EMA, and, whe
 `--inference-branches lr`, wall time) and dev CIDEr-D per epoch
 of every run, as benchmarks/quality_ablation.{json,md,png}.
 
+Rows accumulate: a run folder given again replaces its row, and the rows already recorded in the JSON of runs that
+are not given (trained on another machine, whose run folders are not here) are kept as they were.
+
 The runs are read with `training.reporting.summarize_run`, the figures behind `write_run_comparison`.
 """
 
@@ -147,7 +150,30 @@ def quality_ablation_markdown(results: Mapping[str, Any]) -> str:
         ]
         for row in results["runs"]
     ]
-    return markdown_table(header, rows)
+    return markdown_table(header, rows) + "\n\n" + per_epoch_markdown(results["runs"])
+
+
+def per_epoch_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Dev CIDEr-D (greedy) of every run after each epoch, trained weights / EMA: rows that stopped early (the
+    cheaper lever-5 rows) are compared with the others at a common epoch."""
+    epochs = sorted({epoch for row in runs for epoch, _ in row["cider_per_epoch"]})
+    rows = []
+    for row in runs:
+        raw, ema = dict(row["cider_per_epoch"]), dict(row["ema_cider_per_epoch"])
+        cells = [
+            MISSING if epoch not in raw else _cell(raw[epoch], 3) + (f" / {ema[epoch]:.3f}" if epoch in ema else "")
+            for epoch in epochs
+        ]
+        rows.append([row["name"], *cells])
+    title = "Dev CIDEr-D (greedy) after each epoch, trained weights / EMA:"
+    return title + "\n\n" + markdown_table(["run", *(str(epoch) for epoch in epochs)], rows)
+
+
+def recorded_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows already in the ablation JSON `out` (none when it does not exist yet)."""
+    if not out.is_file():
+        return []
+    return json.loads(out.read_text(encoding="utf-8"))["runs"]
 
 
 def _cell(value: float | None, digits: int) -> str:
@@ -166,12 +192,15 @@ def write_quality_ablation(
 ) -> dict[str, Any]:
     """Write `out` (JSON) and, next to it, the table (.md) and dev CIDEr-D per epoch of every run (.png).
     `beam_evaluations` maps a run folder (one of `run_dirs`) to a beam-3 `soli evaluate` output folder of its saved
-    model, `lr_evaluations` to one made with `--inference-branches lr` (a folder may hold several runs' models)."""
+    model, `lr_evaluations` to one made with `--inference-branches lr` (a folder may hold several runs' models).
+    The rows `out` already records of runs not in `run_dirs` are kept, in their place; new runs come after them."""
     lr_evaluations = lr_evaluations or {}
     unknown = sorted(str(run) for run in [*beam_evaluations, *lr_evaluations] if run not in run_dirs)
     if unknown:
         raise ValueError(f"beam evaluations of runs not among the runs: {unknown}")
-    results = {"runs": [ablation_row(run, beam_evaluations.get(run), lr_evaluations.get(run)) for run in run_dirs]}
+    fresh = {run.name: ablation_row(run, beam_evaluations.get(run), lr_evaluations.get(run)) for run in run_dirs}
+    kept = [fresh.pop(row["name"], row) for row in recorded_rows(out)]
+    results = {"runs": [*kept, *fresh.values()]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(quality_ablation_markdown(results) + "\n", encoding="utf-8")
