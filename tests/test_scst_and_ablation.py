@@ -53,7 +53,8 @@ def test_every_recipe_parses_into_a_valid_training_config(recipe: Path) -> None:
     config = parse_training_config(["--config", str(recipe)])
     if recipe.parent.name == "ablation":
         assert config.output_dir == f"runs/ablation/{recipe.stem}"
-        assert (config.mixed_precision, config.channels_last, config.num_epochs) == ("bf16", True, 12)
+        schedule = 20 if recipe.stem == "soli_20ep" else 12  # lever 3 stretches the schedule
+        assert (config.mixed_precision, config.channels_last, config.num_epochs) == ("bf16", True, schedule)
         assert config.early_stopping_patience == 4
     if recipe.parent.name == "scst":  # self-critical fine-tuning of an ablation row's best model
         assert config.phase == "scst" and config.init_from == f"runs/ablation/{recipe.stem}/model"
@@ -84,6 +85,7 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
         "soli_lr_only": {"lr_only_probability": 0.25},  # the "lr" inference mode trained too
         "soli_frozen_backbone": {"freeze_backbone_epochs": 12},
         "soli_xe5000": {"train_split": "train[:5000]"},  # 1,000 training photos held out for SCST
+        "soli_20ep": {"num_epochs": 20},  # the schedule stretched
     }
     assert {path.stem for path in (CONFIGS / "ablation").glob("*.yaml")} == set(levers)
     for name, lever in levers.items():
