@@ -275,6 +275,26 @@ def test_build_model_refuses_branch_inputs_that_differ_from_init_from(soli, proc
             build_model(TrainingConfig(init_from=str(tmp_path / folder), **recipe), processor)
 
 
+def test_recipe_hidden_size_sizes_a_new_decoder_and_is_refused_against_init_from(
+    soli, processor, tiny_model_config: Path, tmp_path
+) -> None:
+    """`hidden_size` (configs/ablation/soli_hidden256.yaml) narrows the memory and the LSTM of a new model; a saved
+    model cannot be resized, so a different width with `init_from` is an error naming both widths."""
+    narrow = build_model(TrainingConfig(model_config=str(tiny_model_config), hidden_size=8), processor)
+    assert narrow.config.hidden_size == 8
+    assert tuple(narrow.decoder.lstm.weight_hh.shape) == (4 * 8, 8)
+    assert narrow.decoder.lm_head.in_features == 8
+    default = build_model(TrainingConfig(model_config=str(tiny_model_config)), processor)
+    assert default.config.hidden_size == SoliConfig.from_json_file(tiny_model_config).hidden_size != 8
+    soli.save_pretrained(tmp_path / "soli")
+    kept = build_model(TrainingConfig(init_from=str(tmp_path / "soli"), hidden_size=soli.config.hidden_size), processor)
+    assert kept.config.hidden_size == soli.config.hidden_size
+    with pytest.raises(ValueError, match="has hidden_size=32; the recipe asks for hidden_size=8"):
+        build_model(TrainingConfig(init_from=str(tmp_path / "soli"), hidden_size=8), processor)
+    with pytest.raises(ValueError, match="hidden_size must be > 0"):
+        TrainingConfig(hidden_size=0)
+
+
 # ------------------------------------------------------- (v) training the "lr" mode too: lr_only_probability
 
 

@@ -140,6 +140,13 @@ class TrainingConfig:
     )
     tokenizer: str | None = field(default=None, metadata={"help": "a saved tokenizer/processor folder"})
     vocab_min_frequency: int = 5
+    hidden_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "a new SOLI's decoder width (attention memory and LSTM state; SoliConfig's default 512): fewer "
+            "bytes read per generated token; None keeps the default (or model_config's, or init_from's)"
+        },
+    )
     contrastive_weight: float | None = None
     sr_loss_weight: float | None = None
     label_smoothing: float | None = None
@@ -303,6 +310,7 @@ _POSITIVE = (
     "captions_per_image",
     "lr_branch_upsample",
     "vocab_min_frequency",
+    "hidden_size",
     "num_epochs",
     "stop_after_epochs",
     "batch_size",
@@ -444,6 +452,7 @@ SOLI_FIELDS = (
     "lr_branch_upsample",
     "tokenizer",  # the Q-Former family uses its language model's tokenizer
     "vocab_min_frequency",
+    "hidden_size",
     "contrastive_weight",
     "sr_loss_weight",
     "label_smoothing",

@@ -184,8 +184,8 @@ def build_model(
     training_references: Sequence[Sequence[str]] | None = None,
 ) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
-    to the tokenizer's vocabulary, the recipe's branch inputs (`branch_b_input`, `lr_branch_upsample`), and the
-    architecture of `model_config` when given.
+    to the tokenizer's vocabulary, the recipe's branch inputs (`branch_b_input`, `lr_branch_upsample`), the
+    architecture of `model_config` when given, and the recipe's `hidden_size` when set.
 
     `training_references` (the captions of each training image) choose the tag words of a new model when the
     recipe asks for tags (`num_tags > 0`)."""
@@ -194,6 +194,11 @@ def build_model(
         model = load_source("init_from", config.init_from, SoliForConditionalGeneration.from_pretrained)
         _check_init_from_tags(config, model)
         _check_init_from_branch_inputs(config, model)
+        if config.hidden_size is not None and config.hidden_size != model.config.hidden_size:
+            raise ValueError(
+                f"init_from {config.init_from} has hidden_size={model.config.hidden_size}; the recipe asks for "
+                f"hidden_size={config.hidden_size} (leave hidden_size unset to keep the model's)"
+            )
         for name, value in overrides.items():
             setattr(model.config, name, value)
         return model
@@ -206,6 +211,7 @@ def build_model(
         "use_sr_branch": config.model_variant == "soli",
         **{name: getattr(config, name) for name in _BRANCH_INPUTS},
         **overrides,
+        **({} if config.hidden_size is None else {"hidden_size": config.hidden_size}),
         **_tag_settings(config, processor, training_references),
     }
     if config.model_config is not None:
