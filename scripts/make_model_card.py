@@ -3,6 +3,7 @@
     python scripts/make_model_card.py --model models/soli-flickr8k-lr64 --evaluation runs/eval/dev_paper \
         [runs/eval/dev_lr] --recipe configs/flickr8k_cpu.yaml --repo-id USER/soli-flickr8k-lr64 \
         [--latency benchmarks/latency_cpu.json] [--ablation benchmarks/quality_ablation.json]
+        [--ablation-findings model_cards/soli-flickr8k-lr64-findings.md]
         [--copy-to model_cards/soli-flickr8k-lr64.md]
 """
 
@@ -25,6 +26,9 @@ if __name__ == "__main__":
     parser.add_argument("--hardware", default="on a 2-core CPU", help="where it was trained, for the card")
     parser.add_argument("--latency", type=Path, default=None, help="the JSON of scripts/benchmark.py latency")
     parser.add_argument("--ablation", type=Path, default=None, help="the JSON of scripts/benchmark.py ablation")
+    parser.add_argument(
+        "--ablation-findings", type=Path, default=None, help="Markdown of what the ablation rows say, after the table"
+    )
     parser.add_argument("--template", type=Path, default=ROOT / "model_cards" / "template.md")
     parser.add_argument("--copy-to", type=Path, default=None, help="also write the card here")
     args = parser.parse_args()
@@ -39,6 +43,7 @@ if __name__ == "__main__":
         hardware=args.hardware,
         latency_benchmark=args.latency,
         ablation=args.ablation,
+        ablation_findings=args.ablation_findings,
     )
     (args.model / "README.md").write_text(card, encoding="utf-8")
     if args.copy_to is not None:

@@ -25,6 +25,8 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     ablation = write_quality_ablation(
         [write_fake_run(tmp_path / "runs", "soli", [0.3, 0.4])], {}, tmp_path / "quality_ablation.json"
     )
+    findings = tmp_path / "findings.md"
+    findings.write_text("- **The contrastive loss pays.**\n")
     card = render_model_card(
         (ROOT / "model_cards" / "template.md").read_text(),
         saved_tiny_model,
@@ -35,6 +37,7 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
         evaluation_command="soli evaluate --model X",
         latency_benchmark=latency,
         ablation=tmp_path / "quality_ablation.json",
+        ablation_findings=findings,
     )
     assert card.startswith("---\nlicense: apache-2.0") and "pipeline_tag: image-to-text" in card
     assert "${" not in card  # every placeholder filled
@@ -50,3 +53,4 @@ def test_card_from_template_recipe_and_reports(tmp_path: Path, saved_tiny_model:
     assert "`distillation_weight=0.0`, `num_tags=0`" in card and "`lr_only_probability=0.0`" in card
     assert ablation["runs"][0]["recipe"] == "configs/ablation/soli.yaml"
     assert "| soli | configs/ablation/soli.yaml | 2/2 | 0.4000 |" in card  # the ablation table
+    assert card.index("| soli | configs/ablation/soli.yaml") < card.index("- **The contrastive loss pays.**")

@@ -111,9 +111,9 @@ def latency_section(benchmark: Path | None) -> str:
     return f"{intro}\n\n{latency_markdown(report)}"
 
 
-def ablation_section(config: SoliConfig, ablation: Path | None) -> str:
+def ablation_section(config: SoliConfig, ablation: Path | None, findings: Path | None = None) -> str:
     """This model's values of the optional training settings, and the ablation table of what each lever bought
-    (`scripts/benchmark.py ablation` JSON) when given."""
+    (`scripts/benchmark.py ablation` JSON) when given, followed by `findings` (Markdown: what the rows say)."""
     settings = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in OPTIONAL_TRAINING_SETTINGS)
     text = f"This model: {settings}."
     if ablation is None:
@@ -123,6 +123,7 @@ def ablation_section(config: SoliConfig, ablation: Path | None) -> str:
         f"{text}\n\nWhat each lever bought, one change per row from one recipe (`python scripts/benchmark.py "
         f"ablation`, {ablation.as_posix()}; dev split, 64x64; greedy columns are the best epoch's, beam-3 columns each "
         f"run's saved model with its own decoding, which allows repeated trigrams):\n\n{table}"
+        + (f"\n\n{findings.read_text(encoding='utf-8').strip()}" if findings is not None else "")
     )
 
 
@@ -142,9 +143,10 @@ def render_model_card(
     hardware: str = "on a CPU",
     latency_benchmark: Path | None = None,
     ablation: Path | None = None,
+    ablation_findings: Path | None = None,
 ) -> str:
     """The filled card (Markdown with YAML front matter); `ablation` is the JSON of `scripts/benchmark.py
-    ablation`."""
+    ablation`, `ablation_findings` a Markdown file of what its rows say."""
     model = SoliForConditionalGeneration.from_pretrained(model_dir)
     summary = model_summary(model)
     results, settings, human = load_evaluations(evaluation_dirs)
@@ -173,7 +175,7 @@ def render_model_card(
         "protocol": protocol_table(results),
         "human": human_text,
         "latency": latency_section(latency_benchmark),
-        "ablation": ablation_section(model.config, ablation),
+        "ablation": ablation_section(model.config, ablation, ablation_findings),
         "hardware": hardware,
     }
     return Template(template).substitute(values)
