@@ -150,15 +150,16 @@ def _tag_settings(
     return {"num_tags": config.num_tags, "tag_words": tag_words, "tags_in_memory": config.tags_in_memory}
 
 
-#: What a new model's branches see (recipe fields = `SoliConfig` fields), each with its default: the value that keeps
-#: an `init_from` model's own.
-_BRANCH_INPUTS = {"branch_b_input": "super_resolved", "lr_branch_upsample": 1}
+#: The architecture a recipe sets for a new model (recipe fields = `SoliConfig` fields): what its branches see and
+#: its decoder width, each with its recipe default, the value that keeps an `init_from` model's own (`None`: the
+#: `SoliConfig` default for a new model).
+_ARCHITECTURE = {"branch_b_input": "super_resolved", "lr_branch_upsample": 1, "hidden_size": None}
 
 
-def _check_init_from_branch_inputs(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
-    """A loaded model keeps what its branches see; a recipe asking for other inputs is refused (they decide which
-    modules the model has)."""
-    for name, keep in _BRANCH_INPUTS.items():
+def _check_init_from_architecture(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
+    """A loaded model keeps its architecture; a recipe asking for other branch inputs or another decoder width is
+    refused (they decide which modules the model has and their shapes)."""
+    for name, keep in _ARCHITECTURE.items():
         asked, saved = getattr(config, name), getattr(model.config, name)
         if asked != keep and asked != saved:
             raise ValueError(
@@ -184,8 +185,8 @@ def build_model(
     training_references: Sequence[Sequence[str]] | None = None,
 ) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
-    to the tokenizer's vocabulary, the recipe's branch inputs (`branch_b_input`, `lr_branch_upsample`), the
-    architecture of `model_config` when given, and the recipe's `hidden_size` when set.
+    to the tokenizer's vocabulary, the architecture of `model_config` when given, and the recipe's branch inputs
+    (`branch_b_input`, `lr_branch_upsample`) and decoder width (`hidden_size`, when set).
 
     `training_references` (the captions of each training image) choose the tag words of a new model when the
     recipe asks for tags (`num_tags > 0`)."""
@@ -193,12 +194,7 @@ def build_model(
     if config.init_from is not None:
         model = load_source("init_from", config.init_from, SoliForConditionalGeneration.from_pretrained)
         _check_init_from_tags(config, model)
-        _check_init_from_branch_inputs(config, model)
-        if config.hidden_size is not None and config.hidden_size != model.config.hidden_size:
-            raise ValueError(
-                f"init_from {config.init_from} has hidden_size={model.config.hidden_size}; the recipe asks for "
-                f"hidden_size={config.hidden_size} (leave hidden_size unset to keep the model's)"
-            )
+        _check_init_from_architecture(config, model)
         for name, value in overrides.items():
             setattr(model.config, name, value)
         return model
@@ -209,9 +205,8 @@ def build_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "use_sr_branch": config.model_variant == "soli",
-        **{name: getattr(config, name) for name in _BRANCH_INPUTS},
+        **{name: getattr(config, name) for name in _ARCHITECTURE if getattr(config, name) is not None},
         **overrides,
-        **({} if config.hidden_size is None else {"hidden_size": config.hidden_size}),
         **_tag_settings(config, processor, training_references),
     }
     if config.model_config is not None:
