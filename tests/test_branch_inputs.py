@@ -295,6 +295,27 @@ def test_recipe_hidden_size_sizes_a_new_decoder_and_is_refused_against_init_from
         TrainingConfig(hidden_size=0)
 
 
+def test_recipe_decoder_dropout_is_the_dropout_of_a_new_and_of_a_loaded_model(
+    soli, processor, tiny_model_config: Path, tmp_path
+) -> None:
+    """`decoder_dropout` (configs/ablation/soli_dropout.yaml) is the dropout before the vocabulary projection, in the
+    config that is saved and in the module that trains, for a new model and for `init_from` (it changes no weight);
+    unset, each keeps its own."""
+    new = build_model(TrainingConfig(model_config=str(tiny_model_config), decoder_dropout=0.5), processor)
+    assert new.config.decoder_dropout == new.decoder.dropout.p == 0.5
+    default = build_model(TrainingConfig(model_config=str(tiny_model_config)), processor)
+    assert default.decoder.dropout.p == SoliConfig.from_json_file(tiny_model_config).decoder_dropout != 0.5
+    soli.save_pretrained(tmp_path / "soli")
+    loaded = build_model(TrainingConfig(init_from=str(tmp_path / "soli"), decoder_dropout=0.1), processor)
+    assert loaded.config.decoder_dropout == loaded.decoder.dropout.p == 0.1
+    loaded.save_pretrained(tmp_path / "loaded")
+    assert SoliConfig.from_pretrained(tmp_path / "loaded").decoder_dropout == 0.1
+    kept = build_model(TrainingConfig(init_from=str(tmp_path / "soli")), processor)
+    assert kept.decoder.dropout.p == soli.config.decoder_dropout
+    with pytest.raises(ValueError, match="decoder_dropout must be in"):
+        TrainingConfig(decoder_dropout=1.0)
+
+
 # ------------------------------------------------------- (v) training the "lr" mode too: lr_only_probability
 
 

@@ -87,6 +87,7 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
         "soli_xe5000": {"train_split": "train[:5000]"},  # 1,000 training photos held out for SCST
         "soli_20ep": {"num_epochs": 20},  # the schedule stretched
         "soli_hidden256": {"hidden_size": 256},  # a decoder half as wide (issue 16: bytes read per token)
+        "soli_dropout": {"decoder_dropout": 0.5},  # against the overfitting soli_20ep shows
     }
     assert {path.stem for path in (CONFIGS / "ablation").glob("*.yaml")} == set(levers)
     for name, lever in levers.items():

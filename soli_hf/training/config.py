@@ -147,6 +147,13 @@ class TrainingConfig:
             "bytes read per generated token; None keeps the default (or model_config's, or init_from's)"
         },
     )
+    decoder_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "dropout on the LSTM state before the vocabulary projection (SoliConfig's default 0.3); "
+            "with init_from it replaces the saved model's; None keeps the model's"
+        },
+    )
     contrastive_weight: float | None = None
     sr_loss_weight: float | None = None
     label_smoothing: float | None = None
@@ -419,6 +426,8 @@ def _check_ranges(config: TrainingConfig) -> None:
         raise ValueError(f"ema_decay must be in (0, 1), got {config.ema_decay!r}")
     if config.label_smoothing is not None and not 0 <= config.label_smoothing <= 1:
         raise ValueError(f"label_smoothing must be in [0, 1], got {config.label_smoothing!r}")
+    if config.decoder_dropout is not None and not 0 <= config.decoder_dropout < 1:
+        raise ValueError(f"decoder_dropout must be in [0, 1), got {config.decoder_dropout!r}")
     if config.lr_only_probability is not None and not 0 <= config.lr_only_probability <= 1:
         raise ValueError(f"lr_only_probability must be in [0, 1], got {config.lr_only_probability!r}")
     if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
@@ -453,6 +462,7 @@ SOLI_FIELDS = (
     "tokenizer",  # the Q-Former family uses its language model's tokenizer
     "vocab_min_frequency",
     "hidden_size",
+    "decoder_dropout",
     "contrastive_weight",
     "sr_loss_weight",
     "label_smoothing",

@@ -186,7 +186,8 @@ def build_model(
 ) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
     to the tokenizer's vocabulary, the architecture of `model_config` when given, and the recipe's branch inputs
-    (`branch_b_input`, `lr_branch_upsample`) and decoder width (`hidden_size`, when set).
+    (`branch_b_input`, `lr_branch_upsample`) and decoder width (`hidden_size`, when set). The recipe's
+    `decoder_dropout`, when set, is the model's in either case (it changes no weight).
 
     `training_references` (the captions of each training image) choose the tag words of a new model when the
     recipe asks for tags (`num_tags > 0`)."""
@@ -197,6 +198,8 @@ def build_model(
         _check_init_from_architecture(config, model)
         for name, value in overrides.items():
             setattr(model.config, name, value)
+        if config.decoder_dropout is not None:
+            model.config.decoder_dropout = model.decoder.dropout.p = config.decoder_dropout
         return model
     tokenizer = processor.tokenizer
     values: dict[str, Any] = {
@@ -206,6 +209,7 @@ def build_model(
         "eos_token_id": tokenizer.eos_token_id,
         "use_sr_branch": config.model_variant == "soli",
         **{name: getattr(config, name) for name in _ARCHITECTURE if getattr(config, name) is not None},
+        **({"decoder_dropout": config.decoder_dropout} if config.decoder_dropout is not None else {}),
         **overrides,
         **_tag_settings(config, processor, training_references),
     }
