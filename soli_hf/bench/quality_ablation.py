@@ -184,6 +184,26 @@ def _percent(share: float | None) -> str:
     return MISSING if share is None else f"{100 * share:.1f}%"
 
 
+def plot_quality_ablation(rows: list[dict[str, Any]], path: Path) -> None:
+    """Dev CIDEr-D (greedy) after each epoch of every run: the trained weights on the left, their EMA on the right,
+    each run in one colour on both sides (matplotlib's 20-colour cycle), one legend for both beside them."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20"].colors
+    with saved_figure(path, ncols=2, figsize=(13, 5), sharey=True) as (trained, averaged):
+        for index, row in enumerate(rows):
+            style = {"color": colours[index % len(colours)], "marker": "o", "markersize": 3}
+            trained.plot(*zip(*row["cider_per_epoch"], strict=True), label=row["name"], **style)
+            if row["ema_cider_per_epoch"]:
+                averaged.plot(*zip(*row["ema_cider_per_epoch"], strict=True), **style)
+        trained.set(xlabel="epoch", ylabel="dev CIDEr-D (greedy)", title="trained weights")
+        averaged.set(xlabel="epoch", title="their EMA (decay 0.998)")
+        for axis in (trained, averaged):
+            axis.grid(alpha=0.3)
+        trained.figure.suptitle("Caption-quality ablation: Flickr8k dev, 1,000 photos at 64x64")
+        averaged.legend(*trained.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+
+
 def write_quality_ablation(
     run_dirs: Sequence[Path],
     beam_evaluations: Mapping[Path, Path],
@@ -204,17 +224,5 @@ def write_quality_ablation(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(quality_ablation_markdown(results) + "\n", encoding="utf-8")
-    with saved_figure(out.with_suffix(".png"), figsize=(7, 4.5)) as axis:
-        for row in results["runs"]:
-            epochs, ciders = zip(*row["cider_per_epoch"], strict=True)
-            (line,) = axis.plot(epochs, ciders, marker="o", label=row["name"])
-            if row["ema_cider_per_epoch"]:
-                epochs, ciders = zip(*row["ema_cider_per_epoch"], strict=True)
-                axis.plot(epochs, ciders, "--", color=line.get_color(), label=f"{row['name']} (EMA)")
-        axis.set(
-            xlabel="epoch",
-            ylabel="dev CIDEr-D (greedy)",
-            title="caption-quality ablation, Flickr8k dev, 64x64 (EMA dashed)",
-        )
-        axis.legend()
+    plot_quality_ablation(results["runs"], out.with_suffix(".png"))
     return results
