@@ -150,7 +150,7 @@ def test_bf16_autocasts_on_cpu_and_keeps_the_losses_in_float32(tmp_path, tiny_da
     model.decoder.register_forward_hook(lambda module, args, output: output_dtypes.append(output[0].dtype))
     config = tiny_recipe(tiny_data, Path("unused.json"), tmp_path / "unused", mixed_precision="bf16")
     with accelerator.autocast():
-        loss, parts = loop.training_loss(model, batch, 1.0, config, processor, None)
+        loss, parts = loop.training_loss(model, batch, {"curriculum_alpha": 1.0}, config, processor, None)
     assert output_dtypes == [torch.bfloat16]
     assert loss.dtype == torch.float32 and all(map(torch.isfinite, map(torch.tensor, parts.values())))
 

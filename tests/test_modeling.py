@@ -140,6 +140,30 @@ def test_curriculum_alpha_blends_what_branch_b_sees(tiny_model, batch):
         tiny_model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], curriculum_alpha=1.5)
 
 
+def test_scheduled_sampling_feeds_the_decoder_its_own_words(tiny_model, batch):
+    """At probability 1 every input word after the first is the decoder's own draw: the reference words after the
+    first change nothing; at 0 they are what the decoder reads."""
+    input_ids = batch["input_ids"]
+    other_words = input_ids.clone()
+    other_words[:, 1:] = torch.randint(4, tiny_model.config.vocab_size, other_words[:, 1:].shape)
+
+    def logits(ids: torch.Tensor, probability: float) -> torch.Tensor:
+        torch.manual_seed(0)  # the same draws in both calls
+        with torch.no_grad():
+            return tiny_model(
+                pixel_values=batch["pixel_values"], input_ids=ids, sampling_probability=probability
+            ).logits
+
+    torch.testing.assert_close(logits(input_ids, 1.0), logits(other_words, 1.0))
+    assert not torch.allclose(logits(input_ids, 0.0)[:, 1:], logits(other_words, 0.0)[:, 1:])
+    torch.testing.assert_close(
+        logits(input_ids, 0.0), tiny_model(pixel_values=batch["pixel_values"], input_ids=input_ids).logits
+    )
+    assert not torch.allclose(logits(input_ids, 1.0)[:, 1:], logits(input_ids, 0.0)[:, 1:])
+    with pytest.raises(ValueError, match="sampling_probability must be in"):
+        tiny_model(pixel_values=batch["pixel_values"], input_ids=input_ids, sampling_probability=-0.1)
+
+
 def test_untrained_super_resolution_is_nearly_bicubic(tiny_model, batch):
     sr, upsampled = tiny_model.encoder.super_resolution(batch["pixel_values"])
     assert sr.shape == (4, 3, 128, 128)

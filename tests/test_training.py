@@ -24,7 +24,7 @@ from soli_hf.data import load_caption_dataset
 from soli_hf.metrics import CiderD
 from soli_hf.storage import write_folder_atomically
 from soli_hf.training import TrainingConfig, parse_training_config, train
-from soli_hf.training.curriculum import curriculum_alpha
+from soli_hf.training.curriculum import linear_ramp, soli_schedule
 from soli_hf.training.data import CaptionBatchCollator, CaptionImageDataset, DegradationPolicy, sample_rng
 from soli_hf.training.epoch_scores import evaluate_captioner
 from soli_hf.training.reporting import write_run_comparison
@@ -74,8 +74,21 @@ def test_checked_in_recipes_parse() -> None:
 
 
 def test_curriculum_alpha_ramp() -> None:
-    assert [curriculum_alpha(e, 1.0, 2.0) for e in (0.0, 1.0, 2.0, 3.0, 5.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
-    assert curriculum_alpha(0.5, 0.0, 0.0) == 1.0
+    config = TrainingConfig(curriculum_start_epoch=1.0, curriculum_epochs=2.0)
+    alphas = [soli_schedule(e, config)["curriculum_alpha"] for e in (0.0, 1.0, 2.0, 3.0, 5.0)]
+    assert alphas == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert linear_ramp(0.5, 0.0, 0.0) == 1.0
+
+
+def test_scheduled_sampling_ramps_to_its_probability_and_is_absent_when_off() -> None:
+    assert "sampling_probability" not in soli_schedule(5.0, TrainingConfig())
+    config = TrainingConfig(
+        scheduled_sampling_probability=0.2, scheduled_sampling_start_epoch=2, scheduled_sampling_epochs=4
+    )
+    probabilities = [soli_schedule(e, config)["sampling_probability"] for e in (0.0, 2.0, 4.0, 6.0, 11.0)]
+    assert probabilities == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.2])
+    with pytest.raises(ValueError, match="scheduled_sampling_probability must be in"):
+        parse_training_config(["--scheduled_sampling_probability", "1.5"])
 
 
 def test_random_degradation_is_a_function_of_seed_epoch_and_row() -> None:

@@ -253,6 +253,15 @@ class TrainingConfig:
     # --- curriculum (DESIGN.md 6): branch B sees bicubic (alpha 0) -> super-resolved (alpha 1)
     curriculum_start_epoch: float = 0.0
     curriculum_epochs: float = field(default=2.0, metadata={"help": "epochs over which alpha ramps from 0 to 1"})
+    # --- scheduled sampling (SOLI): the decoder's input word drawn from its own prediction with this probability
+    scheduled_sampling_probability: float = field(
+        default=0.0,
+        metadata={"help": "share of input words drawn from the decoder's own prediction after the ramp; 0: off"},
+    )
+    scheduled_sampling_start_epoch: float = field(default=2.0, metadata={"help": "when the ramp from 0 starts"})
+    scheduled_sampling_epochs: float = field(
+        default=6.0, metadata={"help": "epochs over which the probability ramps to scheduled_sampling_probability"}
+    )
     # --- SCST
     scst_samples: int = 5
     scst_baseline: str = field(default="mean", metadata={"help": "greedy or mean (of the other samples)"})
@@ -347,6 +356,8 @@ _NON_NEGATIVE = (
     "freeze_backbone_epochs",
     "curriculum_start_epoch",
     "curriculum_epochs",
+    "scheduled_sampling_start_epoch",
+    "scheduled_sampling_epochs",
     "seed",
     "cond_loss_weight",
     "multi_loss_weight",
@@ -430,6 +441,10 @@ def _check_ranges(config: TrainingConfig) -> None:
         raise ValueError(f"decoder_dropout must be in [0, 1), got {config.decoder_dropout!r}")
     if config.lr_only_probability is not None and not 0 <= config.lr_only_probability <= 1:
         raise ValueError(f"lr_only_probability must be in [0, 1], got {config.lr_only_probability!r}")
+    if not 0 <= config.scheduled_sampling_probability <= 1:
+        raise ValueError(
+            f"scheduled_sampling_probability must be in [0, 1], got {config.scheduled_sampling_probability!r}"
+        )
     if config.min_scale_factor is not None and not 0 < config.min_scale_factor <= 1:
         raise ValueError(f"min_scale_factor must be in (0, 1], got {config.min_scale_factor!r}")
     if not 0 <= config.flip_probability <= 1:
@@ -479,6 +494,9 @@ SOLI_FIELDS = (
     "freeze_backbone_epochs",
     "curriculum_start_epoch",
     "curriculum_epochs",
+    "scheduled_sampling_probability",
+    "scheduled_sampling_start_epoch",
+    "scheduled_sampling_epochs",
     "channels_last",
     "torch_compile",
     "flip_probability",

@@ -76,7 +76,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .config import TrainingConfig
-from .curriculum import curriculum_alpha
+from .curriculum import soli_schedule
 from .data import (
     CaptionBatchCollator,
     CaptionImageDataset,
@@ -228,15 +228,13 @@ def train(config: TrainingConfig) -> Path:
         for batch in progress:
             # dropout and sampling depend on the step (and the process) alone: exact resume
             set_seed(config.seed + state.global_step, device_specific=True)
-            alpha = curriculum_alpha(
-                epoch + state.step_in_epoch / len(train_loader), config.curriculum_start_epoch, config.curriculum_epochs
-            )
+            schedule = soli_schedule(epoch + state.step_in_epoch / len(train_loader), config) if soli else {}
             if every_process_has_a_batch(accelerator, batch):
                 with accelerator.accumulate(model):
                     # accelerate autocasts the model's forward; this also covers SCST, which calls the encoder
                     # and decoder directly (no-op in full precision)
                     with accelerator.autocast():
-                        loss, parts = training_loss(model, batch, alpha, config, processor, reward_scorer)
+                        loss, parts = training_loss(model, batch, schedule, config, processor, reward_scorer)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -250,9 +248,8 @@ def train(config: TrainingConfig) -> Path:
                 batch_images = len(batch["image_ids"]) * accelerator.num_processes
                 images_seen += batch_images
                 running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
-                curriculum = {"curriculum_alpha": alpha} if soli else {}
-                progress.set_postfix({k: f"{v:.3f}" for k, v in (running | curriculum).items()})
-                record = {"step": state.global_step, "epoch": epoch, **curriculum, **parts}
+                progress.set_postfix({k: f"{v:.3f}" for k, v in (running | schedule).items()})
+                record = {"step": state.global_step, "epoch": epoch, **schedule, **parts}
                 record["lr"] = optimizer.param_groups[0]["lr"]
                 record["images_per_second"] = batch_images / (time.perf_counter() - step_clock)
                 log_step(accelerator, output_dir, record, config.log_every_steps)
@@ -448,23 +445,24 @@ def region_datasets(
 def training_loss(
     model: torch.nn.Module,
     batch: dict[str, Any],
-    alpha: float,
+    schedule: dict[str, float],
     config: TrainingConfig,
     processor: ProcessorMixin,
     reward_scorer: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch and its parts (as floats, for logging): the model's `loss` and every named part of it
     its output holds (`*_loss`: SOLI's caption, contrastive, SR, ...; the dual-encoder Q-Former's ITC, ITM and ITG,
-    or caption loss). `alpha` is SOLI's curriculum."""
+    or caption loss). `schedule` holds SOLI's per-step forward inputs (`curriculum.soli_schedule`; empty for the
+    other families)."""
     inputs = model_inputs(batch)
     if config.channels_last:
         inputs = {name: to_channels_last(tensor) for name, tensor in inputs.items()}
     if config.phase == "xe":
-        output = model(**inputs, **({"curriculum_alpha": alpha} if config.model_type == "soli" else {}))
+        output = model(**inputs, **schedule)
         parts = {name: value for name, value in output.items() if name == "loss" or name.endswith("_loss")}
         return output.loss, {name: float(value.detach()) for name, value in parts.items()}
     soli = getattr(model, "module", model)
-    encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=alpha)
+    encoder_outputs = soli.get_encoder()(inputs["pixel_values"], curriculum_alpha=schedule["curriculum_alpha"])
     loss, mean_reward = scst_loss(
         soli,
         encoder_outputs,
