@@ -350,18 +350,35 @@ class SoliAttentionDecoder(nn.Module):
         memory: torch.Tensor,
         keys: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor],
+        sampling_probability: float = 0.0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Run the LSTM over `input_ids` (batch, steps); returns logits, final (h, c) and attention weights."""
+        """Run the LSTM over `input_ids` (batch, steps); returns logits, final (h, c) and attention weights.
+
+        With `sampling_probability` > 0 (scheduled sampling, a training option), each row's input word at each step
+        after the first is, with that probability, one drawn from the row's own prediction at the step before
+        instead of the reference's: the decoder learns to go on from its own words, as it must when generating."""
         hidden, cell = state
         embeddings = self.embed_tokens(input_ids)
         step_logits, step_weights = [], []
         for step in range(input_ids.shape[1]):
+            words = embeddings[:, step]
+            if sampling_probability > 0 and step > 0:
+                words = self.mix_in_sampled_words(words, step_logits[-1], sampling_probability)
             context, weights = self.attention(memory, keys, hidden)
             context = torch.sigmoid(self.context_gate(hidden)) * context
-            hidden, cell = self.lstm(torch.cat([embeddings[:, step], context], dim=-1), (hidden, cell))
+            hidden, cell = self.lstm(torch.cat([words, context], dim=-1), (hidden, cell))
             step_logits.append(self.lm_head(self.dropout(hidden)))
             step_weights.append(weights)
         return torch.stack(step_logits, dim=1), (hidden, cell), torch.stack(step_weights, dim=1)
+
+    def mix_in_sampled_words(
+        self, reference_words: torch.Tensor, previous_logits: torch.Tensor, probability: float
+    ) -> torch.Tensor:
+        """Scheduled sampling: per row, with `probability`, the embedding of a word drawn from `previous_logits`
+        (no gradient through the draw) in place of `reference_words`."""
+        sampled = previous_logits.detach().float().softmax(dim=-1).multinomial(1).squeeze(1)
+        use_sampled = torch.rand(sampled.shape, device=sampled.device) < probability
+        return torch.where(use_sampled.unsqueeze(1), self.embed_tokens(sampled), reference_words)
 
 
 class SoliPreTrainedModel(PreTrainedModel):
@@ -486,6 +503,7 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         hr_pixel_values: torch.FloatTensor | None = None,
         curriculum_alpha: float | None = None,
+        sampling_probability: float | None = None,
         teacher_features: torch.FloatTensor | None = None,
         tag_labels: torch.FloatTensor | None = None,
         encoder_outputs: SoliEncoderOutput | None = None,
@@ -513,6 +531,9 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
                 The real higher-resolution image (`image_size * sr_scale`), target of the SR loss.
             curriculum_alpha (`float`, *optional*, defaults to 1.0):
                 What branch B sees: 0 = bicubic upsample of the LR image, 1 = the SR output, a blend between.
+            sampling_probability (`float`, *optional*, defaults to 0.0):
+                Scheduled sampling (training): the chance that a step's input word is drawn from the decoder's own
+                prediction at the step before instead of taken from `input_ids`.
             teacher_features (`torch.FloatTensor` of shape `(batch, grid_size**2, channels)`, *optional*):
                 A frozen high-resolution teacher's pooled feature grid of each image (one row per image), target of
                 the distillation loss (computed when `config.distillation_weight > 0`).
@@ -544,7 +565,10 @@ class SoliForConditionalGeneration(SoliPreTrainedModel, GenerationMixin):
             state, seen_tokens = self.decoder.initial_state(memory), 0
         else:
             state, seen_tokens = (past_key_values.hidden, past_key_values.cell), past_key_values.seen_tokens
-        logits, (hidden, cell), attention_weights = self.decoder(input_ids, memory, keys, state)
+        sampling_probability = 0.0 if sampling_probability is None else float(sampling_probability)
+        if not 0.0 <= sampling_probability <= 1.0:
+            raise ValueError(f"sampling_probability must be in [0, 1], got {sampling_probability}")
+        logits, (hidden, cell), attention_weights = self.decoder(input_ids, memory, keys, state, sampling_probability)
 
         caption_loss = contrastive_loss = sr_loss = distillation_loss = tag_loss = loss = None
         if labels is not None:
