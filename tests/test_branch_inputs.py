@@ -275,24 +275,32 @@ def test_build_model_refuses_branch_inputs_that_differ_from_init_from(soli, proc
             build_model(TrainingConfig(init_from=str(tmp_path / folder), **recipe), processor)
 
 
-def test_recipe_hidden_size_sizes_a_new_decoder_and_is_refused_against_init_from(
+def test_recipe_decoder_widths_size_a_new_decoder_and_are_refused_against_init_from(
     soli, processor, tiny_model_config: Path, tmp_path
 ) -> None:
-    """`hidden_size` (configs/ablation/soli_hidden256.yaml) narrows the memory and the LSTM of a new model; a saved
-    model cannot be resized, so a different width with `init_from` is an error naming both widths."""
-    narrow = build_model(TrainingConfig(model_config=str(tiny_model_config), hidden_size=8), processor)
-    assert narrow.config.hidden_size == 8
-    assert tuple(narrow.decoder.lstm.weight_hh.shape) == (4 * 8, 8)
-    assert narrow.decoder.lm_head.in_features == 8
+    """`hidden_size` (configs/ablation/soli_hidden256.yaml) sizes the memory and the LSTM state of a new model,
+    `embedding_size` (configs/ablation/soli_embedding512.yaml) its word embeddings and the LSTM's input; a saved model
+    cannot be resized, so a different width with `init_from` is an error naming both widths."""
+    resized = build_model(
+        TrainingConfig(model_config=str(tiny_model_config), hidden_size=8, embedding_size=12), processor
+    )
+    assert (resized.config.hidden_size, resized.config.embedding_size) == (8, 12)
+    assert tuple(resized.decoder.lstm.weight_hh.shape) == (4 * 8, 8)
+    assert tuple(resized.decoder.lstm.weight_ih.shape) == (4 * 8, 12 + 8)
+    assert resized.decoder.embed_tokens.embedding_dim == 12 and resized.decoder.lm_head.in_features == 8
     default = build_model(TrainingConfig(model_config=str(tiny_model_config)), processor)
-    assert default.config.hidden_size == SoliConfig.from_json_file(tiny_model_config).hidden_size != 8
+    tiny = SoliConfig.from_json_file(tiny_model_config)
+    assert (default.config.hidden_size, default.config.embedding_size) == (tiny.hidden_size, tiny.embedding_size)
+    assert tiny.hidden_size != 8 and tiny.embedding_size != 12
     soli.save_pretrained(tmp_path / "soli")
-    kept = build_model(TrainingConfig(init_from=str(tmp_path / "soli"), hidden_size=soli.config.hidden_size), processor)
-    assert kept.config.hidden_size == soli.config.hidden_size
-    with pytest.raises(ValueError, match="has hidden_size=32; the recipe asks for hidden_size=8"):
-        build_model(TrainingConfig(init_from=str(tmp_path / "soli"), hidden_size=8), processor)
-    with pytest.raises(ValueError, match="hidden_size must be > 0"):
-        TrainingConfig(hidden_size=0)
+    widths = {"hidden_size": soli.config.hidden_size, "embedding_size": soli.config.embedding_size}
+    kept = build_model(TrainingConfig(init_from=str(tmp_path / "soli"), **widths), processor)
+    assert {name: getattr(kept.config, name) for name in widths} == widths
+    for name, width in (("hidden_size", 8), ("embedding_size", 12)):
+        with pytest.raises(ValueError, match=f"has {name}={widths[name]}; the recipe asks for {name}={width}"):
+            build_model(TrainingConfig(init_from=str(tmp_path / "soli"), **{name: width}), processor)
+        with pytest.raises(ValueError, match=f"{name} must be > 0"):
+            TrainingConfig(**{name: 0})
 
 
 def test_recipe_decoder_dropout_is_the_dropout_of_a_new_and_of_a_loaded_model(

@@ -88,6 +88,7 @@ def test_ablation_rows_differ_from_the_shared_recipe_only_in_their_lever() -> No
         "soli_20ep": {"num_epochs": 20},  # the schedule stretched
         "soli_hidden256": {"hidden_size": 256},  # a decoder half as wide (issue 16: bytes read per token)
         "soli_dropout": {"decoder_dropout": 0.5},  # against the overfitting soli_20ep shows
+        "soli_embedding512": {"embedding_size": 512},  # word embeddings twice as wide
         "soli_scheduled_sampling": {  # the decoder goes on from its own words (exposure bias)
             "scheduled_sampling_probability": 0.25,
             "scheduled_sampling_start_epoch": 1.0,

@@ -147,6 +147,13 @@ class TrainingConfig:
             "bytes read per generated token; None keeps the default (or model_config's, or init_from's)"
         },
     )
+    embedding_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "a new SOLI's word-embedding width (SoliConfig's default 256); None keeps the default (or "
+            "model_config's, or init_from's)"
+        },
+    )
     decoder_dropout: float | None = field(
         default=None,
         metadata={
@@ -327,6 +334,7 @@ _POSITIVE = (
     "lr_branch_upsample",
     "vocab_min_frequency",
     "hidden_size",
+    "embedding_size",
     "num_epochs",
     "stop_after_epochs",
     "batch_size",
@@ -477,6 +485,7 @@ SOLI_FIELDS = (
     "tokenizer",  # the Q-Former family uses its language model's tokenizer
     "vocab_min_frequency",
     "hidden_size",
+    "embedding_size",
     "decoder_dropout",
     "contrastive_weight",
     "sr_loss_weight",

@@ -151,13 +151,18 @@ def _tag_settings(
 
 
 #: The architecture a recipe sets for a new model (recipe fields = `SoliConfig` fields): what its branches see and
-#: its decoder width, each with its recipe default, the value that keeps an `init_from` model's own (`None`: the
+#: its decoder widths, each with its recipe default, the value that keeps an `init_from` model's own (`None`: the
 #: `SoliConfig` default for a new model).
-_ARCHITECTURE = {"branch_b_input": "super_resolved", "lr_branch_upsample": 1, "hidden_size": None}
+_ARCHITECTURE = {
+    "branch_b_input": "super_resolved",
+    "lr_branch_upsample": 1,
+    "hidden_size": None,
+    "embedding_size": None,
+}
 
 
 def _check_init_from_architecture(config: TrainingConfig, model: SoliForConditionalGeneration) -> None:
-    """A loaded model keeps its architecture; a recipe asking for other branch inputs or another decoder width is
+    """A loaded model keeps its architecture; a recipe asking for other branch inputs or other decoder widths is
     refused (they decide which modules the model has and their shapes)."""
     for name, keep in _ARCHITECTURE.items():
         asked, saved = getattr(config, name), getattr(model.config, name)
@@ -186,8 +191,8 @@ def build_model(
 ) -> SoliForConditionalGeneration:
     """`init_from` (a saved SOLI) when given; else a new SOLI (or baseline) with the pretrained backbone, sized
     to the tokenizer's vocabulary, the architecture of `model_config` when given, and the recipe's branch inputs
-    (`branch_b_input`, `lr_branch_upsample`) and decoder width (`hidden_size`, when set). The recipe's
-    `decoder_dropout`, when set, is the model's in either case (it changes no weight).
+    (`branch_b_input`, `lr_branch_upsample`) and decoder widths (`hidden_size`, `embedding_size`, when set). The
+    recipe's `decoder_dropout`, when set, is the model's in either case (it changes no weight).
 
     `training_references` (the captions of each training image) choose the tag words of a new model when the
     recipe asks for tags (`num_tags > 0`)."""
